@@ -1,0 +1,10 @@
+"""fastast-deploy: FastAST (AST + Token Merging + CMKD) from a PyTorch checkpoint to verified inference engines."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("fastast-deploy")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__"]

@@ -1,0 +1,133 @@
+"""Token Merging against a second, literal implementation of ToMe's bipartite soft matching."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fastast_deploy.config import ModelConfig
+from fastast_deploy.errors import ConfigError
+from fastast_deploy.tome import bipartite_match, clip_schedule, make_schedule, merge_wavg, token_counts
+
+
+def reference_merge(metric: torch.Tensor, x: torch.Tensor, size: torch.Tensor, r: int):
+    """ToMe's bipartite_soft_matching + merge_wavg (facebookresearch/ToMe tome/merge.py), cls and dist protected."""
+    metric = metric / metric.norm(dim=-1, keepdim=True)
+    a, b = metric[..., ::2, :], metric[..., 1::2, :]
+    scores = a @ b.transpose(-1, -2)
+    scores[..., 0, :] = -math.inf
+    scores[..., :, 0] = -math.inf
+    node_max, node_idx = scores.max(dim=-1)
+    edge_idx = node_max.argsort(dim=-1, descending=True, stable=True)[..., None]
+    unm_idx = edge_idx[..., r:, :].sort(dim=1)[0]
+    src_idx = edge_idx[..., :r, :]
+    dst_idx = node_idx[..., None].gather(dim=-2, index=src_idx)
+
+    def merge(t: torch.Tensor) -> torch.Tensor:
+        src, dst = t[..., ::2, :], t[..., 1::2, :]
+        n, t1, c = src.shape
+        unm = src.gather(dim=-2, index=unm_idx.expand(n, t1 - r, c))
+        src = src.gather(dim=-2, index=src_idx.expand(n, r, c))
+        dst = dst.scatter_reduce(-2, dst_idx.expand(n, r, c), src, reduce="sum")
+        return torch.cat([unm[:, :1], dst[:, :1], unm[:, 1:], dst[:, 1:]], dim=1)
+
+    merged_x = merge(x * size)
+    merged_size = merge(size)
+    return merged_x / merged_size, merged_size, (src_idx[..., 0], dst_idx[..., 0], unm_idx[..., 0])
+
+
+def test_constant_and_list_schedules() -> None:
+    assert make_schedule(16, 12) == (16,) * 12
+    assert make_schedule([4, 3], 4) == (4, 3, 0, 0)
+    assert make_schedule(0, 3) == (0, 0, 0)
+
+
+def test_inflection_schedule_hand_computed() -> None:
+    # r=8, inflection -1: int(16 - 16/11 * i) for i in 0..11
+    assert make_schedule(8, 12, -1.0) == (16, 14, 13, 11, 10, 8, 7, 5, 4, 2, 1, 0)
+    # inflection +1 ramps the other way: int(0 + 16/11 * i)
+    assert make_schedule(8, 12, 1.0) == (0, 1, 2, 4, 5, 7, 8, 10, 11, 13, 14, 16)
+
+
+@pytest.mark.parametrize("bad", [-1, [2, -3]])
+def test_negative_r_is_rejected(bad) -> None:
+    with pytest.raises(ConfigError, match=">= 0"):
+        make_schedule(bad, 12)
+
+
+def test_schedule_longer_than_model_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="13 values but the model has 12 blocks"):
+        make_schedule([1] * 13, 12)
+
+
+@pytest.mark.parametrize(
+    ("frames", "r", "final"),
+    # Hand-computed from the clipping rule r <= (N - 2) // 2 (design.md section 4 and the ToMe paper's table).
+    [(1024, 16, 1022), (1024, 50, 614), (1024, 100, 58), (512, 8, 506), (512, 50, 27), (128, 8, 50), (128, 16, 3)],
+)
+def test_static_token_counts(frames: int, r: int, final: int) -> None:
+    n0 = ModelConfig(input_frames=frames).num_tokens
+    counts = token_counts(n0, make_schedule(r, 12))
+    assert counts[-1] == final
+    assert len(counts) == 13
+
+
+def test_clipping_at_the_last_layers() -> None:
+    # AST-1024 at r=100: 1214 - 11*100 = 114 tokens reach block 12, which may merge (114 - 2) // 2 = 56.
+    assert clip_schedule(1214, (100,) * 12) == (100,) * 11 + (56,)
+
+
+@pytest.mark.parametrize("n", [9, 10, 37])
+def test_matching_equals_reference(n: int) -> None:
+    g = torch.Generator().manual_seed(n)
+    metric = torch.randn(3, n, 8, generator=g)
+    x = torch.randn(3, n, 16, generator=g)
+    size = torch.randint(1, 5, (3, n, 1), generator=g).float()
+    r = (n - 2) // 2
+    want_x, want_size, (src, dst, unm) = reference_merge(metric.clone(), x, size, r)
+    m = bipartite_match(metric, r)
+    assert torch.equal(m.src_idx, src)
+    assert torch.equal(m.dst_idx, dst)
+    assert torch.equal(m.unm_idx, unm)
+    for impl in ("matmul", "scatter"):
+        got_x, got_size = merge_wavg(x, size, m, impl)
+        assert got_x.shape == (3, n - r, 16)
+        torch.testing.assert_close(got_x, want_x, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(got_size, want_size, atol=0, rtol=0)
+
+
+def test_sizes_are_conserved_and_protected_tokens_stay_first() -> None:
+    g = torch.Generator().manual_seed(0)
+    n = 30
+    metric = torch.randn(2, n, 8, generator=g)
+    # cls (0) is identical to token 3 and dist (1) to token 2: the best possible pairs, which must not be taken.
+    metric[:, 0] = metric[:, 3]
+    metric[:, 1] = metric[:, 2]
+    x = torch.randn(2, n, 4, generator=g)
+    m = bipartite_match(metric, 14)
+    assert not (m.src_idx == 0).any()  # cls (A[0]) never merged away
+    assert not (m.dst_idx == 0).any()  # dist (B[0]) never a destination
+    merged, size = merge_wavg(x, None, m)
+    assert torch.equal(merged[:, 0], x[:, 0]) and torch.equal(merged[:, 1], x[:, 1])
+    assert torch.equal(size.sum(dim=1), torch.full((2, 1), float(n)))
+
+
+def test_ties_break_to_the_lower_index() -> None:
+    # All tokens identical: every score ties, so sources are A[1..r] and all merge into B[1].
+    metric = torch.ones(1, 12, 4)
+    m = bipartite_match(metric, 3)
+    assert m.src_idx.tolist() == [[1, 2, 3]]
+    assert m.dst_idx.tolist() == [[1, 1, 1]]
+    assert m.unm_idx.tolist() == [[0, 4, 5]]
+
+
+def test_matching_runs_in_float32_for_half_inputs() -> None:
+    metric = torch.randn(2, 20, 8)
+    m32 = bipartite_match(metric, 5)
+    m16 = bipartite_match(metric.to(torch.bfloat16).float(), 5)  # decisions on rounded keys, computed in fp32
+    x = torch.randn(2, 20, 4).to(torch.bfloat16)
+    merged, size = merge_wavg(x, None, m16)
+    assert merged.dtype == torch.bfloat16 and size.dtype == torch.float32
+    assert m32.src_idx.shape == (2, 5)
