@@ -7,4 +7,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+from .checkpoints import load_model, save_checkpoint  # noqa: E402
+from .errors import FastASTError  # noqa: E402
+
+__all__ = ["FastASTError", "__version__", "load_model", "save_checkpoint"]

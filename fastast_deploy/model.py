@@ -6,12 +6,15 @@ With every r = 0 this is exactly AST: no merge op runs. Parameter names follow t
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig, TomeConfig
 from .errors import ConfigError
+from .features import FeatureConfig
 from .tome import Matching, bipartite_match, merge_wavg
 
 
@@ -84,6 +87,10 @@ class FastAST(nn.Module):
         super().__init__()
         self.config = config
         self.tome = tome or TomeConfig()
+        # Set by checkpoint loading; carried into exports and new checkpoints.
+        self.label_names: tuple[str, ...] | None = None
+        self.feature_config: FeatureConfig | None = None
+        self.source_info: dict[str, Any] = {}
         self.schedule = self.tome.effective(config)  # clipped r per block
         dim = config.embed_dim
         stride = (config.fstride, config.tstride)
