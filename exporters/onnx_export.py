@@ -1,0 +1,267 @@
+"""FastAST -> one self-contained, static-shape, plugin-free ONNX file (every dim but the batch is fixed).
+
+Graph contract: input ``fbank`` (batch, T, F) float32, output ``logits`` (batch, labels) float32; with
+``debug_merges`` also ``merge{i}_src`` / ``merge{i}_dst`` (batch, r_i) int64 for every merging block i: the token
+positions, in that block's input sequence, of each merged token and of the token it merged into.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import Tensor, nn
+
+from fastast_deploy import __version__
+from fastast_deploy.errors import ConfigError, FastASTError
+from fastast_deploy.files import atomic_path, prepare_output, write_json_atomic
+from fastast_deploy.model import FastAST
+
+INPUT_NAME = "fbank"
+OUTPUT_NAME = "logits"
+METADATA_KEY = "fastast_deploy"
+PRECISIONS = ("fp32", "fp16")
+# Ops whose presence breaks the static, plugin-free contract (control flow, data-dependent shapes).
+FORBIDDEN_OPS = frozenset({"If", "Loop", "Scan", "NonZero", "Unique", "Compress"})
+TOPK_LIMIT = 3840  # TensorRT: K must be < 3840 (onnx-tensorrt operators.md, TensorRT 10.x)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export. ``batch=None`` makes the batch dimension dynamic; an int fixes it."""
+
+    opset: int = 18
+    batch: int | None = None
+    precision: str = "fp32"
+    debug_merges: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; available: {list(PRECISIONS)}")
+        if self.batch is not None and self.batch < 1:
+            raise ConfigError(f"--batch must be >= 1, got {self.batch}")
+        if not 18 <= self.opset <= 23:
+            raise ConfigError(f"opset {self.opset} is not supported; use 18 to 23 (LayerNormalization, folded axes)")
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    sidecar: Path
+    metadata: dict[str, Any]
+    parity: dict[str, Any] | None = None
+    lint: list[str] = field(default_factory=list)
+
+
+def merge_output_names(model: FastAST) -> list[str]:
+    names = []
+    for i, r in enumerate(model.schedule):
+        if r > 0:
+            names += [f"merge{i}_src", f"merge{i}_dst"]
+    return names
+
+
+class _ExportGraph(nn.Module):
+    """What is traced: float32 fbank in, float32 logits (and merge positions) out, compute in the model's dtype."""
+
+    def __init__(self, model: FastAST, debug_merges: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.dtype = next(model.parameters()).dtype
+        self.debug_merges = debug_merges
+
+    def forward(self, fbank: Tensor) -> tuple[Tensor, ...]:
+        logits, merges = self.model.forward_with_merges(fbank.to(self.dtype))
+        outputs = [logits.float()]
+        if self.debug_merges:
+            for m in merges:
+                outputs += [2 * m.src_idx, 2 * m.dst_idx + 1]  # A = even positions, B = odd positions
+        return tuple(outputs)
+
+
+def to_onnx(model: FastAST, options: ExportOptions) -> onnx.ModelProto:
+    """Trace with torch.export and convert with the dynamo exporter; constants folded by its optimizer."""
+    model = copy.deepcopy(model).eval()
+    if options.precision == "fp16":
+        model = model.half()  # matching and weighted merges still run in float32 (see fastast_deploy.tome)
+    graph = _ExportGraph(model, options.debug_merges)
+    cfg = model.config
+    example_batch = options.batch or 2  # 2, not 1: an example batch of 1 would be specialised away
+    example = torch.zeros(example_batch, cfg.input_frames, cfg.num_mel_bins)
+    dynamic = None if options.batch else ({0: torch.export.Dim("batch", min=1, max=4096)},)
+    output_names = [OUTPUT_NAME] + (merge_output_names(model) if options.debug_merges else [])
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(
+                graph, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=output_names,
+                dynamic_shapes=dynamic, opset_version=options.opset, external_data=False, optimize=True,
+                verbose=False,
+            )
+        except Exception as err:  # the exporter's own errors are long multi-page reports
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise FastASTError(f"torch.onnx.export failed: {first}") from err
+    proto = program.model_proto
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset != options.opset:
+        raise FastASTError(f"the exporter produced opset {opset}, not the requested {options.opset}")
+    if options.batch is None:  # name the symbolic dim "batch" on every graph input and output
+        for value in list(proto.graph.input) + list(proto.graph.output):
+            dim = value.type.tensor_type.shape.dim[0]
+            if not dim.HasField("dim_value"):
+                dim.dim_param = "batch"
+    return proto
+
+
+def check_graph(proto: onnx.ModelProto, merge_impl: str, merging_blocks: int) -> None:
+    """The static, plugin-free contract; raises FastASTError naming what broke it."""
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as err:
+        raise FastASTError(f"exported graph fails onnx.checker: {str(err).splitlines()[0]}") from None
+    ops: dict[str, int] = {}
+    for node in proto.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    bad = sorted(FORBIDDEN_OPS & ops.keys())
+    if bad:
+        raise FastASTError(f"exported graph has control flow or data-dependent ops {bad}; expected none")
+    scatters = {op: n for op, n in ops.items() if op.startswith("Scatter")}
+    if merge_impl == "matmul" and scatters:
+        raise FastASTError(f"matmul merge export still has scatter nodes {scatters}; expected none")
+    if merge_impl == "scatter":
+        adds = [n for n in proto.graph.node if n.op_type == "ScatterElements"
+                and any(a.name == "reduction" and a.s == b"add" for a in n.attribute)]
+        if len(adds) != merging_blocks or sum(scatters.values()) != merging_blocks:
+            raise FastASTError(f"scatter merge export should have {merging_blocks} ScatterElements(add) nodes, "
+                               f"found {len(adds)} among {scatters}")
+    inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+    symbolic = []  # the batch may sit on any axis of an intermediate tensor, but must be the one "batch" symbol
+    for value in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+        dims = value.type.tensor_type.shape.dim
+        for axis, dim in enumerate(dims):
+            if not dim.HasField("dim_value") and dim.dim_param != "batch":
+                symbolic.append(f"{value.name}[{axis}]")
+    if symbolic:
+        raise FastASTError(f"exported graph has {len(symbolic)} non-batch dynamic dims (e.g. {symbolic[:3]}); "
+                           "expected only the batch dimension to be symbolic")
+    constants = {t.name: t for t in inferred.graph.initializer}
+    constants.update({n.output[0]: a.t for n in inferred.graph.node if n.op_type == "Constant" for a in n.attribute
+                      if a.name == "value"})
+    for node in inferred.graph.node:
+        if node.op_type != "TopK":
+            continue
+        k = constants.get(node.input[1])
+        if k is None:
+            raise FastASTError(f"TopK {node.name} has a K computed at run time; expected a folded constant")
+        value = int(onnx.numpy_helper.to_array(k).reshape(-1)[0])
+        if value >= TOPK_LIMIT:
+            raise FastASTError(f"TopK {node.name} has K = {value}; TensorRT needs K < {TOPK_LIMIT}")
+
+
+def build_metadata(model: FastAST, options: ExportOptions, source_info: dict[str, Any] | None) -> dict[str, Any]:
+    """Everything a deployment needs to know about the graph, in plain JSON (no timestamps: re-exports are
+    byte-identical)."""
+    import onnxscript
+
+    cfg = model.config
+    features = getattr(model, "feature_config", None)
+    labels = getattr(model, "label_names", None)
+    batch: int | str = options.batch if options.batch else "batch"
+    outputs = {OUTPUT_NAME: {"shape": [batch, cfg.num_labels], "dtype": "float32"}}
+    if options.debug_merges:
+        for i, r in enumerate(model.schedule):
+            if r > 0:
+                for kind in ("src", "dst"):
+                    outputs[f"merge{i}_{kind}"] = {"shape": [batch, r], "dtype": "int64"}
+    source = {k: str(v) if isinstance(v, os.PathLike) else v for k, v in (source_info or {}).items()}
+    return {
+        "format_version": 1,
+        "source": source,
+        "model": cfg.to_dict(),
+        "tome": {**model.tome.to_dict(), "effective_schedule": list(model.schedule),
+                 "token_counts": list(model.token_counts)},
+        "labels": list(labels) if labels else None,
+        "features": features.to_dict() if features is not None else None,
+        "precision": options.precision,
+        "opset": options.opset,
+        "batch": options.batch,
+        "inputs": {INPUT_NAME: {"shape": [batch, cfg.input_frames, cfg.num_mel_bins], "dtype": "float32"}},
+        "outputs": outputs,
+        "debug_merges": options.debug_merges,
+        "versions": {"fastast_deploy": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                     "onnxscript": onnxscript.__version__},
+    }
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata an export stored in the model (``metadata_props``)."""
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:
+        raise FastASTError(f"{path} is not a readable ONNX model: {str(err).splitlines()[0] if str(err) else err}") \
+            from None
+    for prop in proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            return json.loads(prop.value)
+    raise FastASTError(f"{path} has no fastast-deploy metadata; was it written by `fastast-deploy export`?")
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    return Path(f"{path}.json")
+
+
+def serialize(proto: onnx.ModelProto, metadata: dict[str, Any]) -> bytes:
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata, sort_keys=True)
+    buffer = io.BytesIO()
+    onnx.save_model(proto, buffer)
+    return buffer.getvalue()
+
+
+def export_onnx(
+    model: FastAST,
+    output: str | os.PathLike,
+    options: ExportOptions = ExportOptions(),
+    *,
+    source_info: dict[str, Any] | None = None,
+    check: bool = True,
+    parity_inputs: int = 4,
+) -> ExportResult:
+    """Export, check the graph contract, optionally check parity on ONNX Runtime, then write the model and its
+    JSON sidecar atomically. Nothing is written when any step fails."""
+    from .parity import check_parity
+
+    output = prepare_output(output)
+    proto = to_onnx(model, options)
+    merging = sum(1 for r in model.schedule if r > 0)
+    check_graph(proto, model.tome.merge_impl, merging)
+    metadata = build_metadata(model, options, source_info or getattr(model, "source_info", None))
+    data = serialize(proto, metadata)
+    if len(data) >= 2**31:
+        raise FastASTError(f"exported model is {len(data) / 2**30:.1f} GiB; one self-contained file must be < 2 GiB")
+    parity = check_parity(model, data, options, num=parity_inputs) if check else None
+    with atomic_path(output) as tmp:
+        tmp.write_bytes(data)
+        write_json_atomic(sidecar_path(output), {**metadata, "sha256": _sha256(data), "parity": parity})
+    return ExportResult(output, sidecar_path(output), metadata, parity)
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def parity_summary(parity: dict[str, Any]) -> str:
+    keys = ("max_abs_diff", "cosine_min", "top1_agreement", "merge_agreement")
+    return ", ".join(f"{k} {parity[k]:.3g}" for k in keys if parity.get(k) is not None)
+

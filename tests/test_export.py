@@ -1,0 +1,113 @@
+"""ONNX export: static shapes, native ops, and ONNX Runtime against PyTorch at the same r."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from fastast_deploy.config import ModelConfig, TomeConfig
+from fastast_deploy.errors import FastASTError
+from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx, read_metadata, sidecar_path
+from fastast_deploy.exporters.parity import fbank_like, torch_outputs
+from fastast_deploy.model import FastAST, build_model
+from fastast_deploy.tome import make_schedule
+
+TINY = ModelConfig.from_size("tiny", depth=4, input_frames=128, num_labels=10)
+
+
+def tiny_model(r: int, **tome: object) -> FastAST:
+    torch.manual_seed(0)
+    return build_model(TINY, TomeConfig(make_schedule(r, TINY.depth), **tome))
+
+
+def run_onnx(path: Path, x: np.ndarray) -> list[np.ndarray]:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"fbank": x})
+
+
+def assert_matches_torch(model: FastAST, path: Path, batches: tuple[int, ...]) -> None:
+    for seed, batch in enumerate(batches):
+        x = fbank_like(batch, model.config.input_frames, model.config.num_mel_bins, seed=100 + seed)
+        got = run_onnx(path, x)
+        want, merges = torch_outputs(model, x)
+        assert got[0].shape == want.shape
+        assert np.abs(got[0] - want).max() <= 1e-4
+        assert len(got) - 1 == len(merges)
+        for g, w in zip(got[1:], merges, strict=True):
+            np.testing.assert_array_equal(g, w)  # identical merge decisions
+
+
+@pytest.mark.parametrize("r", [0, 8, 16])
+def test_tiny_dynamic_batch_matches_pytorch(tmp_path: Path, r: int) -> None:
+    model = tiny_model(r)
+    out = export_onnx(model, tmp_path / "m.onnx", ExportOptions(debug_merges=True)).path
+    assert_matches_torch(model, out, (1, 2, 7))
+    graph = onnx.load(str(out)).graph
+    dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 128, 128]
+    assert [o.name for o in graph.output][0] == "logits"
+    assert len(graph.output) == 1 + 2 * sum(1 for v in model.schedule if v > 0)
+
+
+@pytest.mark.slow
+def test_ast_small_at_1024_frames_matches_pytorch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_size("small", input_frames=1024), TomeConfig(make_schedule(50, 12)))
+    out = export_onnx(model, tmp_path / "small.onnx", ExportOptions(debug_merges=True), parity_inputs=1).path
+    assert_matches_torch(model, out, (1, 2))
+
+
+def test_matmul_graph_has_no_scatter_and_scatter_graph_has_adds(tmp_path: Path) -> None:
+    matmul = export_onnx(tiny_model(8), tmp_path / "a.onnx").path
+    scatter = export_onnx(tiny_model(8, merge_impl="scatter"), tmp_path / "b.onnx").path
+    ops_a = {n.op_type for n in onnx.load(str(matmul)).graph.node}
+    nodes_b = [n for n in onnx.load(str(scatter)).graph.node if n.op_type.startswith("Scatter")]
+    assert not any(op.startswith("Scatter") for op in ops_a)
+    assert {"TopK", "GatherElements", "MatMul", "Equal"} <= ops_a
+    assert len(nodes_b) == TINY.depth
+    assert all(onnx.helper.get_attribute_value(a) == b"add" for n in nodes_b for a in n.attribute
+               if a.name == "reduction")
+
+
+def test_reexport_is_byte_identical_and_metadata_is_complete(tmp_path: Path) -> None:
+    model = tiny_model(8)
+    model.label_names = tuple(f"label {i}" for i in range(10))
+    a = export_onnx(model, tmp_path / "a.onnx").path
+    b = export_onnx(model, tmp_path / "b.onnx").path
+    assert a.read_bytes() == b.read_bytes()
+    meta = read_metadata(a)
+    assert meta["tome"]["effective_schedule"] == [8, 8, 8, 8]
+    assert meta["tome"]["token_counts"] == [146, 138, 130, 122, 114]
+    assert meta["labels"][3] == "label 3"
+    assert meta["precision"] == "fp32" and meta["opset"] == 18 and meta["model"]["embed_dim"] == 192
+    assert {"torch", "onnx", "onnxscript", "fastast_deploy"} <= meta["versions"].keys()
+    assert sidecar_path(a).exists()
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary files left
+
+
+def test_static_batch(tmp_path: Path) -> None:
+    out = export_onnx(tiny_model(8), tmp_path / "s.onnx", ExportOptions(batch=3)).path
+    dims = [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [3, 128, 128]
+
+
+def test_fp16_keeps_float32_io_and_fp16_weights(tmp_path: Path) -> None:
+    out = export_onnx(tiny_model(8), tmp_path / "h.onnx", ExportOptions(precision="fp16")).path
+    model = onnx.load(str(out))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    big = [t for t in model.graph.initializer if np.prod(t.dims) >= 192 * 192]
+    assert big and all(t.data_type == onnx.TensorProto.FLOAT16 for t in big)
+
+
+def test_failed_parity_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fastast_deploy.exporters.parity as parity
+
+    monkeypatch.setattr(parity, "ATOL", -1.0)  # no graph can meet a negative tolerance
+    with pytest.raises(FastASTError, match="ONNX Runtime disagrees with PyTorch"):
+        export_onnx(tiny_model(8), tmp_path / "x.onnx")
+    assert list(tmp_path.iterdir()) == []
