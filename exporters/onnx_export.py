@@ -25,9 +25,10 @@ from fastast_deploy.errors import ConfigError, FastASTError
 from fastast_deploy.files import atomic_path, prepare_output, write_json_atomic
 from fastast_deploy.model import FastAST
 
-INPUT_NAME = "fbank"
-OUTPUT_NAME = "logits"
-METADATA_KEY = "fastast_deploy"
+from .metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, read_metadata, sidecar_path
+
+__all__ = ["ExportOptions", "ExportResult", "export_onnx", "read_metadata", "sidecar_path"]
+
 PRECISIONS = ("fp32", "fp16")
 # Ops whose presence breaks the static, plugin-free contract (control flow, data-dependent shapes).
 FORBIDDEN_OPS = frozenset({"If", "Loop", "Scan", "NonZero", "Unique", "Compress"})
@@ -199,23 +200,6 @@ def build_metadata(model: FastAST, options: ExportOptions, source_info: dict[str
         "versions": {"fastast_deploy": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxscript": onnxscript.__version__},
     }
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The metadata an export stored in the model (``metadata_props``)."""
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as err:
-        raise FastASTError(f"{path} is not a readable ONNX model: {str(err).splitlines()[0] if str(err) else err}") \
-            from None
-    for prop in proto.metadata_props:
-        if prop.key == METADATA_KEY:
-            return json.loads(prop.value)
-    raise FastASTError(f"{path} has no fastast-deploy metadata; was it written by `fastast-deploy export`?")
-
-
-def sidecar_path(path: str | os.PathLike) -> Path:
-    return Path(f"{path}.json")
 
 
 def serialize(proto: onnx.ModelProto, metadata: dict[str, Any]) -> bytes:

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import click
 
 from . import __version__
-from .errors import ConfigError, FastASTError
+from .errors import FastASTError
 
 
 class _Group(click.Group):
@@ -23,33 +21,6 @@ class _Group(click.Group):
             raise click.ClickException(str(err)) from None
 
 
-def parse_r(value: str | None) -> int | list[int] | None:
-    """``"16"`` -> 16, ``"16,8,0"`` -> [16, 8, 0], None stays None (the checkpoint's own schedule)."""
-    if value is None:
-        return None
-    try:
-        parts = [int(p) for p in value.split(",") if p.strip()]
-    except ValueError:
-        raise ConfigError(f"ToMe r must be an int or a comma-separated list of ints, got {value!r}") from None
-    if not parts:
-        raise ConfigError("ToMe r needs at least one value")
-    if any(p < 0 for p in parts):
-        raise ConfigError(f"ToMe r must be >= 0, got {value!r}")
-    return parts[0] if len(parts) == 1 and "," not in value else parts
-
-
-def tome_options(func: Any) -> Any:
-    """--tome-r / --tome-inflection / --frames, shared by the commands that build a model."""
-    func = click.option("--frames", type=click.IntRange(min=1), default=None,
-                        help="Input length in frames (positional embeddings adapted); default: the checkpoint's.")(func)
-    func = click.option("--tome-inflection", type=click.FloatRange(-1.0, 1.0), default=0.0, show_default=True,
-                        help="Linear r ramp: -1 goes from 2r down to 0, +1 from 0 up to 2r.")(func)
-    func = click.option("--tome-r", "tome_r", default=None, metavar="R|R1,R2,...",
-                        help="Tokens merged per block: one int, or one value per block. Default: the checkpoint's "
-                        "schedule, else 0.")(func)
-    return func
-
-
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fastast-deploy")
 def cli() -> None:
@@ -60,76 +31,10 @@ def cli() -> None:
     """
 
 
-@cli.command()
-@click.argument("source")
-@tome_options
-@click.option("--labels", type=click.Path(dir_okay=False), default=None,
-              help="AST class_labels_indices.csv giving label names (for an original .pth).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def info(source: str, tome_r: str | None, tome_inflection: float, frames: int | None, labels: str | None,
-         as_json: bool) -> None:
-    """Show a model's config, parameters, token count per layer and FLOPs with and without merging."""
-    from .inspection import describe_model, format_description, model_for_info
+from .commands.model import export, info  # noqa: E402
 
-    model = model_for_info(source, parse_r(tome_r), tome_inflection, frames, labels)
-    report = describe_model(model)
-    click.echo(json.dumps(report, indent=2) if as_json else format_description(report))
-
-
-@cli.command()
-@click.argument("source")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help="The .onnx file to write (a JSON sidecar is written beside it as OUTPUT.json).")
-@tome_options
-@click.option("--tome-schedule", default=None, metavar="R1,R2,...",
-              help="Explicit r for each block (same as a list given to --tome-r).")
-@click.option("--no-prop-attn", is_flag=True, help="Turn proportional attention off.")
-@click.option("--merge-impl", type=click.Choice(["matmul", "scatter"]), default="matmul", show_default=True,
-              help="matmul: one-hot MatMul scatter-add, native in TensorRT; scatter: ScatterElements(add), which "
-              "TensorRT runs only through a plugin.")
-@click.option("--batch", type=click.IntRange(min=1), default=None,
-              help="A static batch size; by default the batch dimension is dynamic.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="fp16: fp16 weights and compute, merge decisions and weighted merges in fp32, float32 I/O.")
-@click.option("--opset", type=click.IntRange(18, 23), default=18, show_default=True)
-@click.option("--debug-merges", is_flag=True, help="Add each merging block's source / destination positions as "
-              "outputs merge{i}_src / merge{i}_dst, for parity debugging.")
-@click.option("--no-check", is_flag=True, help="Skip the ONNX Runtime parity check against PyTorch.")
-@click.option("--labels", type=click.Path(dir_okay=False), default=None,
-              help="AST class_labels_indices.csv giving label names (for an original .pth).")
-def export(source: str, output: Path, tome_r: str | None, tome_inflection: float, frames: int | None,
-           tome_schedule: str | None, no_prop_attn: bool, merge_impl: str, batch: int | None, precision: str,
-           opset: int, debug_merges: bool, no_check: bool, labels: str | None) -> None:
-    """Export SOURCE to a static-shape, plugin-free ONNX model and check it against PyTorch."""
-    from .checkpoints import load_model
-    from .exporters.lint import format_report, lint_model
-    from .exporters.onnx_export import ExportOptions, export_onnx, parity_summary
-    from .files import prepare_output
-
-    if tome_r is not None and tome_schedule is not None:
-        raise ConfigError("give either --tome-r or --tome-schedule, not both")
-    options = ExportOptions(opset=opset, batch=batch, precision=precision, debug_merges=debug_merges)
-    prepare_output(output)  # fail on a bad output path before the slow part
-    r = parse_r(tome_schedule) if tome_schedule is not None else parse_r(tome_r)
-    if isinstance(r, int) and tome_schedule is not None:
-        r = [r]
-    model = load_model(source, tome_r=r, tome_inflection=tome_inflection, prop_attn=False if no_prop_attn else None,
-                       input_frames=frames, merge_impl=merge_impl, labels=labels)
-    requested = model.tome.per_block(model.config.depth)
-    if requested != model.schedule:
-        pairs = enumerate(zip(requested, model.schedule, strict=True))
-        clipped = [f"block {i}: {a} -> {b}" for i, (a, b) in pairs if a != b]
-        click.echo(f"note: r clipped to what each block's token count allows ({'; '.join(clipped)})", err=True)
-    result = export_onnx(model, output, options, check=not no_check)
-    report = lint_model(result.path, tensorrt=10)
-    if report.errors or report.warnings:
-        click.echo(format_report(report), err=True)
-    counts = model.token_counts
-    click.echo(f"wrote {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB, {precision}, opset {opset}, "
-               f"batch {batch or 'dynamic'}) and {result.sidecar.name}")
-    click.echo(f"tokens {counts[0]} -> {counts[-1]} with r per block {list(model.schedule)}, merge {merge_impl}")
-    if result.parity:
-        click.echo(f"parity vs PyTorch on ONNX Runtime CPU: {parity_summary(result.parity)}")
+for _command in (info, export):
+    cli.add_command(_command)
 
 
 def main() -> None:

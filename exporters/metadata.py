@@ -1,0 +1,37 @@
+"""The exported graph's contract and metadata, readable without torch (engines and deployment boxes use it)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from fastast_deploy.errors import FastASTError
+
+INPUT_NAME = "fbank"
+OUTPUT_NAME = "logits"
+METADATA_KEY = "fastast_deploy"
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """Where the JSON sidecar of a written model or engine lives: ``PATH.json``."""
+    return Path(f"{path}.json")
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata an export stored in the model (``metadata_props``)."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise FastASTError(f"{path} does not exist or is not a file; expected an exported .onnx model")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise FastASTError(f"{path} is not a readable ONNX model ({detail})") from None
+    for prop in proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            return json.loads(prop.value)
+    raise FastASTError(f"{path} has no fastast-deploy metadata; export it with `fastast-deploy export`")
