@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -99,6 +100,8 @@ def to_onnx(model: FastAST, options: ExportOptions) -> onnx.ModelProto:
     example = torch.zeros(example_batch, cfg.input_frames, cfg.num_mel_bins)
     dynamic = None if options.batch else ({0: torch.export.Dim("batch", min=1, max=4096)},)
     output_names = [OUTPUT_NAME] + (merge_output_names(model) if options.debug_merges else [])
+    # The exporter logs a warning for every optional torchvision op it cannot register: noise for this model.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:

@@ -31,9 +31,9 @@ def cli() -> None:
     """
 
 
-from .commands.model import export, info  # noqa: E402
+from .commands.model import export, info, lint  # noqa: E402
 
-for _command in (info, export):
+for _command in (info, export, lint):
     cli.add_command(_command)
 
 

@@ -6,6 +6,8 @@ import importlib.util
 
 import pytest
 
+HF_LABELS = ("dog", "rain", "sea waves", "crackling fire", "crickets", "chirping birds", "water drops")
+
 
 def _has_cuda() -> bool:
     try:
@@ -27,3 +29,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
         if skip_trt and "tensorrt" in item.keywords:
             item.add_marker(skip_trt)
+
+
+def _hf_model(**overrides: object) -> torch.nn.Module:  # noqa: F821 (torch is imported inside)
+    """A tiny random HF AST; every parameter random (HF itself zero-initialises pos embeddings and dist token).
+
+    Tests that call it skip where transformers is not installed; the others still run.
+    """
+    import torch
+
+    transformers = pytest.importorskip("transformers")
+    kwargs = {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 128,
+        "max_length": 64,
+        "num_mel_bins": 32,
+        "frequency_stride": 10,
+        "time_stride": 16,
+        "id2label": dict(enumerate(HF_LABELS)),
+        "label2id": {n: i for i, n in enumerate(HF_LABELS)},
+        "attn_implementation": "eager",
+        **overrides,
+    }
+    torch.manual_seed(0)
+    model = transformers.ASTForAudioClassification(transformers.ASTConfig(**kwargs)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            centre = 1.0 if "layernorm" in name and name.endswith("weight") else 0.0
+            p.copy_(centre + 0.1 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="session")
+def make_hf_model():
+    """Factory of tiny random Hugging Face AST models (skips where transformers is missing)."""
+    return _hf_model

@@ -25,36 +25,6 @@ from fastast_deploy.features import ESC50, SPEECHCOMMANDS, FeatureConfig
 from fastast_deploy.model import build_model
 
 TOL = 1e-5
-HF_LABELS = ("dog", "rain", "sea waves", "crackling fire", "crickets", "chirping birds", "water drops")
-
-
-def hf_model(**overrides: object) -> torch.nn.Module:
-    """A tiny random HF AST; every parameter random (HF itself zero-initialises pos embeddings and dist token).
-
-    Tests that call it skip where transformers is not installed; the others still run.
-    """
-    transformers = pytest.importorskip("transformers")
-    kwargs = {
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 128,
-        "max_length": 64,
-        "num_mel_bins": 32,
-        "frequency_stride": 10,
-        "time_stride": 16,
-        "id2label": dict(enumerate(HF_LABELS)),
-        "label2id": {n: i for i, n in enumerate(HF_LABELS)},
-        "attn_implementation": "eager",
-        **overrides,
-    }
-    torch.manual_seed(0)
-    model = transformers.ASTForAudioClassification(transformers.ASTConfig(**kwargs)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            centre = 1.0 if "layernorm" in name and name.endswith("weight") else 0.0
-            p.copy_(centre + 0.1 * torch.randn_like(p))
-    return model
 
 
 def hf_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -75,8 +45,8 @@ def assert_one_line_error(err: pytest.ExceptionInfo, *fragments: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def hf() -> torch.nn.Module:
-    return hf_model()
+def hf(make_hf_model) -> torch.nn.Module:
+    return make_hf_model()
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +68,7 @@ def test_hf_directory_matches_transformers(hf: torch.nn.Module, hf_dir: Path, x_
     model = load_model(hf_dir)
     assert not model.training
     assert max_diff(model(x_hf), hf_logits(hf, x_hf)) < TOL
-    assert model.label_names == HF_LABELS
+    assert model.label_names == tuple(hf.config.id2label[i] for i in range(7))
     assert model.config.layer_norm_eps == model.config.head_norm_eps == 1e-12
     assert (model.config.fstride, model.config.tstride, model.config.input_frames) == (10, 16, 64)
     assert model.feature_config == FeatureConfig(num_mel_bins=32, frames=64)  # AudioSet stats without preprocessor
@@ -175,14 +145,16 @@ ORIGINAL_CASES = {
 }
 
 
-def original_reference(tmp_path: Path, stride: int, frames: int, labels: int) -> tuple[torch.nn.Module, dict]:
+def original_reference(
+    make_hf_model, tmp_path: Path, stride: int, frames: int, labels: int
+) -> tuple[torch.nn.Module, dict]:
     """An HF AST computing what original AST computes, and its weights in the original layout (no prefix).
 
     DeiT geometry (64-dim heads, 128 mel bins), as original files imply. Original AST uses LayerNorm eps 1e-6 in
     the blocks and 1e-5 in mlp_head; HF has one eps, so the reference gets 1e-6 and its head LayerNorm is set to
     1e-5: the same computation as the original, not an approximation of it.
     """
-    hf = hf_model(
+    hf = make_hf_model(
         hidden_size=128,
         num_attention_heads=2,
         intermediate_size=256,
@@ -200,9 +172,9 @@ def original_reference(tmp_path: Path, stride: int, frames: int, labels: int) ->
 
 
 @pytest.mark.parametrize("case", list(ORIGINAL_CASES))
-def test_original_pth_matches_transformers(tmp_path: Path, case: str) -> None:
+def test_original_pth_matches_transformers(make_hf_model, tmp_path: Path, case: str) -> None:
     name, stride, frames, labels, prefix, stats = ORIGINAL_CASES[case]
-    hf, state = original_reference(tmp_path, stride, frames, labels)
+    hf, state = original_reference(make_hf_model, tmp_path, stride, frames, labels)
     path = tmp_path / name
     torch.save({prefix + k: v for k, v in state.items()}, path)
 
@@ -419,8 +391,8 @@ def test_key_and_shape_mismatches_are_counted(tmp_path: Path) -> None:
     )
 
 
-def test_original_pth_missing_key(tmp_path: Path) -> None:
-    _, state = original_reference(tmp_path, stride=10, frames=128, labels=35)
+def test_original_pth_missing_key(make_hf_model, tmp_path: Path) -> None:
+    _, state = original_reference(make_hf_model, tmp_path, stride=10, frames=128, labels=35)
     del state["v.blocks.1.norm1.bias"]
     torch.save(state, tmp_path / "ast.pth")
     with pytest.raises(CheckpointError) as err:

@@ -81,3 +81,25 @@ def export(source: str, output: Path, tome_r: str | None, tome_inflection: float
     click.echo(f"tokens {counts[0]} -> {counts[-1]} with r per block {list(model.schedule)}, merge {merge_impl}")
     if result.parity:
         click.echo(f"parity vs PyTorch on ONNX Runtime CPU: {parity_summary(result.parity)}")
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--tensorrt", type=click.Choice(["10", "11"]), default="10", show_default=True,
+              help="TensorRT major version whose ONNX parser table to check against.")
+@click.option("--allow-plugins", is_flag=True, help="Report nodes that need a TensorRT plugin as warnings.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+def lint(model: str, tensorrt: str, allow_plugins: bool, as_json: bool) -> None:
+    """Check MODEL.onnx against what TensorRT's ONNX parser runs natively; exit 1 where a build would fail."""
+    from dataclasses import asdict
+
+    from ..exporters.lint import format_report, lint_model
+
+    report = lint_model(model, tensorrt=int(tensorrt), allow_plugins=allow_plugins)
+    if as_json:
+        click.echo(json.dumps({"tensorrt": report.tensorrt, "failed": report.failed,
+                               "findings": [asdict(f) for f in report.findings]}, indent=2))
+    else:
+        click.echo(format_report(report))
+    if report.failed:
+        raise SystemExit(1)
