@@ -111,3 +111,52 @@ def test_failed_parity_writes_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
     with pytest.raises(FastASTError, match="ONNX Runtime disagrees with PyTorch"):
         export_onnx(tiny_model(8), tmp_path / "x.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_hf_directory_at_r0_matches_transformers_in_onnxruntime(make_hf_model, tmp_path: Path) -> None:
+    from fastast_deploy.checkpoints import load_model
+
+    hf = make_hf_model()
+    hf.save_pretrained(tmp_path / "hf")
+    out = export_onnx(load_model(tmp_path / "hf"), tmp_path / "hf.onnx").path
+    x = fbank_like(3, hf.config.max_length, hf.config.num_mel_bins, seed=5)
+    with torch.no_grad():
+        want = hf(torch.from_numpy(x)).logits.numpy()
+    assert np.abs(run_onnx(out, x)[0] - want).max() <= 1e-4
+    assert read_metadata(out)["labels"] == [hf.config.id2label[i] for i in range(len(hf.config.id2label))]
+
+
+def synthetic_clips(num: int, seconds: float = 1.3, sr: int = 16000, seed: int = 0) -> list[np.ndarray]:
+    """Tones, chirps, decaying noise bursts and AM tones with noise: a spread of spectrogram shapes."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    clips = []
+    for i in range(num):
+        f0 = rng.uniform(100, 4000)
+        kind = i % 4
+        if kind == 0:
+            w = np.sin(2 * np.pi * f0 * t)
+        elif kind == 1:
+            w = np.sin(2 * np.pi * (f0 * t + rng.uniform(200, 2000) * t**2))
+        elif kind == 2:
+            w = rng.standard_normal(t.size) * np.exp(-t * rng.uniform(1, 5))
+        else:
+            w = np.sin(2 * np.pi * f0 * t) * (1 + np.sin(2 * np.pi * rng.uniform(2, 20) * t))
+            w += 0.1 * rng.standard_normal(t.size)
+        clips.append((0.5 * w / np.abs(w).max()).astype(np.float32))
+    return clips
+
+
+def test_fp16_export_agrees_with_the_fp32_model_on_synthetic_audio(tmp_path: Path) -> None:
+    from fastast_deploy.exporters.parity import compare_logits
+    from fastast_deploy.features import FeatureConfig, waveform_to_input
+
+    features = FeatureConfig(frames=TINY.input_frames)
+    x = np.stack([waveform_to_input(torch.from_numpy(w), 16000, features).numpy() for w in synthetic_clips(200)])
+    model = tiny_model(8)
+    out = export_onnx(model, tmp_path / "h.onnx", ExportOptions(precision="fp16")).path
+    want, _ = torch_outputs(model, x)
+    figures = compare_logits(want, run_onnx(out, x)[0])
+    print(f"fp16 vs fp32 over 200 synthetic clips: {figures}")
+    assert figures["top1_agreement"] >= 0.99
+    assert figures["cosine_min"] >= 0.999
