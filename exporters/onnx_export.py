@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,10 @@ __all__ = ["ExportOptions", "ExportResult", "export_onnx", "read_metadata", "sid
 PRECISIONS = ("fp32", "fp16")
 # Ops whose presence breaks the static, plugin-free contract (control flow, data-dependent shapes).
 FORBIDDEN_OPS = frozenset({"If", "Loop", "Scan", "NonZero", "Unique", "Compress"})
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
+PART_KEY = "fastast_deploy.part"
+# The exporter's stack traces stop at the calling module's forward: merge ops show the call into fastast_deploy.tome.
+MERGE_SOURCE = re.compile(r"\b(bipartite_match|merge_wavg)\(")
 TOPK_LIMIT = 3840  # TensorRT: K must be < 3840 (onnx-tensorrt operators.md, TensorRT 10.x)
 
 
@@ -143,8 +148,9 @@ def check_graph(proto: onnx.ModelProto, merge_impl: str, merging_blocks: int) ->
     if merge_impl == "scatter":
         adds = [n for n in proto.graph.node if n.op_type == "ScatterElements"
                 and any(a.name == "reduction" and a.s == b"add" for a in n.attribute)]
-        if len(adds) != merging_blocks or sum(scatters.values()) != merging_blocks:
-            raise FastASTError(f"scatter merge export should have {merging_blocks} ScatterElements(add) nodes, "
+        expected = 2 * merging_blocks  # tokens and sizes
+        if len(adds) != expected or sum(scatters.values()) != expected:
+            raise FastASTError(f"scatter merge export should have {expected} ScatterElements(add) nodes, "
                                f"found {len(adds)} among {scatters}")
     inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
     symbolic = []  # the batch may sit on any axis of an intermediate tensor, but must be the one "batch" symbol
@@ -205,7 +211,23 @@ def build_metadata(model: FastAST, options: ExportOptions, source_info: dict[str
     }
 
 
+def tag_nodes(proto: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node stack traces (they hold this machine's file paths) and tag the nodes that
+    come from Token Merging with ``fastast_deploy.part = merge``, for profiling and debugging."""
+    for node in proto.graph.node:
+        props = {p.key: p.value for p in node.metadata_props}
+        trace = props.pop(STACK_TRACE_KEY, "")
+        if not trace:
+            continue
+        del node.metadata_props[:]
+        if MERGE_SOURCE.search(trace):
+            props[PART_KEY] = "merge"
+        for key, value in props.items():
+            node.metadata_props.add(key=key, value=value)
+
+
 def serialize(proto: onnx.ModelProto, metadata: dict[str, Any]) -> bytes:
+    tag_nodes(proto)
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata, sort_keys=True)

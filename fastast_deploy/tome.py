@@ -5,8 +5,8 @@ Token 0 is the cls token and token 1 the distillation token: both are protected 
 dist never receives a merge), so they stay at positions 0 and 1 after every merge.
 
 Everything but index values is static: with a fixed input length and a fixed per-block r, every shape is known
-before export. The matching is written with ops that ONNX Runtime and TensorRT run natively (no sort of tied
-values, no scatter) and that break ties the same way on every backend: lower index first.
+before export. The matching and merge are written with ops that ONNX Runtime and TensorRT run natively (no
+scatter, no masked writes), with ties broken to the lower index as ONNX defines ArgMax and TopK.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from .errors import ConfigError
 PROTECTED_TOKENS = 2  # cls + dist
 MergeImpl = Literal["matmul", "scatter"]
 MERGE_IMPLS: tuple[str, ...] = ("matmul", "scatter")
-# Replaces protected scores; cosine similarities lie in [-1, 1], so this is below any real score.
-_NEG = -1.0e4
 
 
 class Matching(NamedTuple):
@@ -91,61 +89,69 @@ def bipartite_match(metric: Tensor, r: int) -> Matching:
 
     metric: (B, N, C) keys averaged over heads. Computed in float32 whatever the input dtype, because the
     decisions are discrete and a rounding difference can flip a near-tie. ``r`` must already be clipped.
+    Ties break to the lower index: ``argmax`` takes the first maximum (as ONNX ArgMax does), and the ranking is a
+    stable sort, which exports as TopK, whose ONNX definition also puts the lower index first among equals.
     """
     metric = metric.float()
     metric = metric / metric.norm(dim=-1, keepdim=True)
     a, b = metric[:, ::2], metric[:, 1::2]  # (B, t1, C), (B, t2, C)
-    scores = a @ b.transpose(-1, -2)  # (B, t1, t2)
-    t1, t2 = scores.shape[-2], scores.shape[-1]
-    rows = torch.arange(t1, device=metric.device)
-    cols = torch.arange(t2, device=metric.device)
-    protected = (rows[:, None] == 0) | (cols[None, :] == 0)  # (t1, t2): cls row, dist column
-    scores = torch.where(protected, torch.full_like(scores, _NEG), scores)
-
-    node_max = scores.amax(dim=-1)  # (B, t1)
-    # Best partner: the lowest index among equal maxima (ArgMax tie-breaking differs between backends).
-    is_best = scores == node_max[..., None]
-    node_idx = torch.where(is_best, cols, t2).amin(dim=-1)  # (B, t1)
-
-    # Rank of each A token by descending score, ties by ascending index: a permutation of 0..t1-1.
-    # Written as pairwise comparisons so that every backend gets the same order (TopK on tied values need not).
-    si, sj = node_max[:, :, None], node_max[:, None, :]  # (B, t1, 1), (B, 1, t1)
-    before = (sj > si) | ((sj == si) & (rows[None, :] < rows[:, None]))  # (B, t1, t1): j ranks before i
-    rank = before.sum(dim=-1).float()  # (B, t1), exact in float32 for t1 < 2**24
-
-    src_idx = torch.topk(rank, r, dim=-1, largest=False, sorted=True).indices  # (B, r)
-    dst_idx = node_idx.gather(dim=-1, index=src_idx)  # (B, r)
-    is_src = (rank < r).float()
-    keep_key = rows.float() + t1 * is_src  # unique keys: kept tokens first, ascending
-    unm_idx = torch.topk(keep_key, t1 - r, dim=-1, largest=False, sorted=True).indices  # (B, t1 - r)
+    # The cls row and the dist column are left out rather than masked: cls is never a source, dist never a
+    # destination, and no Where over the whole score matrix is needed.
+    scores = a[:, 1:] @ b[:, 1:].transpose(-1, -2)  # (B, t1 - 1, t2 - 1)
+    node_idx = scores.argmax(dim=-1)  # (B, t1 - 1): best partner of each A token but cls (first maximum)
+    node_max = scores.gather(dim=-1, index=node_idx[..., None])[..., 0]  # one pass less than a separate max
+    if torch.compiler.is_exporting():  # TopK; ONNX defines it to put the lower index first among equal values
+        order = torch.topk(node_max, node_max.shape[-1], dim=-1, largest=True, sorted=True).indices
+    else:
+        order = node_max.argsort(dim=-1, descending=True, stable=True)  # (B, t1 - 1)
+    src = order[:, :r]
+    src_idx = src + 1  # back to A indices (A[0] is cls)
+    dst_idx = node_idx.gather(dim=-1, index=src) + 1  # back to B indices (B[0] is dist)
+    kept = order[:, r:]  # (B, t1 - 1 - r): empty when r takes every A token but cls
+    if kept.shape[-1] > 0:
+        kept = torch.topk(kept, kept.shape[-1], dim=-1, largest=False, sorted=True).values + 1  # ascending, unique
+    unm_idx = torch.cat([torch.zeros_like(order[:, :1]), kept], dim=-1)  # cls first
     return Matching(src_idx, dst_idx, unm_idx)
 
 
 def merge_wavg(x: Tensor, size: Tensor | None, matching: Matching, impl: MergeImpl = "matmul") -> tuple[Tensor, Tensor]:
-    """Size-weighted merge of tokens x (B, N, C) -> (B, N - r, C) and sizes -> (B, N - r, 1).
+    """Size-weighted merge of tokens x (B, N, C) -> (B, N - r, C) and sizes (None: all ones) -> (B, N - r, 1).
 
     Sources are added into their destination: x_dst <- (s_dst x_dst + sum s_src x_src) / (s_dst + sum s_src).
-    ``impl="matmul"`` does the scatter-add as a one-hot (B, r, t2) batched MatMul, which needs no plugin in
+    ``impl="matmul"`` does the scatter-add as a one-hot (B, t2 - 1, r) batched MatMul, which needs no plugin in
     TensorRT; ``impl="scatter"`` uses scatter_add (ScatterElements with reduction=add in ONNX). The weighted sums
     run in float32 whatever the model dtype: sizes grow to hundreds and s * x overflows fp16.
-    Output order: cls, dist, kept A tokens (ascending), then B tokens 1.. (original order).
+    Output order: cls, dist, kept A tokens (ascending), then B tokens 1.. (original order). Kept tokens are copied,
+    not weighted and unweighted, and only the B tokens are touched by the merge arithmetic.
     """
-    batch, n, c = x.shape
+    c = x.shape[-1]
+    unm_pos = 2 * matching.unm_idx[:, 1:]  # (B, t1 - 1 - r) token positions of kept A tokens, cls excluded
+    src_pos = 2 * matching.src_idx  # (B, r)
+    dst = matching.dst_idx - 1  # (B, r) index among the B tokens after dist, which never receives a merge
+    unm = x.gather(dim=1, index=unm_pos[..., None].expand(-1, -1, c))  # (B, t1 - 1 - r, C)
+    src = x.gather(dim=1, index=src_pos[..., None].expand(-1, -1, c)).float()  # (B, r, C)
+    dst_x = x[:, 3::2].float()  # (B, t2 - 1, C)
     if size is None:
-        size = torch.ones(batch, n, 1, dtype=torch.float32, device=x.device)
-    xs = torch.cat([x.float() * size, size], dim=-1)  # (B, N, C + 1): weighted tokens and their sizes
-    a, b = xs[:, ::2], xs[:, 1::2]  # (B, t1, C + 1), (B, t2, C + 1)
-    t2 = b.shape[1]
-    unm = a.gather(dim=1, index=matching.unm_idx[..., None].expand(-1, -1, c + 1))  # (B, t1 - r, C + 1)
-    src = a.gather(dim=1, index=matching.src_idx[..., None].expand(-1, -1, c + 1))  # (B, r, C + 1)
+        s_src = torch.ones_like(src[..., :1])  # (B, r, 1)
+        s_dst = torch.ones_like(dst_x[..., :1])  # (B, t2 - 1, 1)
+    else:
+        s_src = size.gather(dim=1, index=src_pos[..., None])
+        s_dst = size[:, 3::2]
+        src = src * s_src
+        dst_x = dst_x * s_dst
     if impl == "matmul":
-        cols = torch.arange(t2, device=x.device)
-        onehot = (matching.dst_idx[..., None] == cols).float()  # (B, r, t2)
-        b = b + onehot.transpose(1, 2) @ src  # (B, t2, C + 1)
+        cols = torch.arange(dst_x.shape[1], device=x.device)
+        onehot_t = (dst[:, None, :] == cols[:, None]).float()  # (B, t2 - 1, r)
+        dst_x = dst_x + onehot_t @ src  # (B, t2 - 1, C)
+        s_dst = s_dst + onehot_t @ s_src  # (B, t2 - 1, 1)
     elif impl == "scatter":
-        b = b.scatter_add(1, matching.dst_idx[..., None].expand(-1, -1, c + 1), src)
+        dst_x = dst_x.scatter_add(1, dst[..., None].expand(-1, -1, c), src)
+        s_dst = s_dst.scatter_add(1, dst[..., None], s_src)
     else:
         raise ConfigError(f"unknown merge implementation {impl!r}; available: {list(MERGE_IMPLS)}")
-    out = torch.cat([unm[:, :1], b[:, :1], unm[:, 1:], b[:, 1:]], dim=1)  # (B, N - r, C + 1)
-    size = out[..., c:]
-    return (out[..., :c] / size).to(x.dtype), size
+    merged = torch.cat([x[:, :2], unm, (dst_x / s_dst).to(x.dtype)], dim=1)  # (B, N - r, C)
+    if size is None:
+        kept_size = torch.ones_like(x[:, : 2 + unm.shape[1], :1], dtype=torch.float32)  # (B, N - r - t2 + 1, 1)
+    else:
+        kept_size = torch.cat([size[:, :2], size.gather(dim=1, index=unm_pos[..., None])], dim=1)
+    return merged, torch.cat([kept_size, s_dst], dim=1)
