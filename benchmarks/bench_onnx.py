@@ -40,6 +40,7 @@ def session(path: Path, threads: int | None, profile: bool = False) -> ort.Infer
     if threads:
         options.intra_op_num_threads = threads
     options.enable_profiling = profile
+    options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "fastast-ort-profile")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
