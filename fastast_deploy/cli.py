@@ -31,9 +31,10 @@ def cli() -> None:
     """
 
 
+from .commands.engine import build_engine, inspect  # noqa: E402
 from .commands.model import export, info, lint  # noqa: E402
 
-for _command in (info, export, lint):
+for _command in (info, export, lint, build_engine, inspect):
     cli.add_command(_command)
 
 

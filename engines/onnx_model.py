@@ -1,0 +1,91 @@
+"""An exported model as engines see it: the graph contract (``fbank`` in, ``logits`` out, only the batch
+dynamic), its export metadata and its sha256. Needs onnx, not torch."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastast_deploy.exporters.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAME
+from fastast_deploy.files import sha256_file
+
+from .base import BATCH, EngineError, Shape
+
+# Node domains that only ONNX Runtime runs: an ORT-optimised model holds them and is no input for TensorRT.
+ORT_ONLY_DOMAINS = frozenset({"com.microsoft", "com.microsoft.nchwc", "com.microsoft.experimental"})
+HINT = "export it with `fastast-deploy export`"
+
+
+@dataclass(frozen=True)
+class OnnxModelInfo:
+    """What an engine build needs to know about its source model."""
+
+    path: Path
+    input_shape: Shape  # (batch, T, F): BATCH or an int, then two ints
+    output_names: tuple[str, ...]
+    metadata: dict[str, Any]  # the exporter's metadata (fastast_deploy.exporters.onnx_export.build_metadata)
+    sha256: str
+    ort_only_domains: tuple[str, ...] = ()
+
+    @property
+    def batch_dim(self) -> int | str:
+        return self.input_shape[0]
+
+    @property
+    def precision(self) -> str:
+        return str(self.metadata.get("precision", "fp32"))
+
+
+def _dims(value: Any) -> Shape:
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                 for d in value.type.tensor_type.shape.dim)
+
+
+def read_onnx_model(path: str | os.PathLike) -> OnnxModelInfo:
+    """Load ``path`` (without external data) and check the contract; a one-line EngineError naming what is
+    wrong otherwise."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise EngineError(f"{path} does not exist or is not a file; expected an exported .onnx model")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf raises DecodeError, RuntimeError or ValueError depending on the bytes
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise EngineError(f"{path} is not a readable ONNX model ({detail}); {HINT}") from None
+    if not proto.graph.node:
+        raise EngineError(f"{path} is not a readable ONNX model (no graph nodes); {HINT}")
+    initializers = {t.name for t in proto.graph.initializer}
+    inputs = [v for v in proto.graph.input if v.name not in initializers]
+    float32 = onnx.TensorProto.FLOAT
+    if [v.name for v in inputs] != [INPUT_NAME]:
+        raise EngineError(f"{path} has inputs {[v.name for v in inputs]}, expected one input {INPUT_NAME!r} "
+                          f"(batch, T, F) float32; {HINT}")
+    shape = _dims(inputs[0])
+    if len(shape) != 3 or inputs[0].type.tensor_type.elem_type != float32:
+        raise EngineError(f"{path}: input {INPUT_NAME!r} is {shape} of ONNX type "
+                          f"{inputs[0].type.tensor_type.elem_type}, expected (batch, T, F) float32")
+    batch_ok = shape[0] == BATCH or isinstance(shape[0], int) and shape[0] > 0
+    if not batch_ok or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+        raise EngineError(f"{path}: input {INPUT_NAME!r} has shape {shape}; only the batch (named {BATCH!r}) may "
+                          f"be dynamic; {HINT}")
+    outputs = tuple(v.name for v in proto.graph.output)
+    if not outputs or outputs[0] != OUTPUT_NAME:
+        raise EngineError(f"{path} has outputs {list(outputs)}, expected {OUTPUT_NAME!r} first; {HINT}")
+    props = {p.key: p.value for p in proto.metadata_props}
+    if METADATA_KEY not in props:
+        raise EngineError(f"{path} has no fastast-deploy metadata; {HINT}")
+    try:
+        metadata = json.loads(props[METADATA_KEY])
+    except json.JSONDecodeError as err:
+        raise EngineError(f"{path}: its fastast-deploy metadata is not valid JSON ({err.msg}); {HINT}") from None
+    recorded = metadata.get("inputs", {}).get(INPUT_NAME, {}).get("shape")
+    if recorded != list(shape) or set(metadata.get("outputs", {})) != set(outputs):
+        raise EngineError(f"{path}: its metadata (input {recorded}, outputs {sorted(metadata.get('outputs', {}))}) "
+                          f"disagrees with the graph (input {list(shape)}, outputs {sorted(outputs)}); {HINT}")
+    domains = sorted({n.domain for n in proto.graph.node} & ORT_ONLY_DOMAINS)
+    return OnnxModelInfo(path, shape, outputs, metadata, sha256_file(path), tuple(domains))
