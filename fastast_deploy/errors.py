@@ -4,6 +4,8 @@
 class FastASTError(Exception):
     """A user-facing error: what failed, what was found vs expected, how to fix it."""
 
+    exit_code = 1
+
 
 class CheckpointError(FastASTError):
     """A checkpoint could not be read, recognised or matched to the model."""

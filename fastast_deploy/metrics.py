@@ -1,0 +1,88 @@
+"""Comparisons of an engine's outputs with reference outputs, in numpy alone (no torch): errors, cosine,
+label agreement, merge-decision agreement, accuracy and mean average precision."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def fbank_like(num: int, frames: int, mel: int, seed: int = 0) -> np.ndarray:
+    """Seeded (num, frames, mel) float32 arrays with the scale of normalised fbank (mean 0, std 0.5), smoothed
+    along time and frequency so that neighbouring patches look alike, as in real spectrograms."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((num, frames + 2, mel + 2)).astype(np.float32)
+    x = (x[:, :-2] + x[:, 1:-1] + x[:, 2:]) / 3  # smooth along time
+    x = (x[:, :, :-2] + x[:, :, 1:-1] + x[:, :, 2:]) / 3  # and frequency
+    return (0.5 * x / x.std()).astype(np.float32)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of matching rows of (N, D) arrays, in float64."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    return (a64 * b64).sum(-1) / (np.linalg.norm(a64, axis=-1) * np.linalg.norm(b64, axis=-1) + 1e-30)
+
+
+def topk_agreement(reference: np.ndarray, candidate: np.ndarray, k: int) -> float:
+    """Mean overlap of the k highest-scoring labels, as a fraction of k (1.0: the same k labels for every clip)."""
+    k = min(k, reference.shape[-1])
+    ref = np.argsort(-reference, axis=-1, kind="stable")[:, :k]
+    got = np.argsort(-candidate, axis=-1, kind="stable")[:, :k]
+    return float(np.mean([len(set(r) & set(g)) / k for r, g in zip(ref, got, strict=True)]))
+
+
+def _stat(values: np.ndarray, how: str) -> float:
+    if values.size == 0:
+        return float("nan")
+    if how == "p99":
+        return float(np.percentile(values, 99))
+    return float(np.max(values) if how == "max" else np.mean(values))
+
+
+def compare_logits(
+    reference: np.ndarray, candidate: np.ndarray, atol: float = 0.0, rtol: float = 0.0
+) -> dict[str, Any]:
+    """Error statistics of candidate against reference (N, labels); NaN-aware (NaNs are counted, not averaged)."""
+    ref, got = reference.astype(np.float64), candidate.astype(np.float64)
+    finite = np.isfinite(ref) & np.isfinite(got)
+    rows = finite.all(axis=-1)
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite entries are masked out below
+        diff = np.abs(ref - got)[finite]
+        rel = (np.abs(ref - got) / (np.abs(ref) + 1e-12))[finite]
+        excess = (np.abs(ref - got) - (atol + rtol * np.abs(ref)))[finite]
+    cos = cosine_rows(ref[rows], got[rows]) if rows.any() else np.array([np.nan])
+    return {
+        "clips": int(ref.shape[0]),
+        "non_finite_clips": int((~rows).sum()),
+        "max_abs_diff": _stat(diff, "max"),
+        "mean_abs_diff": _stat(diff, "mean"),
+        "p99_abs_diff": _stat(diff, "p99"),
+        "max_rel_diff": _stat(rel, "max"),
+        "mean_rel_diff": _stat(rel, "mean"),
+        "p99_rel_diff": _stat(rel, "p99"),
+        "within_tolerance": float((excess <= 0).mean()) if excess.size else 0.0,
+        "worst_excess": _stat(excess, "max"),  # how far the worst element is beyond atol + rtol * |ref|
+        "cosine_min": float(cos.min()),
+        "cosine_mean": float(cos.mean()),
+        "top1_agreement": float((ref.argmax(-1) == got.argmax(-1))[rows].mean()) if rows.any() else 0.0,
+        "top5_agreement": topk_agreement(ref[rows], got[rows], 5) if rows.any() else 0.0,
+    }
+
+
+def merge_agreement(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> list[float]:
+    """Per merging block, the fraction of clips whose merge decisions (the (src, dst) position arrays, in pairs)
+    are identical."""
+    per_block = []
+    for i in range(0, len(reference), 2):
+        same = np.ones(reference[i].shape[0], dtype=bool)
+        for ref, got in ((reference[i], candidate[i]), (reference[i + 1], candidate[i + 1])):
+            same &= np.all(ref == got, axis=-1)
+        per_block.append(float(same.mean()))
+    return per_block
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Single-label accuracy: labels (N,) class indices."""
+    return float((logits.argmax(-1) == labels).mean())
