@@ -18,7 +18,9 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except FastASTError as err:
-            raise click.ClickException(str(err)) from None
+            failure = click.ClickException(str(err))
+            failure.exit_code = err.exit_code
+            raise failure from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,8 +35,9 @@ def cli() -> None:
 
 from .commands.engine import build_engine, inspect  # noqa: E402
 from .commands.model import export, info, lint  # noqa: E402
+from .commands.verify import verify  # noqa: E402
 
-for _command in (info, export, lint, build_engine, inspect):
+for _command in (info, export, lint, build_engine, inspect, verify):
     cli.add_command(_command)
 
 
