@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
-from onnx import AttributeProto, TensorProto, numpy_helper
-from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+from onnx import TensorProto
 
 from fastast_deploy.errors import FastASTError
 
+from .onnx_graph import GraphIndex, default_opset, load_onnx
 from .trt_ops import (
     NOT_SUPPORTED_TRT10,
     OPSET_OLD_TRT10_MAX,
@@ -52,14 +50,6 @@ _QUANTIZED = frozenset({"INT8", "INT4", "FP8", "FP4"})  # only between Q/DQ; the
 _HALF = frozenset({TensorProto.FLOAT16, TensorProto.BFLOAT16})
 _DECISION_OPS = frozenset({"TopK", "ArgMax", "ArgMin"})
 _COMPARE_OPS = frozenset({"ReduceMax", "ReduceMin", "Equal"})
-_RANDOM_OPS = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli",
-                         "Multinomial"})
-_FOLDABLE_OPS = frozenset({"Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Concat", "Gather",
-                           "Slice", "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Min", "Max", "Range", "Expand",
-                           "ConstantOfShape", "ReduceProd", "ReduceSum", "Floor", "Ceil"})
-_FOLD_MAX_ELEMENTS = 1 << 16
-
-
 @dataclass(frozen=True)
 class Finding:
     """One problem (or note). ``node`` is the node's name (a tensor's producer; the tensor itself for inputs and
@@ -102,102 +92,6 @@ class LintReport:
         return any(f.severity == "error" for f in self.findings)
 
 
-@dataclass(frozen=True)
-class _Const:
-    """How a tensor's value is known before building: as written, foldable from constants, or only at run time."""
-
-    kind: Literal["literal", "folded", "runtime"]
-    value: np.ndarray | None = None
-
-
-class _Graph:
-    """Name indexes over one (shape-inferred) graph, plus constant resolution for K / axes / depth inputs."""
-
-    def __init__(self, model: onnx.ModelProto, base_dir: Path | None) -> None:
-        graph = model.graph
-        self.model, self.base_dir = model, base_dir
-        self.nodes = list(graph.node)
-        self.names = [node.name or f"{node.op_type}_{i}" for i, node in enumerate(self.nodes)]
-        self.initializers = {t.name: t for t in graph.initializer}
-        self.inputs = [vi for vi in graph.input if vi.name not in self.initializers]
-        self.outputs = list(graph.output)
-        self.producer = {out: i for i, node in enumerate(self.nodes) for out in node.output if out}
-        self.consumers: dict[str, list[int]] = {}
-        for i, node in enumerate(self.nodes):
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(i)
-        self.values = {vi.name: vi for vi in (*graph.input, *graph.value_info, *graph.output)}
-        self.elem_types = {name: vi.type.tensor_type.elem_type for name, vi in self.values.items()
-                           if vi.type.HasField("tensor_type")}
-        self.elem_types.update({t.name: t.data_type for t in graph.initializer})
-        self.kinds: dict[str, str] = dict.fromkeys(self.initializers, "literal")
-        for node in self.nodes:  # ONNX graphs are topologically sorted
-            self.kinds.update(dict.fromkeys(node.output, self._node_kind(node)))
-        self._values: dict[str, np.ndarray | None] = {}
-
-    def shape(self, name: str) -> list[int | str | None] | None:
-        """Dims of a tensor: int, symbol, or None where unknown; None when even the rank is unknown."""
-        if name in self.initializers:
-            return list(self.initializers[name].dims)
-        vi = self.values.get(name)
-        if vi is None or not vi.type.tensor_type.HasField("shape"):
-            return None
-        dims = vi.type.tensor_type.shape.dim
-        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
-
-    def where(self, name: str) -> tuple[str, str]:
-        """(node name, op type) to report a tensor under."""
-        if name in self.producer:
-            i = self.producer[name]
-            return self.names[i], self.nodes[i].op_type
-        return name, "initializer" if name in self.initializers else "input"
-
-    def resolve(self, name: str) -> _Const:
-        kind = self.kinds.get(name, "runtime")
-        return _Const(kind, self._value(name, depth=0) if kind != "runtime" else None)
-
-    def _node_kind(self, node: onnx.NodeProto) -> str:
-        if node.op_type == "Constant":
-            return "literal"
-        if node.op_type in ("Shape", "Size"):
-            return "folded" if _static_dims(self._shape_slice(node)) else "runtime"
-        inputs = [name for name in node.input if name]
-        has_body = any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attribute)
-        if node.op_type in _RANDOM_OPS or not inputs or has_body:
-            return "runtime"
-        return "runtime" if any(self.kinds.get(name, "runtime") == "runtime" for name in inputs) else "folded"
-
-    def _shape_slice(self, node: onnx.NodeProto) -> list[int | str | None] | None:
-        dims = self.shape(node.input[0])
-        if dims is None or node.op_type == "Size":
-            return dims
-        attrs = {a.name: a.i for a in node.attribute}
-        return dims[attrs.get("start", 0): attrs.get("end", len(dims))]
-
-    def _value(self, name: str, depth: int) -> np.ndarray | None:
-        if name not in self._values:
-            self._values[name] = self._compute_value(name, depth)
-        return self._values[name]
-
-    def _compute_value(self, name: str, depth: int) -> np.ndarray | None:
-        if name in self.initializers:
-            return _tensor_value(self.initializers[name], self.base_dir)
-        if name not in self.producer or depth > 64:
-            return None
-        node = self.nodes[self.producer[name]]
-        if node.op_type == "Constant":
-            return _constant_value(node)
-        if node.op_type in ("Shape", "Size"):
-            dims = self._shape_slice(node)
-            return np.array(dims if node.op_type == "Shape" else np.prod(dims), dtype=np.int64)
-        if node.op_type not in _FOLDABLE_OPS:
-            return None
-        feeds = {n: self._value(n, depth + 1) for n in node.input if n}
-        if any(v is None or v.size > _FOLD_MAX_ELEMENTS for v in feeds.values()):
-            return None
-        return _evaluate(node, feeds, self.model.opset_import)[list(node.output).index(name)]
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------------------------------------------
@@ -209,10 +103,10 @@ def lint_model(model: onnx.ModelProto | str | Path, tensorrt: int = 10, *, allow
     """
     if tensorrt not in TENSORRT_OPS:
         raise FastASTError(f"unknown TensorRT major version {tensorrt}; known: {sorted(TENSORRT_OPS)}")
-    proto, source, base_dir = _load(model)
+    proto, source, base_dir = load_onnx(model)
     inferred, findings = _infer_shapes(proto)
-    graph = _Graph(inferred, base_dir)
-    opset = _default_opset(proto)
+    graph = GraphIndex(inferred, base_dir)
+    opset = default_opset(proto)
     findings += _check_opset(opset, tensorrt)
     for i, node in enumerate(graph.nodes):
         findings += _check_node(graph, i, node, tensorrt, allow_plugins)
@@ -259,24 +153,6 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------------------------------------------
-def _load(model: onnx.ModelProto | str | Path) -> tuple[onnx.ModelProto, str, Path | None]:
-    if isinstance(model, onnx.ModelProto):
-        proto, source, base_dir = model, "<ModelProto>", None
-    else:
-        path = Path(model)
-        try:
-            proto = onnx.load(path, load_external_data=False)  # weights stay on disk; only small constants are read
-        except (OSError, DecodeError) as err:
-            raise FastASTError(f"cannot read ONNX model {path}: {err}") from None
-        source, base_dir = str(path), path.parent
-    if not proto.ir_version or not proto.HasField("graph"):
-        raise FastASTError(f"{source} is not an ONNX model (no ir_version or graph); expected a .onnx file")
-    return proto, source, base_dir
-
-
 def _infer_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Finding]]:
     try:
         # data_prop follows Shape -> Gather -> Concat -> Reshape chains, so batch-derived dims keep their symbol.
@@ -285,57 +161,6 @@ def _infer_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Finding
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return model, [Finding("warning", "(graph)", "", "shape inference failed: only declared shapes were checked",
                                first, "note")]
-
-
-def _default_opset(model: onnx.ModelProto) -> int | None:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-
-
-def _tensor_value(tensor: TensorProto, base_dir: Path | None) -> np.ndarray | None:
-    if uses_external_data(tensor):
-        if base_dir is None:
-            return None
-        tensor = _copied(tensor)
-        try:
-            load_external_data_for_tensor(tensor, str(base_dir))
-        except (OSError, ValueError, onnx.checker.ValidationError):
-            return None
-    return numpy_helper.to_array(tensor)
-
-
-def _copied(tensor: TensorProto) -> TensorProto:
-    out = TensorProto()
-    out.CopyFrom(tensor)
-    return out
-
-
-def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
-    for attr in node.attribute:
-        if attr.name == "value":
-            return numpy_helper.to_array(attr.t)
-        if attr.name in ("value_int", "value_ints"):
-            return np.array(attr.i if attr.name == "value_int" else list(attr.ints), dtype=np.int64)
-        if attr.name in ("value_float", "value_floats"):
-            return np.array(attr.f if attr.name == "value_float" else list(attr.floats), dtype=np.float32)
-    return None
-
-
-def _evaluate(node: onnx.NodeProto, feeds: dict[str, np.ndarray],
-              opsets: Sequence[onnx.OperatorSetIdProto]) -> list[np.ndarray | None]:
-    from onnx.reference import ReferenceEvaluator  # imported here: only graphs with computed K/axes need it
-
-    inputs = [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-              for n, v in feeds.items()]
-    outputs = [onnx.helper.make_tensor_value_info(n, TensorProto.UNDEFINED, None) for n in node.output if n]
-    model = onnx.helper.make_model(onnx.helper.make_graph([node], "fold", inputs, outputs), opset_imports=opsets)
-    try:
-        return list(ReferenceEvaluator(model).run(None, feeds))
-    except Exception:  # a fold that fails only means the value stays unknown
-        return [None] * len(node.output)
-
-
-def _static_dims(dims: list[int | str | None] | None) -> bool:
-    return dims is not None and all(isinstance(d, int) for d in dims)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -354,7 +179,7 @@ def _check_opset(opset: int | None, tensorrt: int) -> list[Finding]:
     return []
 
 
-def _check_node(g: _Graph, i: int, node: onnx.NodeProto, tensorrt: int, allow_plugins: bool) -> list[Finding]:
+def _check_node(g: GraphIndex, i: int, node: onnx.NodeProto, tensorrt: int, allow_plugins: bool) -> list[Finding]:
     name, op = g.names[i], node.op_type
     if node.domain not in ("", "ai.onnx"):
         return _check_custom(name, node, tensorrt, allow_plugins)
@@ -400,7 +225,7 @@ def _plugin(name: str, op: str, message: str, allow_plugins: bool) -> Finding:
     return Finding("warning" if allow_plugins else "error", name, op, message, kind="plugin")
 
 
-def _check_types(g: _Graph, name: str, node: onnx.NodeProto, allowed: tuple[str, ...]) -> list[Finding]:
+def _check_types(g: GraphIndex, name: str, node: onnx.NodeProto, allowed: tuple[str, ...]) -> list[Finding]:
     """The table's types apply to the data tensor: input 0, Where's input 1, the output of input-less ops."""
     if node.op_type == "Where":
         tensors = node.input[1:2]
@@ -419,7 +244,7 @@ def _check_types(g: _Graph, name: str, node: onnx.NodeProto, allowed: tuple[str,
     return findings
 
 
-def _check_restriction(g: _Graph, name: str, node: onnx.NodeProto, rule: Restriction,
+def _check_restriction(g: GraphIndex, name: str, node: onnx.NodeProto, rule: Restriction,
                        allow_plugins: bool) -> list[Finding]:
     op, findings = node.op_type, []
     for attr, required in rule.get("attrs", {}).items():
@@ -441,7 +266,7 @@ def _check_restriction(g: _Graph, name: str, node: onnx.NodeProto, rule: Restric
     return findings
 
 
-def _check_constant_input(g: _Graph, name: str, node: onnx.NodeProto, index: int, label: str, *,
+def _check_constant_input(g: GraphIndex, name: str, node: onnx.NodeProto, index: int, label: str, *,
                           fold_is_error: bool) -> list[Finding]:
     """A K / axes / depth input: written as a constant is fine; computed from constants needs a fold first."""
     if len(node.input) <= index or not node.input[index]:
@@ -462,7 +287,7 @@ def _check_constant_input(g: _Graph, name: str, node: onnx.NodeProto, index: int
     return []
 
 
-def _check_topk_k(g: _Graph, name: str, node: onnx.NodeProto) -> list[Finding]:
+def _check_topk_k(g: GraphIndex, name: str, node: onnx.NodeProto) -> list[Finding]:
     k = g.resolve(node.input[1]).value if len(node.input) > 1 else np.array(_attr_int(node, "k", 0))  # opset < 10
     if k is None or k.size != 1 or int(k.reshape(-1)[0]) < TOPK_MAX_K:
         return []
@@ -470,7 +295,7 @@ def _check_topk_k(g: _Graph, name: str, node: onnx.NodeProto) -> list[Finding]:
                     "split the sort or lower r")]
 
 
-def _check_reduction(g: _Graph, name: str, node: onnx.NodeProto, reduction: str, needs: str,
+def _check_reduction(g: GraphIndex, name: str, node: onnx.NodeProto, reduction: str, needs: str,
                      allow_plugins: bool) -> list[Finding]:
     if needs == "unsupported":
         return [Finding("error", name, node.op_type, f"unsupported: reduction={reduction!r}", kind="unsupported")]
@@ -485,7 +310,7 @@ def _check_reduction(g: _Graph, name: str, node: onnx.NodeProto, reduction: str,
     return findings
 
 
-def _check_extra_outputs(g: _Graph, name: str, node: onnx.NodeProto, first: int, label: str) -> list[Finding]:
+def _check_extra_outputs(g: GraphIndex, name: str, node: onnx.NodeProto, first: int, label: str) -> list[Finding]:
     extra = [out for out in node.output[first:] if out]
     if not extra:
         return []
@@ -497,7 +322,7 @@ def _check_extra_outputs(g: _Graph, name: str, node: onnx.NodeProto, first: int,
                     "produce (unused: drop them from the node)", f"{extra}")]
 
 
-def _check_dims(g: _Graph) -> list[Finding]:
+def _check_dims(g: GraphIndex) -> list[Finding]:
     """Only dim 0 of graph inputs/outputs may be symbolic (the batch); intermediates may carry batch expressions."""
     batch = {dims[0] for vi in g.inputs if (dims := g.shape(vi.name)) and isinstance(dims[0], str)}
     dynamic_batch = any((dims := g.shape(vi.name)) and not isinstance(dims[0], int) for vi in g.inputs)
@@ -513,7 +338,7 @@ def _check_dims(g: _Graph) -> list[Finding]:
     return findings
 
 
-def _io_dims(g: _Graph, name: str, role: str, batch: set[str], dynamic_batch: bool) -> list[Finding]:
+def _io_dims(g: GraphIndex, name: str, role: str, batch: set[str], dynamic_batch: bool) -> list[Finding]:
     node, _ = g.where(name)
     dims = g.shape(name)
     if dims is None:
@@ -529,7 +354,7 @@ def _io_dims(g: _Graph, name: str, role: str, batch: set[str], dynamic_batch: bo
     return findings
 
 
-def _dim_finding(g: _Graph, name: str, axis: int, dim: int | str | None, dynamic_batch: bool,
+def _dim_finding(g: GraphIndex, name: str, axis: int, dim: int | str | None, dynamic_batch: bool,
                  role: str | None = None) -> Finding:
     node, op = g.where(name)
     unknown = dim is None or re.fullmatch(r"unk__\d+", str(dim)) is not None
@@ -551,7 +376,7 @@ def _fixed_or_batch(dim: int | str | None, batch: set[str]) -> bool:
     return bool(names) and names <= batch and re.fullmatch(r"[\w\s*+\-/()]+", dim) is not None
 
 
-def _check_dtypes(g: _Graph) -> list[Finding]:
+def _check_dtypes(g: GraphIndex) -> list[Finding]:
     """DOUBLE and other types TensorRT lacks are errors; INT64 use is summarised once."""
     findings, int64 = [], Counter()
     for name, elem in g.elem_types.items():
@@ -574,7 +399,7 @@ def _check_dtypes(g: _Graph) -> list[Finding]:
     return findings
 
 
-def _check_precision(g: _Graph, tensorrt: int) -> list[Finding]:
+def _check_precision(g: GraphIndex, tensorrt: int) -> list[Finding]:
     """fp16/bf16 values reaching the comparisons that pick merges (design.md section 5: keep them fp32)."""
     findings = []
     for i, node in enumerate(g.nodes):
@@ -590,7 +415,7 @@ def _check_precision(g: _Graph, tensorrt: int) -> list[Finding]:
     return findings
 
 
-def _half_before(g: _Graph, name: str) -> bool:
+def _half_before(g: GraphIndex, name: str) -> bool:
     """fp16/bf16 itself, or a Cast up from fp16/bf16 (the values were already rounded)."""
     if g.elem_types.get(name) in _HALF:
         return True
@@ -598,7 +423,7 @@ def _half_before(g: _Graph, name: str) -> bool:
     return producer is not None and producer.op_type == "Cast" and g.elem_types.get(producer.input[0]) in _HALF
 
 
-def _in_matching_subgraph(g: _Graph, i: int, node: onnx.NodeProto, max_hops: int = 8) -> bool:
+def _in_matching_subgraph(g: GraphIndex, i: int, node: onnx.NodeProto, max_hops: int = 8) -> bool:
     """TopK/ArgMax/ArgMin, or a ReduceMax/ReduceMin/Equal whose result reaches one within a few nodes."""
     if node.domain not in ("", "ai.onnx") or node.op_type not in _DECISION_OPS | _COMPARE_OPS:
         return False
