@@ -37,8 +37,9 @@ from fastast_deploy.engines.sidecar import engine_sidecar
 from fastast_deploy.engines.trt_engine import TrtBuildOptions, tensorrt_details
 from fastast_deploy.engines.trt_policy import check_plan_compatible, parse_trt_version, precision_plan
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
-from fastast_deploy.exporters.parity import fbank_like, torch_outputs
+from fastast_deploy.exporters.parity import torch_outputs
 from fastast_deploy.files import sha256_file
+from fastast_deploy.metrics import fbank_like
 from fastast_deploy.model import FastAST, build_model
 from fastast_deploy.tome import make_schedule
 

@@ -27,8 +27,8 @@ from fastast_deploy.engines.trt_engine import EngineWarning, TensorRTEngine
 from fastast_deploy.engines.trt_policy import parse_trt_version
 from fastast_deploy.exporters.metadata import METADATA_KEY
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
-from fastast_deploy.exporters.parity import cosine_rows, fbank_like
 from fastast_deploy.files import sha256_file
+from fastast_deploy.metrics import cosine_rows, fbank_like
 from fastast_deploy.model import build_model
 from fastast_deploy.tome import make_schedule
 

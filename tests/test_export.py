@@ -13,7 +13,8 @@ import torch
 from fastast_deploy.config import ModelConfig, TomeConfig
 from fastast_deploy.errors import FastASTError
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx, read_metadata, sidecar_path
-from fastast_deploy.exporters.parity import fbank_like, torch_outputs
+from fastast_deploy.exporters.parity import torch_outputs
+from fastast_deploy.metrics import fbank_like
 from fastast_deploy.model import FastAST, build_model
 from fastast_deploy.tome import make_schedule
 
@@ -148,8 +149,8 @@ def synthetic_clips(num: int, seconds: float = 1.3, sr: int = 16000, seed: int =
 
 
 def test_fp16_export_agrees_with_the_fp32_model_on_synthetic_audio(tmp_path: Path) -> None:
-    from fastast_deploy.exporters.parity import compare_logits
     from fastast_deploy.features import FeatureConfig, waveform_to_input
+    from fastast_deploy.metrics import compare_logits
 
     features = FeatureConfig(frames=TINY.input_frames)
     x = np.stack([waveform_to_input(torch.from_numpy(w), 16000, features).numpy() for w in synthetic_clips(200)])
