@@ -46,7 +46,7 @@ def assert_one_line_failure(code: int, output: str, *fragments: str) -> None:
         assert fragment in lines[0], output
 
 
-def test_help_works_without_optional_packages() -> None:
+def test_help_works_without_optional_packages(tmp_path: Path) -> None:
     # Every command's --help with onnxruntime, tensorrt and transformers blocked from import.
     script = """
 import sys
@@ -65,7 +65,8 @@ for args in names:
     assert "Usage:" in result.output
 print(len(names))
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    # cwd outside the source tree: `python -c` puts cwd first on sys.path, where it would shadow the install.
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.strip()) >= 4  # the group and at least info, export, lint
 

@@ -87,13 +87,14 @@ def files_in(folder: Path) -> list[str]:
 
 # --- import hygiene and help ---------------------------------------------------------------------------------
 
-def test_engines_import_without_torch_tensorrt_or_polygraphy() -> None:
+def test_engines_import_without_torch_tensorrt_or_polygraphy(tmp_path: Path) -> None:
     modules = ["base", "description", "gpu", "loading", "onnx_model", "ort_engine", "profiles", "sidecar",
                "trt_engine", "trt_policy"]
     script = ("import sys\nimport fastast_deploy.engines\nimport fastast_deploy.commands.engine\n"
               + "".join(f"import fastast_deploy.engines.{m}\n" for m in modules)
               + "print(sorted(m for m in ('torch', 'tensorrt', 'polygraphy') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    # cwd outside the source tree: `python -c` puts cwd first on sys.path, where it would shadow the install.
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
@@ -299,7 +300,8 @@ def run_with_stub_tensorrt(folder: Path, version: str, *args: Any) -> tuple[int,
     (folder / "tensorrt.py").write_text(f"__version__ = {version!r}\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", "from fastast_deploy.cli import main; main()",
-                           *(str(a) for a in args)], capture_output=True, text=True, timeout=120, env=env)
+                           *(str(a) for a in args)], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=folder)
     return proc.returncode, [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
 
 
