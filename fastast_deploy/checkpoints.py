@@ -38,6 +38,7 @@ from .model import FastAST, build_model
 from .tome import PROTECTED_TOKENS, make_schedule
 
 FORMAT_VERSION = 1
+DEFAULT_SOURCE = "default"  # the SOURCE that names the model shipped in the package
 METADATA_KEY = "fastast_deploy"
 
 
@@ -82,9 +83,18 @@ def load_model(
     return model
 
 
+def default_checkpoint() -> Path:
+    """The small FastAST shipped in the package (trained by this project on its synthetic dataset)."""
+    path = Path(__file__).parent / "assets" / "default.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"the default model is missing from this installation ({path}); reinstall "
+                              "fastast-deploy or give a checkpoint path")
+    return path
+
+
 def read_checkpoint(source: str | os.PathLike[str]) -> Checkpoint:
     """Detect the format of ``source`` and convert it; CheckpointError naming the path when nothing fits."""
-    path = Path(source)
+    path = default_checkpoint() if str(source) == DEFAULT_SOURCE and not Path(source).exists() else Path(source)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; {_EXPECTED}")
     if path.is_dir():
@@ -279,6 +289,17 @@ def read_label_csv(path: str | os.PathLike[str]) -> tuple[str, ...]:
 
 
 
-__all__ = ["ACCEPTED_FORMATS", "Checkpoint", "adapt_pos_embed", "change_input_frames", "load_model",
-           "load_state_dict_strict", "read_checkpoint", "read_checkpoint_metadata", "read_label_csv",
-           "save_checkpoint"]
+__all__ = [
+    "ACCEPTED_FORMATS",
+    "DEFAULT_SOURCE",
+    "Checkpoint",
+    "adapt_pos_embed",
+    "change_input_frames",
+    "default_checkpoint",
+    "load_model",
+    "load_state_dict_strict",
+    "read_checkpoint",
+    "read_checkpoint_metadata",
+    "read_label_csv",
+    "save_checkpoint",
+]

@@ -100,8 +100,14 @@ def _polygraphy_inputs(path: Path) -> np.ndarray:
     return np.concatenate([np.asarray(f["fbank"]) for f in feeds])
 
 
+def label_folder(label: str) -> str:
+    """The folder name that stands for a label in a folder-per-class layout ("/" cannot appear in a name)."""
+    return label.replace("/", "_").replace("\\", "_")
+
+
 def _audio_folder(path: Path, export: dict[str, Any]) -> InputSet:
-    """Every audio file under ``path``; a first-level sub-folder named like a label gives that clip's label."""
+    """Every audio file under ``path``; a sub-folder named like a label (see ``label_folder``) gives its clips that
+    label."""
     from .features import FeatureConfig, load_input
 
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
@@ -110,7 +116,7 @@ def _audio_folder(path: Path, export: dict[str, Any]) -> InputSet:
     if export.get("features") is None:
         raise VerifyUsageError("the engine records no feature settings, so audio cannot be turned into its input")
     config = FeatureConfig.from_dict(export["features"])
-    label_names = export.get("labels") or []
+    folders = [label_folder(name) for name in export.get("labels") or []]
     arrays, names, labels, skipped = [], [], [], []
     for file in files:
         try:
@@ -120,7 +126,7 @@ def _audio_folder(path: Path, export: dict[str, Any]) -> InputSet:
             continue
         names.append(str(file.relative_to(path)))
         parent = file.parent.name if file.parent != path else None
-        labels.append(label_names.index(parent) if parent in label_names else -1)
+        labels.append(folders.index(parent) if parent in folders else -1)
     if not arrays:
         raise VerifyUsageError(f"--inputs {path}: none of the {len(files)} audio files could be read")
     known = np.array(labels)
