@@ -6,7 +6,18 @@ from typing import Any
 
 import click
 
-from ..errors import ConfigError
+from ..errors import ConfigError, FastASTError
+
+
+def parse_sizes(value: str, option: str, error: type[FastASTError] = ConfigError) -> tuple[int, ...]:
+    """``"1,8"`` -> (1, 8): comma-separated sizes >= 1 for ``option``; ``error`` names the exit code."""
+    try:
+        sizes = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise error(f"{option} takes comma-separated ints, got {value!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise error(f"{option} takes sizes >= 1, got {value!r}")
+    return sizes
 
 
 def parse_r(value: str | None) -> int | list[int] | None:

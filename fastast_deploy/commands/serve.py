@@ -11,6 +11,7 @@ from click.core import ParameterSource
 from ..errors import ConfigError
 from ..predict import DEFAULT_BATCH, POOLS, PredictOptions
 from ..triton import KINDS, TritonOptions
+from .options import parse_sizes
 
 
 @click.command()
@@ -74,18 +75,6 @@ def predict(model: str, audio: tuple[Path, ...], top_k: int, hop_s: float | None
         raise SystemExit(1)
 
 
-def _batches(value: str | None) -> tuple[int, ...]:
-    if value is None:
-        return ()
-    try:
-        sizes = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(f"--preferred-batch takes comma-separated ints, got {value!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise ConfigError(f"--preferred-batch takes sizes >= 1, got {value!r}")
-    return sizes
-
-
 @click.command()
 @click.argument("model", metavar="ENGINE|MODEL.onnx", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", "repo", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -119,9 +108,9 @@ def triton(ctx: click.Context, model: Path, repo: Path, name: str | None, max_ba
     given = ctx.get_parameter_source("max_queue_delay_us") not in (ParameterSource.DEFAULT, None)
     if dynamic_batching is False and given:
         raise ConfigError("--max-queue-delay-us applies with dynamic batching; drop --no-dynamic-batching")
+    preferred = parse_sizes(preferred_batch, "--preferred-batch") if preferred_batch else ()
     options = TritonOptions(name=name, max_batch=max_batch, instances=instances, dynamic_batching=dynamic_batching,
-                            preferred_batch=_batches(preferred_batch), max_queue_delay_us=max_queue_delay_us,
-                            kind=kind)
+                            preferred_batch=preferred, max_queue_delay_us=max_queue_delay_us, kind=kind)
     result = write_repository(read_served_model(model), repo, options, force=force)
     for note in result.config.notes:
         click.echo(f"note: {note}", err=True)

@@ -9,20 +9,11 @@ import click
 import numpy as np
 
 from ..errors import FastASTError
+from .options import parse_sizes
 
 
 class _Usage(FastASTError):
     exit_code = 2
-
-
-def _batches(value: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise _Usage(f"--speed-batches takes comma-separated ints, got {value!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise _Usage(f"--speed-batches takes sizes >= 1, got {value!r}")
-    return sizes
 
 
 @click.command()
@@ -65,8 +56,8 @@ def verify(engine: str, reference: str, inputs: str, num: int, seed: int, batch:
     from ..verify import verify as run_verify
 
     given = {"atol": atol, "rtol": rtol, "min_cosine": min_cosine, "min_top1": min_top1}
-    speed = None if no_speed else SpeedOptions(_batches(speed_batches), warmup, iterations,
-                                               None if baseline == "none" else baseline)
+    sizes = parse_sizes(speed_batches, "--speed-batches", _Usage)
+    speed = None if no_speed else SpeedOptions(sizes, warmup, iterations, None if baseline == "none" else baseline)
     for path in (report, save_inputs, save_outputs):
         if path is not None:
             from ..files import prepare_output
