@@ -100,6 +100,16 @@ def check_feed(feed: Mapping[str, Any], specs: Mapping[str, Spec], batch: BatchR
     return arrays
 
 
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build wrote: the engine, its sidecar, the sidecar's contents, and warnings for the user."""
+
+    path: Path
+    sidecar: Path
+    metadata: dict[str, Any]
+    notes: tuple[str, ...]
+
+
 class Engine(abc.ABC):
     """A loaded engine: ``infer({"fbank": (B, T, F) float32}) -> {"logits": (B, labels) float32, ...}``.
 

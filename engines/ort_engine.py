@@ -21,7 +21,7 @@ import numpy as np
 from fastast_deploy.exporters.metadata import sidecar_path
 from fastast_deploy.files import atomic_path, prepare_output, sha256_file, write_json_atomic
 
-from .base import BackendUnavailableError, Engine, EngineError, EngineMismatchError
+from .base import BackendUnavailableError, BuildResult, Engine, EngineError, EngineMismatchError
 from .onnx_model import OnnxModelInfo, read_onnx_model
 from .profiles import resolve_batch_range
 from .sidecar import engine_sidecar, tensor_specs
@@ -118,16 +118,8 @@ def _open_session(path: Path, options: Any, chain: list[str]) -> Any:
     return session
 
 
-@dataclass(frozen=True)
-class OrtBuildResult:
-    path: Path
-    sidecar: Path
-    metadata: dict[str, Any]
-    notes: tuple[str, ...]
-
-
 def build_onnxruntime_engine(model: str | os.PathLike, output: str | os.PathLike,
-                             options: OrtBuildOptions = OrtBuildOptions()) -> OrtBuildResult:
+                             options: OrtBuildOptions = OrtBuildOptions()) -> BuildResult:
     """Optimise ``model`` offline for one provider and write it with its sidecar, atomically: a failure writes
     neither file."""
     import onnxruntime as ort
@@ -164,7 +156,7 @@ def build_onnxruntime_engine(model: str | os.PathLike, output: str | os.PathLike
                                   batch=batch, precision=info.precision, details=details,
                                   versions={"onnxruntime": ort.__version__})
         write_json_atomic(sidecar_path(output), metadata)
-    return OrtBuildResult(output, sidecar_path(output), metadata, tuple(notes))
+    return BuildResult(output, sidecar_path(output), metadata, tuple(notes))
 
 
 def model_metadata(info: OnnxModelInfo, version: str, chain: list[str], provider: str, level: str,

@@ -18,7 +18,7 @@ import numpy as np
 from fastast_deploy.exporters.metadata import INPUT_NAME, sidecar_path
 from fastast_deploy.files import atomic_path, prepare_output, sha256_file, write_json_atomic
 
-from .base import BATCH, BackendUnavailableError, Engine, EngineError, EngineMismatchError
+from .base import BATCH, BackendUnavailableError, BuildResult, Engine, EngineError, EngineMismatchError
 from .gpu import GpuInfo, query_gpu
 from .onnx_model import read_onnx_model
 from .profiles import ProfileShapes, profile_shapes, resolve_batch_range
@@ -62,14 +62,6 @@ class TrtBuildOptions:
             raise EngineError(f"builder optimisation level must be 0 to 5, got {self.builder_optimization_level}")
         if self.workspace_mib is not None and self.workspace_mib < 1:
             raise EngineError(f"workspace must be >= 1 MiB, got {self.workspace_mib}")
-
-
-@dataclass(frozen=True)
-class TrtBuildResult:
-    path: Path
-    sidecar: Path
-    metadata: dict[str, Any]
-    notes: tuple[str, ...]
 
 
 def tensorrt_details(version: TrtVersion, gpu: GpuInfo, plan: PrecisionPlan, options: TrtBuildOptions,
@@ -128,7 +120,7 @@ def _first_line(err: BaseException) -> str:
 
 
 def build_tensorrt_engine(model: str | os.PathLike, output: str | os.PathLike,
-                          options: TrtBuildOptions = TrtBuildOptions()) -> TrtBuildResult:
+                          options: TrtBuildOptions = TrtBuildOptions()) -> BuildResult:
     """Build a plan from an exported model and write it with its sidecar, atomically: a failed build writes
     neither. Everything that can be checked without TensorRT is checked before it is imported."""
     info = read_onnx_model(model)
@@ -168,7 +160,7 @@ def build_tensorrt_engine(model: str | os.PathLike, output: str | os.PathLike,
                                   batch=batch, precision=plan.precision, details=details,
                                   versions={"tensorrt": version.text, "polygraphy": polygraphy_version})
         write_json_atomic(sidecar_path(output), metadata)
-    return TrtBuildResult(output, sidecar_path(output), metadata, plan.notes)
+    return BuildResult(output, sidecar_path(output), metadata, plan.notes)
 
 
 class TensorRTEngine(Engine):
