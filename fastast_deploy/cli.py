@@ -33,11 +33,16 @@ def cli() -> None:
     """
 
 
+from .commands.bench import bench  # noqa: E402
 from .commands.engine import build_engine, inspect  # noqa: E402
 from .commands.model import export, info, lint  # noqa: E402
+from .commands.quickstart import quickstart  # noqa: E402
+from .commands.serve import predict, triton  # noqa: E402
+from .commands.train import make_dataset, train  # noqa: E402
 from .commands.verify import verify  # noqa: E402
 
-for _command in (info, export, lint, build_engine, inspect, verify):
+for _command in (info, export, lint, build_engine, inspect, verify, bench, quickstart, predict, triton, make_dataset,
+                 train):
     cli.add_command(_command)
 
 
