@@ -107,7 +107,7 @@ def bench(source: str, options: BenchOptions, workdir: Path, data: str | None = 
     """Build every engine, time them side by side, and score them on labelled data when given."""
     from .config import ModelConfig
     from .flops import flop_ratio
-    from .train_metrics import accuracy, mean_average_precision
+    from .metrics import accuracy, mean_average_precision
     from .verify import run_engine
 
     engines = build_engines(source, options, workdir)

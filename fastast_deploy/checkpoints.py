@@ -6,7 +6,6 @@ matching. Pickles are only ever read with
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -65,7 +64,7 @@ def load_model(
         ckpt = change_input_frames(ckpt, input_frames)
     names, info = ckpt.labels, dict(ckpt.info)
     if labels is not None:
-        names = read_label_csv(labels)
+        names = _label_names(labels)
         info["sha256"] = {**info["sha256"], str(Path(labels)): sha256_file(labels)}
     if names is not None and len(names) != ckpt.config.num_labels:
         raise CheckpointError(
@@ -90,6 +89,16 @@ def default_checkpoint() -> Path:
         raise CheckpointError(f"the default model is missing from this installation ({path}); reinstall "
                               "fastast-deploy or give a checkpoint path")
     return path
+
+
+def _label_names(path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """Display names from an AST ``class_labels_indices.csv``, as a checkpoint error when it does not fit."""
+    from .datasets import DatasetError, read_label_csv
+
+    try:
+        return read_label_csv(path).names
+    except DatasetError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def read_checkpoint(source: str | os.PathLike[str]) -> Checkpoint:
@@ -266,27 +275,6 @@ def load_state_dict_strict(model: torch.nn.Module, state: Mapping[str, Tensor], 
     model.load_state_dict(state, strict=True)
 
 
-def read_label_csv(path: str | os.PathLike[str]) -> tuple[str, ...]:
-    """Display names, in index order, from an AST ``class_labels_indices.csv`` (header index,mid,display_name)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"label file {path} does not exist; expected a CSV with header index,mid,display_name")
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"index", "display_name"} <= set(rows[0]):
-        raise CheckpointError(
-            f"label file {path} has no rows with columns index and display_name; "
-            f"expected a CSV with header index,mid,display_name"
-        )
-    try:
-        by_index = {int(row["index"]): row["display_name"] for row in rows}
-    except (TypeError, ValueError):
-        raise CheckpointError(f"label file {path} has a non-integer index") from None
-    if sorted(by_index) != list(range(len(rows))):
-        raise CheckpointError(f"label file {path}: indices must be 0..{len(rows) - 1}, each once")
-    return tuple(by_index[i] for i in range(len(rows)))
-
-
 
 
 __all__ = [
@@ -300,6 +288,5 @@ __all__ = [
     "load_state_dict_strict",
     "read_checkpoint",
     "read_checkpoint_metadata",
-    "read_label_csv",
     "save_checkpoint",
 ]

@@ -83,6 +83,29 @@ def merge_agreement(reference: Sequence[np.ndarray], candidate: Sequence[np.ndar
     return per_block
 
 
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Single-label accuracy: labels (N,) class indices."""
-    return float((logits.argmax(-1) == labels).mean())
+def accuracy(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Share of clips whose top-scoring label is right: targets (N,) class indices, or (N, labels) multi-hot
+    (right: one of the clip's labels)."""
+    top = logits.argmax(axis=-1)
+    if targets.ndim == 1:
+        return float((top == targets).mean())
+    return float(targets[np.arange(len(top)), top].mean())
+
+
+def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
+    """AP of one label: the mean, over its positive clips, of the precision at that clip's rank (ties: a positive
+    clip counts every clip scored at least as high, as scikit-learn's average_precision_score does)."""
+    positives = positives.astype(bool)
+    if not positives.any():
+        return float("nan")
+    aps = []
+    for s in scores[positives]:
+        ranked = scores >= s
+        aps.append(positives[ranked].sum() / ranked.sum())
+    return float(np.mean(aps))
+
+
+def mean_average_precision(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Mean AP over the labels that have at least one positive clip (AudioSet's mAP)."""
+    aps = [average_precision(logits[:, k], targets[:, k]) for k in range(targets.shape[1]) if targets[:, k].any()]
+    return float(np.mean(aps)) if aps else float("nan")

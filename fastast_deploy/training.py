@@ -26,8 +26,8 @@ from .cmkd import cmkd_loss, teacher_targets
 from .datasets import Dataset, DatasetError
 from .errors import ConfigError
 from .files import write_bytes_atomic, write_json_atomic
+from .metrics import accuracy, mean_average_precision
 from .train_config import ARCHS, TrainConfig
-from .train_metrics import accuracy, mean_average_precision
 from .train_setup import Distributed, Prepared, init_distributed, prepare
 from .train_state import Progress, load_state, save_state
 

@@ -24,9 +24,9 @@ from fastast_deploy.datasets import (
     read_label_csv,
 )
 from fastast_deploy.features import FeatureConfig, load_input
+from fastast_deploy.metrics import accuracy, average_precision, mean_average_precision
 from fastast_deploy.synthetic import FAMILIES, SAMPLE_RATE, SyntheticConfig, make_classes, make_synthetic
 from fastast_deploy.teachers import read_teacher_logits, write_teacher_logits
-from fastast_deploy.train_metrics import accuracy, average_precision, mean_average_precision
 
 SMALL = SyntheticConfig(classes=3, clips_per_class=5, seconds=0.5, seed=1)
 
