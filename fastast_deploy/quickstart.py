@@ -114,6 +114,8 @@ def format_summary(report: dict[str, Any]) -> str:
         extra = f", r = 0 baseline {base['clips_per_s']:.1f} clips/s, speed-up {row['speedup']:.2f}x" if base else ""
         lines.append(f"  speed      batch {batch}: {row['engine']['clips_per_s']:.1f} clips/s{extra}")
     if speed:
+        if not speed.get("baseline"):
+            lines.append(f"  baseline   {speed.get('baseline_note', 'none')}")
         lines.append(f"  FLOP ratio {speed['flop_ratio']:.2f}x (the ideal speed-up of this r schedule)")
     lines.append(f"  verdict    {'PASSED' if report['passed'] else 'FAILED'} (thresholds: {report['thresholds']})")
     lines.append("  files")

@@ -185,4 +185,5 @@ def _checkpoint_reference(source: str, inputs: InputSet, export: dict[str, Any])
             merges.append(positions)
     per_block = [np.concatenate([m[i] for m in merges]) for i in range(len(merges[0]))] if merges else []
     labels = list(model.label_names) if model.label_names else None
-    return Reference("checkpoint", os.fspath(source), np.concatenate(logits), labels, per_block)
+    resolved = model.source_info.get("path", os.fspath(source))  # "default" names a file inside the package
+    return Reference("checkpoint", str(resolved), np.concatenate(logits), labels, per_block)
