@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import tempfile
 import time
@@ -117,14 +118,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="small", choices=list(SIZES))
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=1, help="batch for parts 1-3")
+    parser.add_argument("--batch", type=lambda v: [int(b) for b in v.split(",")], default=[1, 8],
+                        help="batch sizes for parts 1-3")
     parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: ORT's choice)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the exports (default: a temp folder)")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="fastast-bench-"))
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    print(f"# ONNX Runtime {ort.__version__} CPU, {args.size}, batch {args.batch}, threads {args.threads or 'default'}")
+    print(f"# ONNX Runtime {ort.__version__} CPU ({platform.processor() or platform.machine()}), {args.size}, "
+          f"batches {args.batch}, threads {args.threads or 'default'}")
 
     results: dict[str, object] = {}
     for frames, r in ((1024, 100), (512, 50)):
@@ -133,28 +136,31 @@ def main() -> None:
         for rr in (0, r):
             model = load_model(hf_dir, tome_r=rr)
             ours[rr] = (model, export_onnx(model, out / f"ours-{frames}-r{rr}.onnx", ExportOptions()).path)
-        x = fbank_like(args.batch, frames, 128, seed=1)
         sessions = {rr: session(path, args.threads) for rr, (_, path) in ours.items()}
-        runners = {f"ours r={rr}": partial(s.run, None, {"fbank": x}) for rr, s in sessions.items()}
-        if frames == 1024:
-            hf_sess = session(export_hf_like_users_do(hf_dir, out / f"hf-{frames}.onnx"), args.threads)
-            runners["HF torch.onnx.export"] = partial(hf_sess.run, None, {"input_values": x})
-        t = median_times(runners, args.repeats)
+        hf_sess = session(export_hf_like_users_do(hf_dir, out / f"hf-{frames}.onnx"), args.threads) \
+            if frames == 1024 else None
         ratio = flop_ratio(ours[r][0].config, ours[r][0].schedule)
-        speedup = t["ours r=0"] / t[f"ours r={r}"]
-        print(f"\nT={frames}: median latency per batch of {args.batch}")
-        for name, sec in t.items():
-            print(f"  {name:<22} {1e3 * sec:9.1f} ms  {args.batch / sec:8.2f} clips/s")
-        print(f"  (2) r={r} speed-up over r=0: {speedup:.2f}x, FLOP ratio {ratio:.2f}x, "
-              f"speed-up / FLOP ratio {speedup / ratio:.2f} (target >= 0.9)")
-        entry = {"latency_ms": {k: 1e3 * v for k, v in t.items()}, "speedup": speedup, "flop_ratio": ratio}
-        if frames == 1024:
-            hf_ratio = t["HF torch.onnx.export"] / t["ours r=0"]
-            print(f"  (1) ours r=0 vs HF export: {hf_ratio:.2f}x (HF time / ours; target >= 1.0)")
-            entry["ours_vs_hf"] = hf_ratio
-        share, count = merge_share(ours[r][1], x, args.threads)
-        print(f"  (3) time in {count} merge nodes at r={r}: {100 * share:.1f}% of node time (target <= 5%)")
-        entry["merge_share"] = share
+        entry: dict[str, object] = {"flop_ratio": ratio}
+        for batch in args.batch:
+            x = fbank_like(batch, frames, 128, seed=1)
+            runners = {f"ours r={rr}": partial(s.run, None, {"fbank": x}) for rr, s in sessions.items()}
+            if hf_sess is not None:
+                runners["HF torch.onnx.export"] = partial(hf_sess.run, None, {"input_values": x})
+            t = median_times(runners, args.repeats)
+            speedup = t["ours r=0"] / t[f"ours r={r}"]
+            print(f"\nT={frames}, batch {batch}: median latency per batch")
+            for name, sec in t.items():
+                print(f"  {name:<22} {1e3 * sec:9.1f} ms  {batch / sec:8.2f} clips/s")
+            print(f"  (2) r={r} speed-up over r=0: {speedup:.2f}x, FLOP ratio {ratio:.2f}x, "
+                  f"speed-up / FLOP ratio {speedup / ratio:.2f} (target >= 0.9)")
+            row = {"latency_ms": {k: 1e3 * v for k, v in t.items()}, "speedup": speedup}
+            if hf_sess is not None:
+                row["ours_vs_hf"] = t["HF torch.onnx.export"] / t["ours r=0"]
+                print(f"  (1) ours r=0 vs HF export: {row['ours_vs_hf']:.2f}x (HF time / ours; target >= 1.0)")
+            share, count = merge_share(ours[r][1], x, args.threads)
+            row["merge_share"] = share
+            print(f"  (3) time in {count} merge nodes at r={r}: {100 * share:.1f}% of node time (target <= 5%)")
+            entry[f"batch{batch}"] = row
         x1 = fbank_like(1, frames, 128, seed=2)
         with torch.inference_mode():
             t1 = median_times({"ort": partial(sessions[r].run, None, {"fbank": x1}),

@@ -39,6 +39,7 @@ PART_KEY = "fastast_deploy.part"
 # The exporter's stack traces stop at the calling module's forward: merge ops show the call into fastast_deploy.tome.
 MERGE_SOURCE = re.compile(r"\b(bipartite_match|merge_wavg)\(")
 TOPK_LIMIT = 3840  # TensorRT: K must be < 3840 (onnx-tensorrt operators.md, TensorRT 10.x)
+BATCH_DIM = re.compile(r"batch|\d+\*batch|batch\*\d+")  # the batch, or a flattened batch x tokens
 
 
 @dataclass(frozen=True)
@@ -153,11 +154,13 @@ def check_graph(proto: onnx.ModelProto, merge_impl: str, merging_blocks: int) ->
             raise FastASTError(f"scatter merge export should have {expected} ScatterElements(add) nodes, "
                                f"found {len(adds)} among {scatters}")
     inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
-    symbolic = []  # the batch may sit on any axis of an intermediate tensor, but must be the one "batch" symbol
+    # The batch may sit on any axis of an intermediate tensor (also flattened with the token axis for row
+    # gathers), but every symbolic dim must be the one "batch" symbol or a fixed multiple of it.
+    symbolic = []
     for value in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
         dims = value.type.tensor_type.shape.dim
         for axis, dim in enumerate(dims):
-            if not dim.HasField("dim_value") and dim.dim_param != "batch":
+            if not dim.HasField("dim_value") and not BATCH_DIM.fullmatch(dim.dim_param):
                 symbolic.append(f"{value.name}[{axis}]")
     if symbolic:
         raise FastASTError(f"exported graph has {len(symbolic)} non-batch dynamic dims (e.g. {symbolic[:3]}); "

@@ -94,10 +94,10 @@ def bipartite_match(metric: Tensor, r: int) -> Matching:
     """
     metric = metric.float()
     metric = metric / metric.norm(dim=-1, keepdim=True)
-    a, b = metric[:, ::2], metric[:, 1::2]  # (B, t1, C), (B, t2, C)
-    # The cls row and the dist column are left out rather than masked: cls is never a source, dist never a
-    # destination, and no Where over the whole score matrix is needed.
-    scores = a[:, 1:] @ b[:, 1:].transpose(-1, -2)  # (B, t1 - 1, t2 - 1)
+    # A tokens but cls, B tokens but dist: the cls row and the dist column are left out rather than masked (cls is
+    # never a source, dist never a destination), so no Where over the whole score matrix is needed.
+    a, b = metric[:, 2::2], metric[:, 3::2]  # (B, t1 - 1, C), (B, t2 - 1, C)
+    scores = a @ b.transpose(-1, -2)  # (B, t1 - 1, t2 - 1)
     node_idx = scores.argmax(dim=-1)  # (B, t1 - 1): best partner of each A token but cls (first maximum)
     node_max = scores.gather(dim=-1, index=node_idx[..., None])[..., 0]  # one pass less than a separate max
     if torch.compiler.is_exporting():  # TopK; ONNX defines it to put the lower index first among equal values
@@ -114,6 +114,14 @@ def bipartite_match(metric: Tensor, r: int) -> Matching:
     return Matching(src_idx, dst_idx, unm_idx)
 
 
+def take_rows(x: Tensor, idx: Tensor) -> Tensor:
+    """x (B, N, C), idx (B, k) -> (B, k, C): row idx[b, j] of x[b]. One Gather over the flattened batch, rather
+    than GatherElements with a (B, k, C) index tensor that would be larger than the rows it picks."""
+    batch, n, c = x.shape
+    offsets = torch.arange(batch, device=x.device)[:, None] * n  # (B, 1)
+    return x.reshape(batch * n, c)[(idx + offsets).reshape(-1)].reshape(batch, idx.shape[1], c)
+
+
 def merge_wavg(x: Tensor, size: Tensor | None, matching: Matching, impl: MergeImpl = "matmul") -> tuple[Tensor, Tensor]:
     """Size-weighted merge of tokens x (B, N, C) -> (B, N - r, C) and sizes (None: all ones) -> (B, N - r, 1).
 
@@ -124,12 +132,11 @@ def merge_wavg(x: Tensor, size: Tensor | None, matching: Matching, impl: MergeIm
     Output order: cls, dist, kept A tokens (ascending), then B tokens 1.. (original order). Kept tokens are copied,
     not weighted and unweighted, and only the B tokens are touched by the merge arithmetic.
     """
-    c = x.shape[-1]
     unm_pos = 2 * matching.unm_idx[:, 1:]  # (B, t1 - 1 - r) token positions of kept A tokens, cls excluded
     src_pos = 2 * matching.src_idx  # (B, r)
     dst = matching.dst_idx - 1  # (B, r) index among the B tokens after dist, which never receives a merge
-    unm = x.gather(dim=1, index=unm_pos[..., None].expand(-1, -1, c))  # (B, t1 - 1 - r, C)
-    src = x.gather(dim=1, index=src_pos[..., None].expand(-1, -1, c)).float()  # (B, r, C)
+    unm = take_rows(x, unm_pos)  # (B, t1 - 1 - r, C)
+    src = take_rows(x, src_pos).float()  # (B, r, C)
     dst_x = x[:, 3::2].float()  # (B, t2 - 1, C)
     if size is None:
         s_src = torch.ones_like(src[..., :1])  # (B, r, 1)
@@ -145,7 +152,7 @@ def merge_wavg(x: Tensor, size: Tensor | None, matching: Matching, impl: MergeIm
         dst_x = dst_x + onehot_t @ src  # (B, t2 - 1, C)
         s_dst = s_dst + onehot_t @ s_src  # (B, t2 - 1, 1)
     elif impl == "scatter":
-        dst_x = dst_x.scatter_add(1, dst[..., None].expand(-1, -1, c), src)
+        dst_x = dst_x.scatter_add(1, dst[..., None].expand(-1, -1, x.shape[-1]), src)
         s_dst = s_dst.scatter_add(1, dst[..., None], s_src)
     else:
         raise ConfigError(f"unknown merge implementation {impl!r}; available: {list(MERGE_IMPLS)}")
