@@ -16,7 +16,7 @@ import numpy as np
 
 from . import __version__
 from .engines import Engine, load_engine
-from .metrics import accuracy, compare_logits, fbank_like, merge_agreement
+from .metrics import accuracy, compare_logits, fbank_like, mean_average_precision, merge_agreement
 from .verify_inputs import InputSet, Reference, VerifyUsageError, load_inputs, load_reference
 
 REPORT_SCHEMA = "fastast-deploy/verify"
@@ -85,6 +85,9 @@ def parity_section(reference: Reference, outputs: dict[str, np.ndarray], export:
     if inputs.labels is not None:
         figures["accuracy"] = {"reference": accuracy(reference.logits, inputs.labels),
                                "engine": accuracy(logits, inputs.labels)}
+        if inputs.labels.ndim == 2 and (inputs.labels.sum(axis=1) > 1).any():  # multi-label: mAP too
+            figures["mAP"] = {"reference": mean_average_precision(reference.logits, inputs.labels),
+                              "engine": mean_average_precision(logits, inputs.labels)}
     non_finite_inputs = int((~np.isfinite(inputs.fbank)).any(axis=(1, 2)).sum())
     checks = [
         check("finite inputs", non_finite_inputs, "== 0", non_finite_inputs == 0),
@@ -195,7 +198,8 @@ def engine_summary(engine: Engine) -> dict[str, Any]:
 
 def verify(engine_path: str | os.PathLike, reference_spec: str, *, inputs_spec: str = "random", num: int = 64,
            batch: int = 8, seed: int = 0, thresholds: Thresholds | None = None, speed: SpeedOptions | None = None,
-           provider: str | None = None) -> tuple[dict[str, Any], InputSet, Reference, dict[str, np.ndarray]]:
+           provider: str | None = None, labels_csv: str | None = None,
+           ) -> tuple[dict[str, Any], InputSet, Reference, dict[str, np.ndarray]]:
     """Run the comparison (and the speed section unless ``speed`` is None); returns the report and what it used."""
     with load_engine(engine_path, provider=provider) as engine:
         export = engine.metadata["export"]
@@ -210,7 +214,7 @@ def verify(engine_path: str | os.PathLike, reference_spec: str, *, inputs_spec: 
                 raise VerifyUsageError(f"reference {reference_spec} has inputs of shape {inputs.fbank.shape}; the "
                                        f"engine takes (N, {frames}, {mel}): another input length")
         else:
-            inputs = load_inputs(inputs_spec, num, frames, mel, seed, export)
+            inputs = load_inputs(inputs_spec, num, frames, mel, seed, export, labels_csv)
             reference = load_reference(reference_spec, inputs, export)
         check_compatible(reference, inputs, export)
         thresholds = thresholds or DEFAULT_THRESHOLDS.get(engine.metadata["precision"], DEFAULT_THRESHOLDS["fp32"])

@@ -46,9 +46,11 @@ class Reference:
     fbank: np.ndarray | None = None  # inputs that came with the reference (npz)
 
 
-def load_inputs(spec: str, num: int, frames: int, mel: int, seed: int, export: dict[str, Any]) -> InputSet:
-    """``random`` (seeded fbank-like arrays), an ``.npz`` with ``fbank``, a Polygraphy inputs ``.json``, or a folder
-    of audio files turned into fbank with the engine's feature settings."""
+def load_inputs(spec: str, num: int, frames: int, mel: int, seed: int, export: dict[str, Any],
+                labels_csv: str | None = None) -> InputSet:
+    """``random`` (seeded fbank-like arrays), an ``.npz`` with ``fbank``, a Polygraphy inputs ``.json``, an AST
+    data ``.json`` (``{"data": [{"wav", "labels"}]}``, labels as in ``labels_csv`` or the engine's names), or a
+    folder of audio files; audio goes through the engine's feature settings."""
     if spec == "random":
         names = [f"random-{i}" for i in range(num)]
         return InputSet(fbank_like(num, frames, mel, seed), names, f"random (seed {seed})")
@@ -61,6 +63,8 @@ def load_inputs(spec: str, num: int, frames: int, mel: int, seed: int, export: d
     if path.suffix == ".npz":
         return _checked(InputSet(_npz_array(path, "fbank"), [], str(path)), frames, mel)
     if path.suffix == ".json":
+        if _is_ast_data_json(path):
+            return _data_json(path, labels_csv, export)
         return _checked(InputSet(_polygraphy_inputs(path), [], str(path)), frames, mel)
     raise VerifyUsageError(f"--inputs {spec}: expected random, a folder, an .npz or a Polygraphy .json")
 
@@ -131,6 +135,50 @@ def _audio_folder(path: Path, export: dict[str, Any]) -> InputSet:
         raise VerifyUsageError(f"--inputs {path}: none of the {len(files)} audio files could be read")
     known = np.array(labels)
     return InputSet(np.stack(arrays), names, str(path), known if (known >= 0).all() else None, skipped)
+
+
+def _is_ast_data_json(path: Path) -> bool:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("data"), list)
+
+
+def _data_json(path: Path, labels_csv: str | None, export: dict[str, Any]) -> InputSet:
+    """An AST data file: clips with their labels (multi-hot targets); unreadable or missing files are skipped."""
+    from .datasets import LabelSet, load_dataset, raw_fbank, read_label_csv
+    from .features import FeatureConfig, normalize
+
+    names = export.get("labels")
+    if labels_csv is not None:
+        label_set = read_label_csv(labels_csv)
+    elif names:
+        label_set = LabelSet(tuple(names), tuple(names))
+    else:
+        raise VerifyUsageError(f"{path} is an AST data file; give its label CSV with --labels")
+    if names and list(label_set.names) != list(names):
+        raise VerifyUsageError(f"{path}: the label CSV names {len(label_set)} labels differently from the engine")
+    if export.get("features") is None:
+        raise VerifyUsageError("the engine records no feature settings, so audio cannot be turned into its input")
+    config = FeatureConfig.from_dict(export["features"])
+    dataset = load_dataset(path, label_set)
+    arrays, clips, targets, skipped = [], [], [], []
+    for example in dataset.examples:
+        try:
+            arrays.append(normalize(raw_fbank(example.path, config), config.mean, config.std).numpy())
+        except FastASTError as err:
+            skipped.append({"file": str(example.path), "error": str(err)})
+            continue
+        clips.append(example.clip)
+        target = np.zeros(len(label_set), np.float32)
+        target[list(example.labels)] = 1.0
+        targets.append(target)
+    if not arrays:
+        raise VerifyUsageError(f"--inputs {path}: none of its {len(dataset)} audio files could be read")
+    return InputSet(np.stack(arrays), clips, str(path), np.stack(targets), skipped)
 
 
 def load_reference(spec: str, inputs: InputSet | None, export: dict[str, Any]) -> Reference:

@@ -151,3 +151,25 @@ def test_compare_logits_hand_computed() -> None:
     assert figures["worst_excess"] == pytest.approx(0.05)
     assert figures["cosine_min"] == pytest.approx(1 / np.sqrt(1.01))
     assert figures["top1_agreement"] == 1.0
+
+
+def test_ast_data_json_inputs_with_labels(files: dict[str, Path]) -> None:
+    folder = files["root"] / "json-audio"
+    folder.mkdir()
+    t = np.arange(16000) / 16000
+    sf.write(folder / "a.wav", (0.3 * np.sin(2 * np.pi * 500 * t)).astype(np.float32), 16000)
+    sf.write(folder / "b.wav", (0.3 * np.sin(2 * np.pi * 900 * t)).astype(np.float32), 16000)
+    (folder / "bad.wav").write_bytes(b"garbage")
+    labels = files["root"] / "labels.csv"
+    labels.write_text("index,mid,display_name\n" + "".join(f"{i},/m/{i},{n}\n" for i, n in enumerate(LABELS)))
+    data = folder / "data.json"
+    data.write_text(json.dumps({"data": [{"wav": "a.wav", "labels": "/m/0,/m/2"}, {"wav": "b.wav", "labels": "/m/1"},
+                                         {"wav": "bad.wav", "labels": "/m/3"}]}))
+    report_path = files["root"] / "json-report.json"
+    code, out = verify(str(files["r8"]), "--reference", str(files["ckpt"]), "--inputs", str(data), "--labels",
+                       str(labels), "--no-speed", "--report", str(report_path))
+    assert code == 0, out
+    report = json.loads(report_path.read_text())
+    assert report["inputs"]["clips"] == 2 and [Path(s["file"]).name for s in report["inputs"]["skipped"]] == ["bad.wav"]
+    assert report["parity"]["mAP"]["reference"] == pytest.approx(report["parity"]["mAP"]["engine"])
+    assert "mAP" in out

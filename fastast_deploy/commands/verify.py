@@ -22,8 +22,10 @@ class _Usage(FastASTError):
               help="A checkpoint SOURCE (run in PyTorch with the engine's r schedule and input length), an .npz "
               "with fbank and logits arrays, or a Polygraphy RunResults .json.")
 @click.option("--inputs", "inputs", default="random", show_default=True, metavar="random|DIR|FILE",
-              help="Seeded fbank-like arrays, a folder of audio (sub-folders named like labels give labels), an .npz "
-              "with an fbank array, or a Polygraphy inputs .json.")
+              help="Seeded fbank-like arrays, a folder of audio (sub-folders named like labels give labels), an AST "
+              "data .json (labelled clips), an .npz with an fbank array, or a Polygraphy inputs .json.")
+@click.option("--labels", "labels_csv", type=click.Path(dir_okay=False), default=None,
+              help="Label CSV (index,mid,display_name) for an AST data .json given as --inputs.")
 @click.option("--num", type=click.IntRange(min=1), default=64, show_default=True, help="Clips for --inputs random.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --inputs random.")
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Batch for the parity run.")
@@ -46,7 +48,8 @@ class _Usage(FastASTError):
 @click.option("--save-outputs", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Save the engine's outputs: .npz (fbank + logits, usable as --reference) or .json (Polygraphy "
               "RunResults).")
-def verify(engine: str, reference: str, inputs: str, num: int, seed: int, batch: int, atol: float | None,
+def verify(engine: str, reference: str, inputs: str, labels_csv: str | None, num: int, seed: int, batch: int,
+           atol: float | None,
            rtol: float | None, min_cosine: float | None, min_top1: float | None, baseline: str, no_speed: bool,
            speed_batches: str, warmup: int, iterations: int, provider: str | None, report: Path | None,
            save_inputs: Path | None, save_outputs: Path | None) -> None:
@@ -72,7 +75,7 @@ def verify(engine: str, reference: str, inputs: str, num: int, seed: int, batch:
         thresholds = Thresholds(**{k: v if v is not None else getattr(base, k) for k, v in given.items()})
         result, used_inputs, _, outputs = run_verify(engine, reference, inputs_spec=inputs, num=num, batch=batch,
                                                      seed=seed, thresholds=thresholds, speed=speed,
-                                                     provider=provider)
+                                                     provider=provider, labels_csv=labels_csv)
     except FastASTError as err:
         if err.exit_code == 1:  # nothing was compared: the arguments did not fit together
             raise _Usage(str(err)) from None
@@ -166,6 +169,8 @@ def format_report(report: dict[str, Any]) -> str:
             f"{k} {v:.3f}" for k, v in p["merge_agreement"].items()))
     if "accuracy" in p:
         lines.append(f"accuracy   reference {p['accuracy']['reference']:.4f}   engine {p['accuracy']['engine']:.4f}")
+    if "mAP" in p:
+        lines.append(f"mAP        reference {p['mAP']['reference']:.4f}   engine {p['mAP']['engine']:.4f}")
     speed = report.get("speed")
     if speed:
         lines += ["", f"speed ({speed['timing']}; FLOP ratio {speed['flop_ratio']:.2f}x; baseline: "
