@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import AudioError, FastASTError
-from .features import FeatureConfig, normalize, pad_or_cut, read_audio, resample
-from .features import fbank as kaldi_fbank
+from .features import FeatureConfig, normalize, pad_or_cut, read_audio, waveform_fbank
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 ESC50_COLUMNS = ("filename", "target", "category")
@@ -215,9 +214,8 @@ def detect_task(*datasets: Dataset) -> str:
 def raw_fbank(path: Path, config: FeatureConfig) -> torch.Tensor:
     """Unnormalised log-mel fbank (config.frames, config.num_mel_bins) of one file, as AST's loader computes it."""
     waveform, rate = read_audio(path)
-    waveform = resample(waveform, rate, config.sample_rate)
     try:
-        features = kaldi_fbank(waveform - waveform.mean(), config.sample_rate, config.num_mel_bins)
+        features = waveform_fbank(waveform, rate, config)
     except AudioError as err:
         raise AudioError(f"{path}: {err}") from None
     return pad_or_cut(features, config.frames)  # (T, F)

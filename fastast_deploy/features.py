@@ -188,11 +188,16 @@ def normalize(features: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     return (features - mean) / (2 * std)
 
 
+def waveform_fbank(waveform: torch.Tensor, sample_rate: int, config: FeatureConfig = AUDIOSET) -> torch.Tensor:
+    """Unnormalised fbank (T_total, config.num_mel_bins) of a whole (samples,) waveform, as AST's loader makes it:
+    resampled to config.sample_rate, mean removed, Kaldi fbank; not yet padded or cut."""
+    waveform = resample(waveform, sample_rate, config.sample_rate)
+    return fbank(waveform - waveform.mean(), config.sample_rate, config.num_mel_bins)
+
+
 def waveform_to_input(waveform: torch.Tensor, sample_rate: int, config: FeatureConfig = AUDIOSET) -> torch.Tensor:
     """Model input of shape (config.frames, config.num_mel_bins) from a (samples,) waveform at `sample_rate`."""
-    waveform = resample(waveform, sample_rate, config.sample_rate)
-    waveform = waveform - waveform.mean()
-    features = fbank(waveform, config.sample_rate, config.num_mel_bins)  # (T, F)
+    features = waveform_fbank(waveform, sample_rate, config)  # (T, F)
     return normalize(pad_or_cut(features, config.frames), config.mean, config.std)
 
 

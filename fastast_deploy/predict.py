@@ -194,14 +194,12 @@ def split_windows(features: torch.Tensor, frames: int, hop: int) -> torch.Tensor
 
 def file_windows(path: str | os.PathLike, config: FeatureConfig, hop: int) -> np.ndarray:
     """Normalised model inputs (W, T, F) float32 for one audio file; an AudioError when it cannot be read."""
-    from .features import fbank, normalize, read_audio, resample
+    from .features import normalize, read_audio, waveform_fbank
 
     if Path(path).is_file() and Path(path).stat().st_size == 0:
         raise AudioError("the file is empty (0 bytes); expected an audio file (WAV, FLAC, OGG)")
     waveform, rate = read_audio(path)
-    waveform = resample(waveform, rate, config.sample_rate)
-    waveform = waveform - waveform.mean()
-    features = fbank(waveform, config.sample_rate, config.num_mel_bins)  # (T_total, F)
+    features = waveform_fbank(waveform, rate, config)  # (T_total, F)
     windows = split_windows(features, config.frames, hop)
     return normalize(windows, config.mean, config.std).numpy().astype(np.float32, copy=False)
 
