@@ -29,11 +29,11 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from fastast_deploy.checkpoints import load_model
-from fastast_deploy.config import SIZES
+from fastast_deploy.checkpoints.native import load_model
 from fastast_deploy.exporters.onnx_export import PART_KEY, ExportOptions, export_onnx
 from fastast_deploy.exporters.parity import fbank_like
-from fastast_deploy.flops import flop_ratio
+from fastast_deploy.model.config import SIZES
+from fastast_deploy.model.flops import flop_ratio
 
 
 def session(path: Path, threads: int | None, profile: bool = False) -> ort.InferenceSession:

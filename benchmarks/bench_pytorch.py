@@ -17,10 +17,10 @@ import time
 
 import torch
 
-from fastast_deploy.config import ModelConfig, TomeConfig
-from fastast_deploy.flops import flop_ratio
-from fastast_deploy.model import build_model
-from fastast_deploy.tome import make_schedule
+from fastast_deploy.model.config import ModelConfig, TomeConfig
+from fastast_deploy.model.fastast import build_model
+from fastast_deploy.model.flops import flop_ratio
+from fastast_deploy.model.tome import make_schedule
 
 
 def ints(text: str) -> list[int]:

@@ -2,7 +2,7 @@
 
 Step time (default): forward + CMKD loss + backward + AdamW step at T = 512 frames, tiny and small, r = 32 against
 r = 0 built from the same weights, timed interleaved (median of repeats after a warm-up); the speed-up is printed
-next to the FLOP ratio of a forward pass (fastast_deploy.flops.flop_ratio). On CUDA the step runs under AMP.
+next to the FLOP ratio of a forward pass (fastast_deploy.model.flops.flop_ratio). On CUDA the step runs under AMP.
 
     python benchmarks/bench_train.py                                   # CPU: tiny and small, batch 8, r 0 vs 32
     python benchmarks/bench_train.py --sizes tiny --batch 4 --repeats 5
@@ -41,11 +41,11 @@ from pathlib import Path
 
 import torch
 
-from fastast_deploy.cmkd import cmkd_loss, teacher_targets
-from fastast_deploy.config import ModelConfig, TomeConfig
-from fastast_deploy.flops import flop_ratio
-from fastast_deploy.model import build_model
-from fastast_deploy.tome import make_schedule
+from fastast_deploy.model.config import ModelConfig, TomeConfig
+from fastast_deploy.model.fastast import build_model
+from fastast_deploy.model.flops import flop_ratio
+from fastast_deploy.model.tome import make_schedule
+from fastast_deploy.training.cmkd import cmkd_loss, teacher_targets
 
 DATA = ("--classes", "10", "--clips-per-class", "50", "--seconds", "1.3", "--seed", "0")
 TEACHER = ("--arch", "compact-cnn", "--cnn-width", "16", "--frames", "128", "--epochs", "15", "--lr", "1e-3", "--quiet")

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from fastast_deploy import __version__
 from fastast_deploy.errors import ConfigError, FastASTError
 from fastast_deploy.files import atomic_path, prepare_output, write_json_atomic
-from fastast_deploy.model import FastAST
+from fastast_deploy.model.fastast import FastAST
 
 from .metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, read_metadata, sidecar_path
 
@@ -36,7 +36,7 @@ PRECISIONS = ("fp32", "fp16")
 FORBIDDEN_OPS = frozenset({"If", "Loop", "Scan", "NonZero", "Unique", "Compress"})
 STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
 PART_KEY = "fastast_deploy.part"
-# The exporter's stack traces stop at the calling module's forward: merge ops show the call into fastast_deploy.tome.
+# The exporter's stack traces stop at the calling module's forward: merge ops show the call into model.tome.
 MERGE_SOURCE = re.compile(r"\b(bipartite_match|merge_wavg)\(")
 TOPK_LIMIT = 3840  # TensorRT: K must be < 3840 (onnx-tensorrt operators.md, TensorRT 10.x)
 BATCH_DIM = re.compile(r"batch|\d+\*batch|batch\*\d+")  # the batch, or a flattened batch x tokens
@@ -99,7 +99,7 @@ def to_onnx(model: FastAST, options: ExportOptions) -> onnx.ModelProto:
     """Trace with torch.export and convert with the dynamo exporter; constants folded by its optimizer."""
     model = copy.deepcopy(model).eval()
     if options.precision == "fp16":
-        model = model.half()  # matching and weighted merges still run in float32 (see fastast_deploy.tome)
+        model = model.half()  # matching and weighted merges still run in float32 (see fastast_deploy.model.tome)
     graph = _ExportGraph(model, options.debug_merges)
     cfg = model.config
     example_batch = options.batch or 2  # 2, not 1: an example batch of 1 would be specialised away

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from fastast_deploy.errors import FastASTError
-from fastast_deploy.metrics import compare_logits, fbank_like, merge_agreement
-from fastast_deploy.model import FastAST
+from fastast_deploy.evaluation.metrics import compare_logits, fbank_like, merge_agreement
+from fastast_deploy.model.fastast import FastAST
 
 # fp32: |onnx - torch| <= ATOL + RTOL * max|torch|. fp16 is compared with the fp32 model: cosine and top-1.
 ATOL, RTOL = 1e-4, 1e-4

@@ -8,7 +8,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from .errors import FastASTError
+from fastast_deploy.errors import FastASTError
 
 try:
     __version__ = version("fastast-deploy")
@@ -20,7 +20,7 @@ __all__ = ["FastASTError", "__version__", "load_model", "save_checkpoint"]
 
 def __getattr__(name: str) -> Any:
     if name in ("load_model", "save_checkpoint"):
-        from . import checkpoints
+        from fastast_deploy import checkpoints
 
         return getattr(checkpoints, name)
     raise AttributeError(f"module 'fastast_deploy' has no attribute {name!r}")

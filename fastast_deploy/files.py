@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import FastASTError
+from fastast_deploy.errors import FastASTError
 
 
 def prepare_output(path: str | os.PathLike) -> Path:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from fastast_deploy.checkpoints import load_model, read_checkpoint_metadata, save_checkpoint
+from fastast_deploy.checkpoints.native import load_model, read_checkpoint_metadata, save_checkpoint
 
 work = Path(sys.argv[1])
 best = work / "student" / "best"

@@ -11,13 +11,13 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from fastast_deploy.checkpoints import save_checkpoint
-from fastast_deploy.cli import cli
-from fastast_deploy.config import ModelConfig, TomeConfig
-from fastast_deploy.features import FeatureConfig
-from fastast_deploy.model import build_model
-from fastast_deploy.synthetic import make_classes
-from fastast_deploy.tome import make_schedule
+from fastast_deploy.audio.features import FeatureConfig
+from fastast_deploy.audio.synthetic import make_classes
+from fastast_deploy.checkpoints.native import save_checkpoint
+from fastast_deploy.cli.main import cli
+from fastast_deploy.model.config import ModelConfig, TomeConfig
+from fastast_deploy.model.fastast import build_model
+from fastast_deploy.model.tome import make_schedule
 
 CLASSES = make_classes(3, seed=5)
 TINY = ModelConfig.from_size("tiny", depth=2, input_frames=128, num_labels=len(CLASSES))

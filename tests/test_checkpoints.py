@@ -13,16 +13,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from fastast_deploy.checkpoints import (
+from fastast_deploy.audio.features import ESC50, SPEECHCOMMANDS, FeatureConfig
+from fastast_deploy.checkpoints.native import (
     adapt_pos_embed,
     load_model,
     read_checkpoint_metadata,
     save_checkpoint,
 )
-from fastast_deploy.config import ModelConfig, TomeConfig
 from fastast_deploy.errors import CheckpointError, ConfigError, FastASTError
-from fastast_deploy.features import ESC50, SPEECHCOMMANDS, FeatureConfig
-from fastast_deploy.model import build_model
+from fastast_deploy.model.config import ModelConfig, TomeConfig
+from fastast_deploy.model.fastast import build_model
 
 TOL = 1e-5
 
@@ -262,7 +262,7 @@ def test_hf_at_r0_unchanged_and_merging_changes_logits(hf: torch.nn.Module, hf_d
 
 
 def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fastast_deploy.checkpoints as checkpoints
+    import fastast_deploy.checkpoints.native as checkpoints
 
     def failing_save(tensors: dict, filename: str | Path, metadata: dict) -> None:
         Path(filename).write_bytes(b"partial")

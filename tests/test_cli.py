@@ -15,11 +15,11 @@ import torch
 from click.testing import CliRunner
 
 from fastast_deploy import __version__
-from fastast_deploy.checkpoints import save_checkpoint
-from fastast_deploy.cli import cli
-from fastast_deploy.config import ModelConfig, TomeConfig
-from fastast_deploy.model import build_model
-from fastast_deploy.tome import make_schedule
+from fastast_deploy.checkpoints.native import save_checkpoint
+from fastast_deploy.cli.main import cli
+from fastast_deploy.model.config import ModelConfig, TomeConfig
+from fastast_deploy.model.fastast import build_model
+from fastast_deploy.model.tome import make_schedule
 
 TINY = ModelConfig.from_size("tiny", depth=3, input_frames=128, num_labels=5)
 LABELS = ("dog", "rain", "siren", "speech", "wind")
@@ -56,7 +56,7 @@ class Block:
             raise ImportError("blocked: " + name)
 sys.meta_path.insert(0, Block())
 from click.testing import CliRunner
-from fastast_deploy.cli import cli
+from fastast_deploy.cli.main import cli
 runner = CliRunner()
 names = [[]] + [[name] for name in cli.commands]
 for args in names:

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from fastast_deploy.datasets import (
+from fastast_deploy.audio.datasets import (
     DatasetError,
     LabelSet,
     detect_task,
@@ -23,10 +23,10 @@ from fastast_deploy.datasets import (
     normalize_cache,
     read_label_csv,
 )
-from fastast_deploy.features import FeatureConfig, load_input
-from fastast_deploy.metrics import accuracy, average_precision, mean_average_precision
-from fastast_deploy.synthetic import FAMILIES, SAMPLE_RATE, SyntheticConfig, make_classes, make_synthetic
-from fastast_deploy.teachers import read_teacher_logits, write_teacher_logits
+from fastast_deploy.audio.features import FeatureConfig, load_input
+from fastast_deploy.audio.synthetic import FAMILIES, SAMPLE_RATE, SyntheticConfig, make_classes, make_synthetic
+from fastast_deploy.evaluation.metrics import accuracy, average_precision, mean_average_precision
+from fastast_deploy.training.teachers import read_teacher_logits, write_teacher_logits
 
 SMALL = SyntheticConfig(classes=3, clips_per_class=5, seconds=0.5, seed=1)
 

@@ -9,9 +9,9 @@ import numpy as np
 import soundfile as sf
 from click.testing import CliRunner
 
-from fastast_deploy.checkpoints import default_checkpoint, load_model
-from fastast_deploy.cli import cli
-from fastast_deploy.synthetic import SAMPLE_RATE, make_classes, render_clip
+from fastast_deploy.audio.synthetic import SAMPLE_RATE, make_classes, render_clip
+from fastast_deploy.checkpoints.native import default_checkpoint, load_model
+from fastast_deploy.cli.main import cli
 
 
 def test_default_model_is_small_and_complete() -> None:

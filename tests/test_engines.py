@@ -19,8 +19,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from fastast_deploy.cli import cli
-from fastast_deploy.config import ModelConfig, TomeConfig
+from fastast_deploy.cli.main import cli
 from fastast_deploy.engines import (
     BackendUnavailableError,
     BatchRange,
@@ -36,12 +35,13 @@ from fastast_deploy.engines.profiles import profile_shapes, resolve_batch_range
 from fastast_deploy.engines.sidecar import engine_sidecar
 from fastast_deploy.engines.trt_engine import TrtBuildOptions, tensorrt_details
 from fastast_deploy.engines.trt_policy import check_plan_compatible, parse_trt_version, precision_plan
+from fastast_deploy.evaluation.metrics import fbank_like
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
 from fastast_deploy.exporters.parity import torch_outputs
 from fastast_deploy.files import sha256_file
-from fastast_deploy.metrics import fbank_like
-from fastast_deploy.model import FastAST, build_model
-from fastast_deploy.tome import make_schedule
+from fastast_deploy.model.config import ModelConfig, TomeConfig
+from fastast_deploy.model.fastast import FastAST, build_model
+from fastast_deploy.model.tome import make_schedule
 
 TINY = ModelConfig.from_size("tiny", depth=2, input_frames=128, num_labels=10)
 LABELS = tuple(f"class {i}" for i in range(10))
@@ -90,7 +90,7 @@ def files_in(folder: Path) -> list[str]:
 def test_engines_import_without_torch_tensorrt_or_polygraphy(tmp_path: Path) -> None:
     modules = ["base", "description", "gpu", "loading", "onnx_model", "ort_engine", "profiles", "sidecar",
                "trt_engine", "trt_policy"]
-    script = ("import sys\nimport fastast_deploy.engines\nimport fastast_deploy.commands.engine\n"
+    script = ("import sys\nimport fastast_deploy.engines\nimport fastast_deploy.cli.commands.engine\n"
               + "".join(f"import fastast_deploy.engines.{m}\n" for m in modules)
               + "print(sorted(m for m in ('torch', 'tensorrt', 'polygraphy') if m in sys.modules))")
     # cwd outside the source tree: `python -c` puts cwd first on sys.path, where it would shadow the install.
@@ -299,7 +299,7 @@ def run_with_stub_tensorrt(folder: Path, version: str, *args: Any) -> tuple[int,
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tensorrt.py").write_text(f"__version__ = {version!r}\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", "from fastast_deploy.cli import main; main()",
+    proc = subprocess.run([sys.executable, "-c", "from fastast_deploy.cli.main import main; main()",
                            *(str(a) for a in args)], capture_output=True, text=True, timeout=120, env=env,
                           cwd=folder)
     return proc.returncode, [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
@@ -517,7 +517,7 @@ def test_inspect_engine_model_and_plan(exported: dict[str, Path], tmp_path: Path
 
 
 def test_device_selection_narrows_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fastast_deploy.commands.engine import select_device
+    from fastast_deploy.cli.commands.engine import select_device
     from fastast_deploy.errors import ConfigError
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)

@@ -18,19 +18,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from fastast_deploy.cli import cli
-from fastast_deploy.config import ModelConfig, TomeConfig
+from fastast_deploy.cli.main import cli
 from fastast_deploy.engines import EngineError, EngineMismatchError, load_engine
 from fastast_deploy.engines.base import BackendUnavailableError
 from fastast_deploy.engines.gpu import query_gpu
 from fastast_deploy.engines.trt_engine import EngineWarning, TensorRTEngine
 from fastast_deploy.engines.trt_policy import parse_trt_version
+from fastast_deploy.evaluation.metrics import cosine_rows, fbank_like
 from fastast_deploy.exporters.metadata import METADATA_KEY
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
 from fastast_deploy.files import sha256_file
-from fastast_deploy.metrics import cosine_rows, fbank_like
-from fastast_deploy.model import build_model
-from fastast_deploy.tome import make_schedule
+from fastast_deploy.model.config import ModelConfig, TomeConfig
+from fastast_deploy.model.fastast import build_model
+from fastast_deploy.model.tome import make_schedule
 
 
 def _gpu_visible() -> bool:

@@ -10,13 +10,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from fastast_deploy.config import ModelConfig, TomeConfig
 from fastast_deploy.errors import FastASTError
+from fastast_deploy.evaluation.metrics import fbank_like
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx, read_metadata, sidecar_path
 from fastast_deploy.exporters.parity import torch_outputs
-from fastast_deploy.metrics import fbank_like
-from fastast_deploy.model import FastAST, build_model
-from fastast_deploy.tome import make_schedule
+from fastast_deploy.model.config import ModelConfig, TomeConfig
+from fastast_deploy.model.fastast import FastAST, build_model
+from fastast_deploy.model.tome import make_schedule
 
 TINY = ModelConfig.from_size("tiny", depth=4, input_frames=128, num_labels=10)
 
@@ -115,7 +115,7 @@ def test_failed_parity_writes_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_hf_directory_at_r0_matches_transformers_in_onnxruntime(make_hf_model, tmp_path: Path) -> None:
-    from fastast_deploy.checkpoints import load_model
+    from fastast_deploy.checkpoints.native import load_model
 
     hf = make_hf_model()
     hf.save_pretrained(tmp_path / "hf")
@@ -149,8 +149,8 @@ def synthetic_clips(num: int, seconds: float = 1.3, sr: int = 16000, seed: int =
 
 
 def test_fp16_export_agrees_with_the_fp32_model_on_synthetic_audio(tmp_path: Path) -> None:
-    from fastast_deploy.features import FeatureConfig, waveform_to_input
-    from fastast_deploy.metrics import compare_logits
+    from fastast_deploy.audio.features import FeatureConfig, waveform_to_input
+    from fastast_deploy.evaluation.metrics import compare_logits
 
     features = FeatureConfig(frames=TINY.input_frames)
     x = np.stack([waveform_to_input(torch.from_numpy(w), 16000, features).numpy() for w in synthetic_clips(200)])

@@ -7,8 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from fastast_deploy.errors import AudioError, ConfigError
-from fastast_deploy.features import (
+from fastast_deploy.audio.features import (
     AUDIOSET,
     ESC50,
     PRESETS,
@@ -23,6 +22,7 @@ from fastast_deploy.features import (
     resample,
     waveform_to_input,
 )
+from fastast_deploy.errors import AudioError, ConfigError
 
 SR = 16000
 

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from fastast_deploy.config import ModelConfig
 from fastast_deploy.errors import ConfigError
-from fastast_deploy.tome import bipartite_match, clip_schedule, make_schedule, merge_wavg, token_counts
+from fastast_deploy.model.config import ModelConfig
+from fastast_deploy.model.tome import bipartite_match, clip_schedule, make_schedule, merge_wavg, token_counts
 
 
 def reference_merge(metric: torch.Tensor, x: torch.Tensor, size: torch.Tensor, r: int):

@@ -16,17 +16,17 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from fastast_deploy.checkpoints import load_model, save_checkpoint
-from fastast_deploy.cli import cli
-from fastast_deploy.cmkd import cmkd_loss, kd_loss, task_loss, teacher_targets
-from fastast_deploy.config import ModelConfig, TomeConfig
-from fastast_deploy.datasets import read_label_csv
+from fastast_deploy.audio.datasets import read_label_csv
+from fastast_deploy.audio.synthetic import SyntheticConfig, make_synthetic
+from fastast_deploy.checkpoints.native import load_model, save_checkpoint
+from fastast_deploy.cli.main import cli
 from fastast_deploy.exporters.onnx_export import read_metadata
-from fastast_deploy.model import build_model
-from fastast_deploy.synthetic import SyntheticConfig, make_synthetic
-from fastast_deploy.teachers import CNNClassifier, CNNConfig, load_teacher, save_cnn
-from fastast_deploy.train_config import TrainConfig
-from fastast_deploy.training import lr_factor, mixup, spec_augment, train
+from fastast_deploy.model.config import ModelConfig, TomeConfig
+from fastast_deploy.model.fastast import build_model
+from fastast_deploy.training.cmkd import cmkd_loss, kd_loss, task_loss, teacher_targets
+from fastast_deploy.training.config import TrainConfig
+from fastast_deploy.training.loop import lr_factor, mixup, spec_augment, train
+from fastast_deploy.training.teachers import CNNClassifier, CNNConfig, load_teacher, save_cnn
 
 STUDENT = ("--depth", "2", "--tome-r", "4", "--epochs", "2", "--batch-size", "6", "--quiet")
 TEACHER = ("--arch", "compact-cnn", "--cnn-width", "8", "--epochs", "2", "--batch-size", "6", "--quiet")

@@ -14,9 +14,9 @@ import torch
 from click.testing import CliRunner
 from google.protobuf import text_format
 
-from fastast_deploy.checkpoints import load_model, save_checkpoint
-from fastast_deploy.cli import cli
-from fastast_deploy.config import ModelConfig, TomeConfig
+from fastast_deploy.audio.features import FeatureConfig
+from fastast_deploy.checkpoints.native import load_model, save_checkpoint
+from fastast_deploy.cli.main import cli
 from fastast_deploy.engines.base import BatchRange
 from fastast_deploy.engines.gpu import GpuInfo
 from fastast_deploy.engines.onnx_model import read_onnx_model
@@ -27,10 +27,16 @@ from fastast_deploy.engines.trt_engine import TrtBuildOptions, tensorrt_details
 from fastast_deploy.engines.trt_policy import parse_trt_version, precision_plan
 from fastast_deploy.errors import ConfigError, FastASTError
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
-from fastast_deploy.features import FeatureConfig
-from fastast_deploy.model import build_model
-from fastast_deploy.tome import make_schedule
-from fastast_deploy.triton import TritonOptions, model_config, model_from_sidecar, read_served_model, write_repository
+from fastast_deploy.model.config import ModelConfig, TomeConfig
+from fastast_deploy.model.fastast import build_model
+from fastast_deploy.model.tome import make_schedule
+from fastast_deploy.serving.triton import (
+    TritonOptions,
+    model_config,
+    model_from_sidecar,
+    read_served_model,
+    write_repository,
+)
 
 TINY = ModelConfig.from_size("tiny", depth=2, input_frames=128, num_labels=4)
 LABELS = ("dog", "rain", "siren", "wind")

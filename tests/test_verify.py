@@ -11,14 +11,14 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from fastast_deploy.checkpoints import save_checkpoint
-from fastast_deploy.cli import cli
-from fastast_deploy.config import ModelConfig, TomeConfig
+from fastast_deploy.audio.features import FeatureConfig
+from fastast_deploy.checkpoints.native import save_checkpoint
+from fastast_deploy.cli.main import cli
+from fastast_deploy.evaluation.metrics import compare_logits
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
-from fastast_deploy.features import FeatureConfig
-from fastast_deploy.metrics import compare_logits
-from fastast_deploy.model import build_model
-from fastast_deploy.tome import make_schedule
+from fastast_deploy.model.config import ModelConfig, TomeConfig
+from fastast_deploy.model.fastast import build_model
+from fastast_deploy.model.tome import make_schedule
 
 TINY = ModelConfig.from_size("tiny", depth=3, input_frames=128, num_labels=4)
 LABELS = ("tone", "chirp", "noise", "clicks")
@@ -32,7 +32,7 @@ def make_checkpoint(path: Path, labels: tuple[str, ...] = LABELS) -> Path:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from fastast_deploy.checkpoints import load_model
+    from fastast_deploy.checkpoints.native import load_model
 
     root = tmp_path_factory.mktemp("verify")
     ckpt = make_checkpoint(root / "tiny.safetensors")

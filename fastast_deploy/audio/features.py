@@ -1,0 +1,218 @@
+"""AST input features: audio file -> mono 16 kHz waveform -> Kaldi log-mel fbank -> normalised (T, F) tensor.
+
+Matches AST's `_wav2fbank` (torchaudio `compliance.kaldi.fbank` with a Hann window, no dither, no energy),
+implemented in plain torch so torchaudio is not needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+from fastast_deploy.errors import AudioError, ConfigError
+
+FRAME_LENGTH_MS = 25
+FRAME_SHIFT_MS = 10
+PREEMPHASIS = 0.97
+LOW_FREQ_HZ = 20.0
+LOG_FLOOR = torch.finfo(torch.float32).eps
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """How a waveform becomes a model input of shape (frames, num_mel_bins).
+
+    `mean` and `std` are the dataset's fbank statistics; inputs are normalised to `(x - mean) / (2 * std)`,
+    which gives roughly zero mean and 0.5 std.
+    """
+
+    sample_rate: int = 16000
+    num_mel_bins: int = 128
+    frames: int = 1024  # 10.24 s at a 10 ms shift
+    mean: float = -4.2677393  # AudioSet
+    std: float = 4.5689974
+
+    def __post_init__(self) -> None:
+        for name in ("sample_rate", "num_mel_bins", "frames"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"FeatureConfig.{name} must be a positive integer, got {value!r}")
+        if not math.isfinite(self.mean):
+            raise ConfigError(f"FeatureConfig.mean must be a finite number, got {self.mean!r}")
+        if not (math.isfinite(self.std) and self.std > 0):
+            raise ConfigError(f"FeatureConfig.std must be a positive finite number, got {self.std!r}")
+
+    def to_dict(self) -> dict[str, int | float]:
+        """Plain JSON-serialisable dict of all fields."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureConfig:
+        """Inverse of `to_dict`; missing keys take their defaults, unknown keys raise ConfigError."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown FeatureConfig keys {unknown}; expected a subset of {sorted(known)}")
+        return cls(**data)
+
+
+AUDIOSET = FeatureConfig()
+ESC50 = FeatureConfig(frames=512, mean=-6.6268077, std=5.358466)
+SPEECHCOMMANDS = FeatureConfig(frames=128, mean=-6.845978, std=5.5654526)
+PRESETS: dict[str, FeatureConfig] = {"audioset": AUDIOSET, "esc50": ESC50, "speechcommands": SPEECHCOMMANDS}
+
+
+def read_audio(path: str | os.PathLike[str]) -> tuple[torch.Tensor, int]:
+    """Read an audio file with libsndfile (WAV, FLAC, OGG, ...) as float32 and downmix to mono.
+
+    Returns (waveform of shape (samples,), sample rate in Hz).
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise AudioError(f"audio file {path} {what}; expected a readable audio file (WAV, FLAC, OGG)")
+    try:
+        data, rate = sf.read(path, dtype="float32", always_2d=True)  # (samples, channels)
+    except (sf.SoundFileError, RuntimeError, ValueError) as err:
+        reason = " ".join(str(err).split())
+        raise AudioError(
+            f"cannot read audio file {path} ({reason}); expected an audio file libsndfile can decode (WAV, FLAC, OGG)"
+        ) from None
+    if data.shape[0] == 0:
+        raise AudioError(f"audio file {path} has 0 samples; expected non-empty audio")
+    waveform = torch.from_numpy(data).mean(dim=1)  # (samples,)
+    return waveform, int(rate)
+
+
+def resample(waveform: torch.Tensor, orig_sr: int, target_sr: int = 16000) -> torch.Tensor:
+    """Resample a (samples,) waveform from `orig_sr` to `target_sr` with soxr (HQ); identity if the rates match."""
+    if orig_sr <= 0 or target_sr <= 0:
+        raise AudioError(f"sample rates must be positive, got {orig_sr} Hz -> {target_sr} Hz")
+    if orig_sr == target_sr:
+        return waveform
+    if waveform.dim() != 1:
+        raise AudioError(f"expected a mono waveform of shape (samples,), got shape {tuple(waveform.shape)}")
+    samples = np.ascontiguousarray(waveform.detach().cpu().numpy())
+    out = soxr.resample(samples, orig_sr, target_sr, quality="HQ")
+    return torch.from_numpy(np.ascontiguousarray(out))
+
+
+def _frame_sizes(sample_rate: int) -> tuple[int, int, int]:
+    """(window length, shift, FFT size) in samples: 25 ms, 10 ms, next power of two of the window."""
+    win = sample_rate * FRAME_LENGTH_MS // 1000
+    shift = sample_rate * FRAME_SHIFT_MS // 1000
+    return win, shift, 1 << (win - 1).bit_length()
+
+
+def _kaldi_mel(hz: torch.Tensor | float) -> torch.Tensor | float:
+    if isinstance(hz, torch.Tensor):
+        return 1127.0 * torch.log1p(hz / 700.0)
+    return 1127.0 * math.log1p(hz / 700.0)
+
+
+@functools.lru_cache(maxsize=16)
+def _fbank_weights(sample_rate: int, n_fft: int, num_mel_bins: int, win: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 (win,) symmetric Hann window and (n_fft // 2 + 1, num_mel_bins) mel filterbank, Kaldi style.
+
+    Shared between calls: never modify the returned tensors in place.
+    """
+    n = torch.arange(win, dtype=torch.float64)
+    window = 0.5 - 0.5 * torch.cos(2 * math.pi * n / (win - 1))  # Kaldi "hanning"
+
+    mel_low = _kaldi_mel(LOW_FREQ_HZ)
+    mel_high = _kaldi_mel(sample_rate / 2)
+    delta = (mel_high - mel_low) / (num_mel_bins + 1)
+    m = torch.arange(num_mel_bins, dtype=torch.float64).unsqueeze(1)  # (bins, 1)
+    left, center, right = mel_low + m * delta, mel_low + (m + 1) * delta, mel_low + (m + 2) * delta
+
+    # Kaldi spans the n_fft // 2 bins below Nyquist; the Nyquist bin gets weight 0.
+    bin_mel = _kaldi_mel(torch.arange(n_fft // 2, dtype=torch.float64) * (sample_rate / n_fft)).unsqueeze(0)
+    up = (bin_mel - left) / (center - left)
+    down = (right - bin_mel) / (right - center)
+    filters = torch.clamp(torch.minimum(up, down), min=0.0)  # (bins, n_fft // 2)
+    filters = torch.nn.functional.pad(filters, (0, 1))  # (bins, n_fft // 2 + 1)
+    return window, filters.T.contiguous()
+
+
+def fbank(waveform: torch.Tensor, sample_rate: int, num_mel_bins: int = 128) -> torch.Tensor:
+    """Unnormalised Kaldi log-mel filterbank of a (samples,) waveform, shape (frames, num_mel_bins), float32.
+
+    25 ms symmetric Hann frames every 10 ms with snip_edges (frames = 1 + (samples - win) // shift), per-frame DC
+    removal, pre-emphasis 0.97, power spectrum, triangular filters on the Kaldi mel scale from 20 Hz to Nyquist,
+    log with a float32-epsilon floor; no dither, no energy term. Computed in float64 internally.
+    """
+    if waveform.dim() != 1:
+        raise AudioError(f"expected a mono waveform of shape (samples,), got shape {tuple(waveform.shape)}")
+    if sample_rate <= 0:
+        raise AudioError(f"sample rate must be positive, got {sample_rate} Hz")
+    if num_mel_bins <= 0:
+        raise ConfigError(f"num_mel_bins must be a positive integer, got {num_mel_bins}")
+    win, shift, n_fft = _frame_sizes(sample_rate)
+    if waveform.numel() < win:
+        raise AudioError(
+            f"audio has {waveform.numel()} samples at {sample_rate} Hz, shorter than one {FRAME_LENGTH_MS} ms frame "
+            f"({win} samples); expected at least {win} samples"
+        )
+    window, filters = _fbank_weights(sample_rate, n_fft, num_mel_bins, win)
+
+    frames = waveform.detach().to(torch.float64).unfold(0, win, shift)  # (T, win)
+    frames = frames - frames.mean(dim=1, keepdim=True)
+    previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)  # x[-1] := x[0], as Kaldi does
+    frames = (frames - PREEMPHASIS * previous) * window
+    spectrum = torch.fft.rfft(frames, n=n_fft).abs().pow(2)  # (T, n_fft // 2 + 1)
+    mel = spectrum @ filters  # (T, num_mel_bins)
+    return mel.clamp(min=LOG_FLOOR).log().to(torch.float32)
+
+
+def pad_or_cut(features: torch.Tensor, frames: int) -> torch.Tensor:
+    """Zero-pad at the end or cut a (T, F) tensor to (frames, F)."""
+    missing = frames - features.shape[0]
+    if missing > 0:
+        return torch.nn.functional.pad(features, (0, 0, 0, missing))
+    return features[:frames]
+
+
+def normalize(features: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """AST normalisation `(x - mean) / (2 * std)`, any shape."""
+    return (features - mean) / (2 * std)
+
+
+def waveform_fbank(waveform: torch.Tensor, sample_rate: int, config: FeatureConfig = AUDIOSET) -> torch.Tensor:
+    """Unnormalised fbank (T_total, config.num_mel_bins) of a whole (samples,) waveform, as AST's loader makes it:
+    resampled to config.sample_rate, mean removed, Kaldi fbank; not yet padded or cut."""
+    waveform = resample(waveform, sample_rate, config.sample_rate)
+    return fbank(waveform - waveform.mean(), config.sample_rate, config.num_mel_bins)
+
+
+def waveform_to_input(waveform: torch.Tensor, sample_rate: int, config: FeatureConfig = AUDIOSET) -> torch.Tensor:
+    """Model input of shape (config.frames, config.num_mel_bins) from a (samples,) waveform at `sample_rate`."""
+    features = waveform_fbank(waveform, sample_rate, config)  # (T, F)
+    return normalize(pad_or_cut(features, config.frames), config.mean, config.std)
+
+
+def load_input(path: str | os.PathLike[str], config: FeatureConfig = AUDIOSET) -> torch.Tensor:
+    """Model input of shape (config.frames, config.num_mel_bins) from an audio file."""
+    waveform, rate = read_audio(path)
+    try:
+        return waveform_to_input(waveform, rate, config)
+    except AudioError as err:
+        raise AudioError(f"{path}: {err}") from None
+
+
+def load_batch(paths: Iterable[str | os.PathLike[str]], config: FeatureConfig = AUDIOSET) -> torch.Tensor:
+    """Model inputs of shape (B, config.frames, config.num_mel_bins) from B audio files."""
+    inputs = [load_input(path, config) for path in paths]
+    if not inputs:
+        raise AudioError("no audio files given; expected at least one path")
+    return torch.stack(inputs)  # (B, T, F)

@@ -1,0 +1,123 @@
+"""Reading checkpoint files safely: safetensors headers and tensors, torch files with ``weights_only=True``
+(tensors, never code), and the error helpers every checkpoint format shares."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor
+
+from fastast_deploy.audio.features import FeatureConfig
+from fastast_deploy.errors import CheckpointError, ConfigError
+from fastast_deploy.files import sha256_file
+from fastast_deploy.model.config import ModelConfig, TomeConfig
+
+ACCEPTED_FORMATS = (
+    "an original AST .pth state dict (keys module.v.*, module.mlp_head.*)",
+    "a Hugging Face AST directory (config.json + model.safetensors or pytorch_model.bin)",
+    "a fastast-deploy .safetensors file written by save_checkpoint",
+)
+_EXPECTED = "expected " + "; or ".join(ACCEPTED_FORMATS)
+_MAX_HEADER_BYTES = 100 * 2**20  # the limit safetensors itself enforces
+_EXAMPLES = 3  # keys quoted per kind of mismatch
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint read and converted to FastAST parameter names, before a model is built from it."""
+
+    config: ModelConfig
+    state_dict: dict[str, Tensor]
+    features: FeatureConfig
+    labels: tuple[str, ...] | None = None
+    tome: TomeConfig | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header (tensor table and "__metadata__") of a safetensors file, reading nothing else."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        if size < 8 or length > min(size - 8, _MAX_HEADER_BYTES):
+            raise CheckpointError(f"{path} is truncated or not a safetensors file ({size} bytes); {_EXPECTED}")
+        raw = f.read(length)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path} has a corrupt safetensors header; {_EXPECTED}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} has a corrupt safetensors header; {_EXPECTED}")
+    return header
+
+
+def _load_safetensors(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"cannot read {path} ({_one_line(err)}); expected a complete safetensors file") from None
+
+
+def _torch_load(path: Path) -> dict[str, Tensor]:
+    """A tensor state dict from a torch file, with weights_only=True; anything else is a CheckpointError."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # an untrusted file fails in many ways; each means "not a checkpoint"
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if unsafe:
+            raise CheckpointError(
+                f"refusing to load {path}: its pickle calls {unsafe[1]}, which could run code; "
+                f"expected a plain state dict of tensors (re-save it with torch.save(model.state_dict()))"
+            ) from None
+        reason = re.search(r"WeightsUnpickler error: \s*(.+)", str(err))
+        reason = reason[1].strip() if reason else _one_line(err)
+        raise CheckpointError(f"cannot read {path} with torch.load ({reason}); {_EXPECTED}") from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not any(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors; {_EXPECTED}")
+    return {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
+
+
+def _info(fmt: str, path: Path, files: Sequence[Path]) -> dict[str, Any]:
+    return {"format": fmt, "path": str(path), "sha256": {str(p): sha256_file(p) for p in files}}
+
+
+def _checked(path: Path, make: Callable[[], _T]) -> _T:
+    """``make()``, with a ConfigError or a missing/mistyped field reported as this checkpoint's error."""
+    try:
+        return make()
+    except (ConfigError, IndexError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: invalid configuration ({_one_line(err)})") from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"cannot read {path} as JSON ({_one_line(err)})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(data).__name__}, expected an object")
+    return data
+
+
+def _count(items: Sequence[str], what: str) -> str:
+    shown = ", ".join(items[:_EXAMPLES]) + (", ..." if len(items) > _EXAMPLES else "")
+    plural = what if len(items) == 1 else (what + "es" if what.endswith("ch") else what + "s")
+    return f"{len(items)} {plural} ({shown})"
+
+
+def _one_line(err: BaseException) -> str:
+    """The exception's type and message on one line, at most ~300 characters."""
+    message = " ".join(str(err).split())[:300]
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__

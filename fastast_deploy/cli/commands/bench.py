@@ -1,0 +1,50 @@
+"""`fastast-deploy bench`: throughput and accuracy per r, as a table, JSON and a PNG plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fastast_deploy.cli.commands.options import parse_r
+from fastast_deploy.errors import ConfigError
+
+
+@click.command()
+@click.argument("source")
+@click.option("--tome-r", "tome_r", default="0,8,16,32,50", show_default=True, metavar="R1,R2,...",
+              help="The r values to compare (one r for every block each).")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime",
+              show_default=True)
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
+              help="ONNX Runtime provider.")
+@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--rounds", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Timed calls per engine, interleaved across engines.")
+@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--frames", type=click.IntRange(min=1), default=None, help="Input length [default: the checkpoint's].")
+@click.option("--data", default=None, metavar="DIR|FILE",
+              help="Labelled audio: a folder per class, an AST data .json (with --labels) or an ESC-50-style .csv.")
+@click.option("--labels", type=click.Path(dir_okay=False), default=None, help="Label CSV for an AST data .json.")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("bench"),
+              show_default=True, help="Folder for the engines, bench.json and bench.png.")
+def bench(source: str, tome_r: str, backend: str, provider: str, batch: int, rounds: int, warmup: int,
+          frames: int | None, data: str | None, labels: str | None, output: Path) -> None:
+    """Export and build SOURCE at each r, then time them side by side (and score them on --data)."""
+    from fastast_deploy.evaluation.bench import BenchOptions, format_table, plot
+    from fastast_deploy.evaluation.bench import bench as run_bench
+    from fastast_deploy.files import prepare_output, write_json_atomic
+
+    rs = parse_r(tome_r)
+    rs = tuple(rs) if isinstance(rs, list) else (rs,)
+    if len(set(rs)) != len(rs):
+        raise ConfigError(f"--tome-r lists a value twice: {list(rs)}")
+    options = BenchOptions(rs=rs, backend=backend, provider=provider, batch=batch, warmup=warmup, rounds=rounds,
+                           frames=frames)
+    prepare_output(output / "bench.json")
+    report = run_bench(source, options, output, data, labels)
+    write_json_atomic(output / "bench.json", report)
+    click.echo(format_table(report))
+    png = plot(report, output / "bench.png")
+    click.echo(f"\nwrote {output / 'bench.json'}" + (f" and {png}" if png else
+               ' (no plot: pip install "fastast-deploy[plot]" for bench.png)'))

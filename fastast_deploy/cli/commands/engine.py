@@ -1,0 +1,125 @@
+"""Commands on engines: build-engine, inspect."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from fastast_deploy.engines.ort_engine import LEVELS, PROVIDERS, OrtBuildOptions
+from fastast_deploy.engines.trt_engine import TrtBuildOptions
+from fastast_deploy.engines.trt_policy import PRECISIONS
+from fastast_deploy.errors import ConfigError
+
+TRT_ONLY = ("precision", "tf32", "workspace", "builder_optimization_level", "timing_cache", "verbose")
+
+
+def select_device(device: int) -> None:
+    """Make GPU ``device`` (an index among the visible ones) the only visible one, before CUDA starts: TensorRT
+    and ONNX Runtime's GPU providers then use it as their device 0."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else None
+    if ids is not None and device >= len(ids):
+        raise ConfigError(f"--device {device} requested, but CUDA_VISIBLE_DEVICES={visible} leaves {len(ids)} visible")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ids[device] if ids is not None else str(device)
+ORT_ONLY = ("provider", "optimization", "threads")
+
+
+def _refuse_foreign_options(ctx: click.Context, backend: str) -> None:
+    """Options of the other backend, given on the command line, are an error rather than silently ignored."""
+    foreign = ORT_ONLY if backend == "tensorrt" else TRT_ONLY
+    given = [f"--{name.replace('_', '-')}" for name in foreign
+             if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)]
+    if given:
+        other = "onnxruntime" if backend == "tensorrt" else "tensorrt"
+        verb = "applies" if len(given) == 1 else "apply"
+        raise ConfigError(f"{', '.join(given)} {verb} to --backend {other} only, not to {backend}")
+
+
+@click.command("build-engine")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The engine to write (a plan for TensorRT, an .onnx for ONNX Runtime); its JSON sidecar is "
+              "written beside it as OUTPUT.json.")
+@click.option("--backend", type=click.Choice(["tensorrt", "onnxruntime"]), default="tensorrt", show_default=True)
+@click.option("--min-batch", type=click.IntRange(min=1), default=None,
+              help="Smallest batch the engine accepts [default: 1; a static-batch model: its batch].")
+@click.option("--opt-batch", type=click.IntRange(min=1), default=None,
+              help="Batch TensorRT tunes its kernels for [default: 8, kept within the range].")
+@click.option("--max-batch", type=click.IntRange(min=1), default=None,
+              help="Largest batch [default: 32 for TensorRT, unbounded for ONNX Runtime].")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="TensorRT: engine precision [default: the graph's]. fp16 from an fp32 graph uses TensorRT 10's "
+              "builder flag (deprecated since 10.12); TensorRT 11 takes precision from the graph only, so export "
+              "with --precision fp16 instead.")
+@click.option("--tf32", is_flag=True, help="TensorRT: allow TF32 in fp32 layers (faster; near-tie merge decisions "
+              "may flip).")
+@click.option("--workspace", type=click.IntRange(min=1), default=None, metavar="MIB",
+              help="TensorRT: workspace memory limit in MiB [default: TensorRT's, the GPU's memory].")
+@click.option("--opt-level", "--builder-optimization-level", "builder_optimization_level", type=click.IntRange(0, 5),
+              default=TrtBuildOptions.builder_optimization_level, show_default=True,
+              help="TensorRT: how hard the builder searches for fast kernels.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TensorRT: timing cache file, read when present and updated after the build.")
+@click.option("--verbose", is_flag=True, help="TensorRT: show Polygraphy's and TensorRT's log.")
+@click.option("--device", type=click.IntRange(min=0), default=None,
+              help="GPU index among the visible ones (narrows CUDA_VISIBLE_DEVICES for this process) [default: 0].")
+@click.option("--provider", type=click.Choice(list(PROVIDERS)), default=OrtBuildOptions.provider, show_default=True,
+              help="ONNX Runtime: execution provider the model is optimised for and runs on.")
+@click.option("--optimization", type=click.Choice(list(LEVELS)), default=None,
+              help="ONNX Runtime: graph optimisation level [default: all; basic with --provider tensorrt].")
+@click.option("--threads", type=click.IntRange(min=0), default=OrtBuildOptions.threads, show_default=True,
+              help="ONNX Runtime: intra-op threads (0: ONNX Runtime's default).")
+@click.pass_context
+def build_engine(ctx: click.Context, model: Path, output: Path, backend: str, min_batch: int | None,
+                 opt_batch: int | None, max_batch: int | None, precision: str | None, tf32: bool,
+                 workspace: int | None, builder_optimization_level: int, timing_cache: Path | None, verbose: bool,
+                 device: int | None, provider: str, optimization: str | None, threads: int) -> None:
+    """Build MODEL (an exported .onnx) into a TensorRT plan or an offline-optimised ONNX Runtime model.
+
+    TensorRT needs `pip install "fastast-deploy[tensorrt]"` and an NVIDIA GPU (the one CUDA_VISIBLE_DEVICES makes
+    device 0); plans run only on the TensorRT version and GPU compute capability that built them. Nothing is
+    written when the build fails.
+    """
+    _refuse_foreign_options(ctx, backend)
+    if device is not None:
+        select_device(device)
+    if backend == "tensorrt":
+        from fastast_deploy.engines.trt_engine import build_tensorrt_engine
+
+        trt_options = TrtBuildOptions(precision=precision, tf32=tf32, workspace_mib=workspace,
+                                      builder_optimization_level=builder_optimization_level,
+                                      timing_cache=timing_cache, min_batch=min_batch, opt_batch=opt_batch,
+                                      max_batch=max_batch, verbose=verbose)
+        result = build_tensorrt_engine(model, output, trt_options)
+        trt, gpu = result.metadata["tensorrt"], result.metadata["tensorrt"]["gpu"]
+        how = f"TensorRT {trt['version']} on {gpu['name']} (compute capability {gpu['compute_capability']})"
+    else:
+        from fastast_deploy.engines.ort_engine import build_onnxruntime_engine
+
+        ort_options = OrtBuildOptions(provider=provider, optimization=optimization, threads=threads,
+                                      min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
+        result = build_onnxruntime_engine(model, output, ort_options)
+        ort = result.metadata["onnxruntime"]
+        how = f"ONNX Runtime {ort['version']}, provider {ort['provider']}, optimisation {ort['optimization_level']}"
+    for note in result.notes:
+        click.echo(f"warning: {note}", err=True)
+    batch = result.metadata["batch"]
+    upper = batch["max"] if batch["max"] is not None else "any"
+    click.echo(f"wrote {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB, {how}, "
+               f"{result.metadata['precision']}, batch {batch['min']}..{upper}) and {result.sidecar.name}")
+
+
+@click.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def inspect(path: Path, as_json: bool) -> None:
+    """Show an engine's or exported model's inputs, outputs, precision, ToMe schedule and token counts, backend,
+    versions and labels, and whether it can run on this machine. Reads sidecars and metadata only."""
+    from fastast_deploy.engines.description import describe, format_description
+
+    report = describe(path)
+    click.echo(json.dumps(report, indent=2) if as_json else format_description(report))

@@ -1,0 +1,28 @@
+"""`fastast-deploy quickstart`: the whole pipeline on the built-in model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("fastast-quickstart"),
+              show_default=True, help="Folder for every file the run writes.")
+@click.option("--source", default="default", show_default=True,
+              help="The checkpoint to run: the built-in model, or any SOURCE.")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto", show_default=True,
+              help="auto: TensorRT where it and a GPU are present, else ONNX Runtime on the CPU.")
+@click.option("--clips-per-class", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--iterations", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Timed calls per batch size in the speed section.")
+def quickstart(output: Path, source: str, backend: str, clips_per_class: int, iterations: int) -> None:
+    """Export -> build-engine -> verify (parity and speed) on the built-in FastAST, then a summary."""
+    from fastast_deploy.cli.quickstart import format_summary
+    from fastast_deploy.cli.quickstart import quickstart as run
+
+    report = run(output, source, backend, clips_per_class, iterations, say=click.echo)
+    click.echo(format_summary(report))
+    if not report["passed"]:
+        raise SystemExit(1)

@@ -1,0 +1,161 @@
+"""Commands on training: make-dataset synthetic, train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from fastast_deploy.audio.synthetic import SyntheticConfig
+from fastast_deploy.cli.commands.options import parse_r
+from fastast_deploy.errors import ConfigError
+from fastast_deploy.training.config import ARCHS, TrainConfig
+
+_S = SyntheticConfig()
+_T = TrainConfig()
+RESUME_KEEPS = ("output", "resume", "stop_after", "device", "quiet")  # the only options a resume may give
+
+
+@click.group("make-dataset")
+def make_dataset() -> None:
+    """Write a dataset that `train` reads."""
+
+
+@make_dataset.command("synthetic")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory to write: audio/, train.json, val.json, labels.csv, dataset.json.")
+@click.option("--classes", type=click.IntRange(min=2), default=_S.classes, show_default=True)
+@click.option("--clips-per-class", type=click.IntRange(min=2), default=_S.clips_per_class, show_default=True)
+@click.option("--seconds", type=click.FloatRange(0.1, 60.0), default=_S.seconds, show_default=True,
+              help="Length of every clip.")
+@click.option("--seed", type=int, default=_S.seed, show_default=True)
+@click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+              default=_S.val_fraction, show_default=True, help="Share of each class's clips kept for validation.")
+@click.option("--max-events", type=click.IntRange(min=1), default=_S.max_events, show_default=True,
+              help="Up to this many classes per clip; above 1 the dataset is multi-label.")
+@click.option("--absolute-paths", is_flag=True,
+              help="List absolute wav paths (AST's loader opens paths relative to its working directory); by "
+              "default they are relative to the JSON file's folder.")
+def synthetic(output: Path, classes: int, clips_per_class: int, seconds: float, seed: int, val_fraction: float,
+              max_events: int, absolute_paths: bool) -> None:
+    """A built-in sound-event dataset of real wav files: tones, chirps, noise bursts, click trains, AM / FM sounds,
+    harmonic stacks and bells, randomised per clip and mixed with background noise, in the AST layout."""
+    from fastast_deploy.audio.synthetic import make_synthetic
+
+    config = SyntheticConfig(classes, clips_per_class, seconds, seed, val_fraction, max_events, absolute_paths)
+    taken = [n for n in ("train.json", "val.json", "labels.csv") if (output / n).exists()]
+    if taken:
+        raise ConfigError(f"{output} already holds a dataset ({', '.join(taken)}); choose another -o")
+    from tqdm import tqdm
+
+    with tqdm(total=classes * clips_per_class, desc="writing clips", leave=False, disable=None) as bar:
+        summary = make_synthetic(output, config, lambda done, total: bar.update(1))
+    click.echo(f"wrote {summary['train_clips']} training and {summary['val_clips']} validation clips of "
+               f"{seconds:g} s, {classes} classes, to {output} (train.json, val.json, labels.csv)")
+
+
+@click.command()
+@click.option("--train", "train_data", default=None, metavar="DATA",
+              help="Training data: an AST data .json, an ESC-50-style .csv, or a folder per class.")
+@click.option("--val", "val_data", default=None, metavar="DATA", help="Validation data, in any of those forms.")
+@click.option("--labels", type=click.Path(dir_okay=False), default=None,
+              help="Label CSV (index,mid,display_name); required for AST data .json.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory: config.json, metrics.jsonl, checkpoints last and best.")
+@click.option("--model", default=_T.model, show_default=True, metavar="tiny|small|base|SOURCE",
+              help="A new FastAST of a DeiT size, or a checkpoint (or run) to fine-tune.")
+@click.option("--arch", type=click.Choice(ARCHS), default=_T.arch, show_default=True,
+              help="fastast: the transformer; cnn: EfficientNet-B2 where timm is installed, else the compact CNN; "
+              "compact-cnn: always the compact CNN.")
+@click.option("--depth", type=click.IntRange(min=1), default=None, help="Blocks of a new FastAST [default: 12].")
+@click.option("--frames", type=click.IntRange(min=16), default=None,
+              help="Input length [default: the checkpoint's, else the longest training clip's].")
+@click.option("--mel-bins", type=click.IntRange(min=16), default=_T.mel_bins, show_default=True,
+              help="Mel bins of a new model.")
+@click.option("--feature-stats", default=_T.feature_stats, show_default=True, metavar="auto|PRESET|MEAN,STD",
+              help="Normalisation: auto takes the checkpoint's, else the training data's; or audioset, esc50, "
+              "speechcommands, or two numbers.")
+@click.option("--tome-r", default=None, metavar="R|R1,R2,...",
+              help="Tokens merged per block while training: one int, or one value per block [default: the "
+              "checkpoint's schedule, else 0].")
+@click.option("--tome-inflection", type=click.FloatRange(-1.0, 1.0), default=_T.tome_inflection, show_default=True,
+              help="Linear r ramp: -1 goes from 2r down to 0, +1 from 0 up to 2r.")
+@click.option("--no-prop-attn", is_flag=True, help="Turn proportional attention off.")
+@click.option("--cnn-width", type=click.IntRange(min=1), default=_T.cnn_width, show_default=True,
+              help="Channels of the compact CNN's first stage.")
+@click.option("--teacher", default=None, metavar="SOURCE",
+              help="Online teacher: a CNN or FastAST run or checkpoint, or an AST checkpoint with the same labels.")
+@click.option("--teacher-logits", type=click.Path(dir_okay=False), default=None,
+              help=".npz with logits (N, labels) and clips (N,): the training clips' ids as the data lists them.")
+@click.option("--kd-lambda", type=click.FloatRange(0.0, 1.0), default=_T.kd_lambda, show_default=True,
+              help="Weight of the label loss; 1 - lambda weighs the distillation loss.")
+@click.option("--kd-tau", type=click.FloatRange(0.0, min_open=True), default=_T.kd_tau, show_default=True,
+              help="Distillation temperature.")
+@click.option("--task", type=click.Choice(["auto", "multilabel", "singlelabel"]), default=_T.task,
+              show_default=True, help="auto: single-label when every clip has one label.")
+@click.option("--epochs", type=click.IntRange(min=1), default=_T.epochs, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=_T.batch_size, show_default=True,
+              help="Global batch, split across torchrun processes.")
+@click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=_T.lr, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(0.0), default=_T.weight_decay, show_default=True)
+@click.option("--warmup-epochs", type=click.FloatRange(0.0), default=_T.warmup_epochs, show_default=True)
+@click.option("--grad-clip", type=click.FloatRange(0.0), default=_T.grad_clip, show_default=True,
+              help="Max gradient norm; 0 turns clipping off.")
+@click.option("--freqm", type=click.IntRange(min=0), default=None,
+              help="SpecAugment: widest frequency mask [default: a fifth of the mel bins].")
+@click.option("--timem", type=click.IntRange(min=0), default=None,
+              help="SpecAugment: widest time mask [default: a fifth of the frames].")
+@click.option("--mixup", type=click.FloatRange(0.0, 1.0), default=_T.mixup, show_default=True,
+              help="Probability that a clip is mixed with another (weight ~ Beta(alpha, alpha)).")
+@click.option("--mixup-alpha", type=click.FloatRange(0.0, min_open=True), default=_T.mixup_alpha, show_default=True)
+@click.option("--val-fold", type=int, default=None,
+              help="ESC-50-style CSV: validate on this fold and train on the others (no --val needed).")
+@click.option("--skip-missing", is_flag=True, help="Train without missing audio files (counted in a warning).")
+@click.option("--seed", type=int, default=_T.seed, show_default=True)
+@click.option("--device", default=_T.device, show_default=True, help="auto, cpu or cuda.")
+@click.option("--no-amp", is_flag=True, help="Train in float32 on CUDA too.")
+@click.option("--stop-after", type=click.IntRange(min=1), default=None, metavar="EPOCHS",
+              help="Stop after this many epochs; the schedule still spans --epochs; continue with --resume.")
+@click.option("--resume", is_flag=True, help="Continue the run in -o from its last checkpoint, exactly.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
+def train(ctx: click.Context, train_data: str | None, val_data: str | None, labels: str | None, output: Path,
+          model: str, arch: str, depth: int | None, frames: int | None, mel_bins: int, feature_stats: str,
+          tome_r: str | None, tome_inflection: float, no_prop_attn: bool, cnn_width: int, teacher: str | None,
+          teacher_logits: str | None, kd_lambda: float, kd_tau: float, task: str, epochs: int, batch_size: int,
+          lr: float, weight_decay: float, warmup_epochs: float, grad_clip: float, freqm: int | None,
+          timem: int | None, mixup: float, mixup_alpha: float, val_fold: int | None, skip_missing: bool, seed: int,
+          device: str, no_amp: bool, stop_after: int | None, resume: bool, quiet: bool) -> None:
+    """Train FastAST with Token Merging in the loop (or a CNN teacher), optionally distilled from a teacher (CMKD).
+
+    Writes RUN/metrics.jsonl (one line per epoch) and the checkpoints RUN/last and RUN/best, which every SOURCE
+    option takes (FastAST ones carry the ToMe schedule, labels and feature settings). Under torchrun it trains on
+    every process with DDP.
+    """
+    from fastast_deploy.training.loop import train as run_training
+
+    if resume:
+        given = [f"--{p.name.replace('_', '-')}" for p in ctx.command.params
+                 if p.name not in RESUME_KEEPS and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
+        if given:
+            raise ConfigError(f"--resume continues {output} with its saved settings; drop {', '.join(given)} "
+                              f"(only --stop-after and --device may be given)")
+        config = TrainConfig(output=str(output), stop_after=stop_after, device=device)
+    else:
+        if train_data is None:
+            raise ConfigError("--train is required (an AST data .json, an ESC-50-style .csv or a folder per class)")
+        r = parse_r(tome_r)
+        config = TrainConfig(
+            train=train_data, val=val_data or "", output=str(output), labels=labels, val_fold=val_fold,
+            skip_missing=skip_missing, model=model, arch=arch, depth=depth, frames=frames, mel_bins=mel_bins,
+            feature_stats=feature_stats, tome_r=r, tome_inflection=tome_inflection,
+            prop_attn=False if no_prop_attn else None, cnn_width=cnn_width, teacher=teacher,
+            teacher_logits=teacher_logits, kd_lambda=kd_lambda, kd_tau=kd_tau, task=task, epochs=epochs,
+            batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+            grad_clip=grad_clip, freqm=freqm, timem=timem, mixup=mixup, mixup_alpha=mixup_alpha, seed=seed,
+            amp=not no_amp, device=device, stop_after=stop_after)
+    result = run_training(config, resume=resume, log=click.echo, progress=not quiet)
+    if result.best is not None:
+        click.echo(f"best {result.metric} {result.best:.4f} at epoch {result.best_epoch}; checkpoints "
+                   f"{output / 'best'} and {output / 'last'}, metrics {output / 'metrics.jsonl'}")

@@ -1,0 +1,188 @@
+"""`fastast-deploy verify`: parity and speed of an engine against a reference; exit 0 pass, 1 fail, 2 usage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from fastast_deploy.cli.commands.options import parse_sizes
+from fastast_deploy.errors import FastASTError
+
+
+class _Usage(FastASTError):
+    exit_code = 2
+
+
+@click.command()
+@click.argument("engine", type=click.Path(dir_okay=False))
+@click.option("--reference", "reference", required=True, metavar="REF",
+              help="A checkpoint SOURCE (run in PyTorch with the engine's r schedule and input length), an .npz "
+              "with fbank and logits arrays, or a Polygraphy RunResults .json.")
+@click.option("--inputs", "inputs", default="random", show_default=True, metavar="random|DIR|FILE",
+              help="Seeded fbank-like arrays, a folder of audio (sub-folders named like labels give labels), an AST "
+              "data .json (labelled clips), an .npz with an fbank array, or a Polygraphy inputs .json.")
+@click.option("--labels", "labels_csv", type=click.Path(dir_okay=False), default=None,
+              help="Label CSV (index,mid,display_name) for an AST data .json given as --inputs.")
+@click.option("--num", type=click.IntRange(min=1), default=64, show_default=True, help="Clips for --inputs random.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --inputs random.")
+@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Batch for the parity run.")
+@click.option("--atol", type=click.FloatRange(min=0), default=None, help="[default: 1e-4 fp32, 5e-2 fp16]")
+@click.option("--rtol", type=click.FloatRange(min=0), default=None, help="[default: 1e-3 fp32, 5e-2 fp16]")
+@click.option("--min-cosine", type=click.FloatRange(-1, 1), default=None, help="[default: 0.9999 fp32, 0.999 fp16]")
+@click.option("--min-top1", type=click.FloatRange(0, 1), default=None, help="[default: 0.99 fp32, 0.98 fp16]")
+@click.option("--baseline", default="auto", show_default=True, metavar="auto|none|ENGINE",
+              help="Speed baseline: auto builds the same model with r = 0 the same way; none skips it.")
+@click.option("--no-speed", is_flag=True, help="Skip the speed section.")
+@click.option("--speed-batches", default="1,8", show_default=True, help="Batch sizes timed in the speed section.")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option("--iterations", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default=None,
+              help="ONNX Runtime provider for a plain .onnx ENGINE [default: cpu].")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the JSON report here (schema: docs/verify-report.md).")
+@click.option("--save-inputs", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Save the inputs: .npz (fbank) or .json (Polygraphy inputs).")
+@click.option("--save-outputs", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Save the engine's outputs: .npz (fbank + logits, usable as --reference) or .json (Polygraphy "
+              "RunResults).")
+def verify(engine: str, reference: str, inputs: str, labels_csv: str | None, num: int, seed: int, batch: int,
+           atol: float | None,
+           rtol: float | None, min_cosine: float | None, min_top1: float | None, baseline: str, no_speed: bool,
+           speed_batches: str, warmup: int, iterations: int, provider: str | None, report: Path | None,
+           save_inputs: Path | None, save_outputs: Path | None) -> None:
+    """Check ENGINE (a built engine or an exported .onnx) against REF: parity figures, thresholds, and speed
+    against the unmerged baseline. Exit 0 when every threshold holds, 1 when one fails, 2 for usage errors."""
+    from fastast_deploy.evaluation.verify import DEFAULT_THRESHOLDS, SpeedOptions, Thresholds
+    from fastast_deploy.evaluation.verify import verify as run_verify
+
+    given = {"atol": atol, "rtol": rtol, "min_cosine": min_cosine, "min_top1": min_top1}
+    sizes = parse_sizes(speed_batches, "--speed-batches", _Usage)
+    speed = None if no_speed else SpeedOptions(sizes, warmup, iterations, None if baseline == "none" else baseline)
+    for path in (report, save_inputs, save_outputs):
+        if path is not None:
+            from fastast_deploy.files import prepare_output
+
+            try:
+                prepare_output(path)
+            except FastASTError as err:
+                raise _Usage(str(err)) from None
+    try:
+        precision = _engine_precision(engine)
+        base = DEFAULT_THRESHOLDS.get(precision, DEFAULT_THRESHOLDS["fp32"])
+        thresholds = Thresholds(**{k: v if v is not None else getattr(base, k) for k, v in given.items()})
+        result, used_inputs, _, outputs = run_verify(engine, reference, inputs_spec=inputs, num=num, batch=batch,
+                                                     seed=seed, thresholds=thresholds, speed=speed,
+                                                     provider=provider, labels_csv=labels_csv)
+    except FastASTError as err:
+        if err.exit_code == 1:  # nothing was compared: the arguments did not fit together
+            raise _Usage(str(err)) from None
+        raise
+    if report is not None:
+        from fastast_deploy.files import write_json_atomic
+
+        write_json_atomic(report, result)
+    if save_inputs is not None:
+        _save_inputs(save_inputs, used_inputs.fbank, batch)
+    if save_outputs is not None:
+        _save_outputs(save_outputs, used_inputs.fbank, outputs, batch, Path(engine).name)
+    click.echo(format_report(result))
+    if not result["passed"]:
+        raise SystemExit(1)
+
+
+def _engine_precision(engine: str) -> str:
+    from fastast_deploy.engines.sidecar import read_sidecar
+    from fastast_deploy.exporters.metadata import read_metadata
+
+    data = read_sidecar(engine) if Path(engine).is_file() else None
+    return data["precision"] if data else read_metadata(engine).get("precision", "fp32")
+
+
+def _quiet_polygraphy() -> None:
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = G_LOGGER.ERROR
+
+
+def _save_inputs(path: Path, fbank: np.ndarray, batch: int) -> None:
+    from fastast_deploy.files import atomic_path
+
+    _quiet_polygraphy()
+    with atomic_path(path) as tmp:
+        if path.suffix == ".json":
+            from polygraphy.json import save_json
+
+            save_json([{"fbank": fbank[i : i + batch]} for i in range(0, len(fbank), batch)], str(tmp))
+        else:
+            with open(tmp, "wb") as f:
+                np.savez(f, fbank=fbank)
+
+
+def _save_outputs(path: Path, fbank: np.ndarray, outputs: dict[str, np.ndarray], batch: int, runner: str) -> None:
+    from fastast_deploy.files import atomic_path
+
+    _quiet_polygraphy()
+    with atomic_path(path) as tmp:
+        if path.suffix == ".json":
+            from polygraphy.comparator import RunResults
+            from polygraphy.comparator.struct import IterationResult
+
+            iterations = [IterationResult({k: v[i : i + batch] for k, v in outputs.items()}, runner_name=runner)
+                          for i in range(0, len(fbank), batch)]
+            results = RunResults()
+            results.append((runner, iterations))
+            results.save(str(tmp))
+        else:
+            with open(tmp, "wb") as f:
+                np.savez(f, fbank=fbank, **outputs)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The terminal form of a verify report: what was compared, checks, figures, speed."""
+    e, p = report["engine"], report["parity"]
+    lines = [
+        f"engine     {e['path']} ({e['backend']}, {e['precision']}, r per block {e['tome']['effective_schedule']})",
+        f"reference  {report['reference']['source']} ({report['reference']['kind']})",
+        f"inputs     {report['inputs']['clips']} clips from {report['inputs']['source']}"
+        + (f", {len(report['inputs']['skipped'])} skipped" if report["inputs"]["skipped"] else ""),
+        "",
+        f"{'check':<34} {'value':>12}  {'threshold':<22} result",
+    ]
+    for c in report["checks"]:
+        by = f" (by {c['by']:.3g})" if c.get("by") is not None else ""
+        lines.append(f"{c['name']:<34} {_fmt(c['value']):>12}  {c['threshold']:<22} "
+                     f"{'pass' if c['passed'] else 'FAIL' + by}")
+    lines.append("")
+    lines.append("abs error  max {} mean {} p99 {}   rel error max {} p99 {}".format(
+        *(_fmt(p[k]) for k in ("max_abs_diff", "mean_abs_diff", "p99_abs_diff", "max_rel_diff", "p99_rel_diff"))))
+    lines.append(f"cosine     min {_fmt(p['cosine_min'])} mean {_fmt(p['cosine_mean'])}   top-1 agreement "
+                 f"{_fmt(p['top1_agreement'])}   top-5 overlap {_fmt(p['top5_agreement'])}")
+    if "merge_agreement" in p:
+        lines.append("merges     identical decisions per block: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in p["merge_agreement"].items()))
+    if "accuracy" in p:
+        lines.append(f"accuracy   reference {p['accuracy']['reference']:.4f}   engine {p['accuracy']['engine']:.4f}")
+    if "mAP" in p:
+        lines.append(f"mAP        reference {p['mAP']['reference']:.4f}   engine {p['mAP']['engine']:.4f}")
+    speed = report.get("speed")
+    if speed:
+        lines += ["", f"speed ({speed['timing']}; FLOP ratio {speed['flop_ratio']:.2f}x; baseline: "
+                  f"{speed['baseline'] or speed.get('baseline_note', 'none')})",
+                  f"{'batch':>5} {'clips/s':>10} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'base clips/s':>13} "
+                  f"{'speed-up':>9}"]
+        for b, row in speed["batches"].items():
+            eng, base = row["engine"], row.get("baseline")
+            base_rate = f"{base['clips_per_s']:.2f}" if base else "-"
+            speedup = f"{row['speedup']:.2f}x" if base else "-"
+            lines.append(f"{b:>5} {eng['clips_per_s']:>10.2f} {eng['latency_ms_p50']:>9.2f} "
+                         f"{eng['latency_ms_p90']:>9.2f} {eng['latency_ms_p99']:>9.2f} {base_rate:>13} {speedup:>9}")
+    failed = [c["name"] for c in report["checks"] if not c["passed"]]
+    lines += ["", "PASSED" if report["passed"] else f"FAILED: {', '.join(failed)}"]
+    return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""The ``fastast-deploy`` command line. Heavy and optional packages are imported inside commands, so that
+``--help`` of every command works with only the core dependencies installed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from fastast_deploy import __version__
+from fastast_deploy.errors import FastASTError
+
+
+class _Group(click.Group):
+    """Prints project errors on one line (``Error: ...``, exit 1); anything else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FastASTError as err:
+            failure = click.ClickException(str(err))
+            failure.exit_code = err.exit_code
+            raise failure from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fastast-deploy")
+def cli() -> None:
+    """FastAST (AST + Token Merging) from a PyTorch checkpoint to verified TensorRT and ONNX Runtime engines.
+
+    SOURCE, wherever a command takes one, is an original AST .pth, a Hugging Face AST directory, or this
+    project's .safetensors checkpoint; `info` also takes tiny / small / base for an untrained model.
+    """
+
+
+from fastast_deploy.cli.commands.bench import bench  # noqa: E402
+from fastast_deploy.cli.commands.engine import build_engine, inspect  # noqa: E402
+from fastast_deploy.cli.commands.model import export, info, lint  # noqa: E402
+from fastast_deploy.cli.commands.quickstart import quickstart  # noqa: E402
+from fastast_deploy.cli.commands.serve import predict, triton  # noqa: E402
+from fastast_deploy.cli.commands.train import make_dataset, train  # noqa: E402
+from fastast_deploy.cli.commands.verify import verify  # noqa: E402
+
+for _command in (info, export, lint, build_engine, inspect, verify, bench, quickstart, predict, triton, make_dataset,
+                 train):
+    cli.add_command(_command)
+
+
+def main() -> None:
+    cli(prog_name="fastast-deploy")

@@ -1,0 +1,189 @@
+"""`fastast-deploy bench`: throughput (and, with labelled data, accuracy) of one checkpoint at several r, each
+exported and built the same way, timed side by side, so that r can be picked from a measured trade-off."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastast_deploy.engines import Engine, load_engine
+from fastast_deploy.errors import ConfigError
+from fastast_deploy.evaluation.metrics import fbank_like
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    rs: tuple[int, ...] = (0, 8, 16, 32, 50)
+    backend: str = "onnxruntime"
+    provider: str = "cpu"
+    batch: int = 8
+    warmup: int = 2
+    rounds: int = 10
+    frames: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.rs or min(self.rs) < 0:
+            raise ConfigError(f"--tome-r needs values >= 0, got {list(self.rs)}")
+        if self.batch < 1 or self.rounds < 1 or self.warmup < 0:
+            raise ConfigError("--batch and --rounds must be >= 1 and --warmup >= 0")
+
+
+def build_engines(source: str, options: BenchOptions, workdir: Path) -> dict[int, Engine]:
+    """One engine per r: load, export (static shapes, dynamic batch), build with the chosen backend."""
+    from fastast_deploy.checkpoints.native import load_model
+    from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
+
+    engines = {}
+    for r in options.rs:
+        model = load_model(source, tome_r=r, input_frames=options.frames)
+        onnx_path = export_onnx(model, workdir / f"r{r}.onnx", ExportOptions(), check=False).path
+        if options.backend == "tensorrt":
+            from fastast_deploy.engines.trt_engine import TrtBuildOptions, build_tensorrt_engine
+
+            built = build_tensorrt_engine(onnx_path, workdir / f"r{r}.plan",
+                                          TrtBuildOptions(opt_batch=options.batch, max_batch=max(options.batch, 32)))
+        else:
+            from fastast_deploy.engines.ort_engine import OrtBuildOptions, build_onnxruntime_engine
+
+            built = build_onnxruntime_engine(onnx_path, workdir / f"r{r}.ort.onnx",
+                                             OrtBuildOptions(provider=options.provider))
+        engines[r] = load_engine(built.path)
+    return engines
+
+
+def time_round_robin(engines: dict[int, Engine], options: BenchOptions) -> dict[int, dict[str, float]]:
+    """Median latency per batch of each engine; rounds interleave the engines so machine load drifts hit all."""
+    spec = next(iter(engines.values())).input_specs["fbank"][0]
+    x = fbank_like(options.batch, int(spec[1]), int(spec[2]), seed=3)
+    for engine in engines.values():
+        for _ in range(options.warmup):
+            engine.infer({"fbank": x})
+    times: dict[int, list[float]] = {r: [] for r in engines}
+    for _ in range(options.rounds):
+        for r, engine in engines.items():
+            start = time.perf_counter()
+            engine.infer({"fbank": x})
+            times[r].append(time.perf_counter() - start)
+    return {r: {"latency_ms_p50": 1e3 * statistics.median(t), "clips_per_s": options.batch / statistics.median(t)}
+            for r, t in times.items()}
+
+
+def labelled_data(data: str, labels_csv: str | None, engine: Engine) -> tuple[np.ndarray, np.ndarray, str, int]:
+    """Normalised fbank (N, T, F) with the engine's feature settings, multi-hot targets (N, labels), the task, and
+    how many listed files were missing."""
+    from fastast_deploy.audio.datasets import (
+        DatasetError,
+        LabelSet,
+        detect_task,
+        fbank_cache,
+        load_dataset,
+        normalize_cache,
+        read_label_csv,
+    )
+    from fastast_deploy.audio.features import FeatureConfig
+
+    export = engine.metadata["export"]
+    names = export.get("labels")
+    labels = read_label_csv(labels_csv) if labels_csv else (LabelSet(tuple(names), tuple(names)) if names else None)
+    dataset = load_dataset(data, labels)
+    if names and list(dataset.labels.names) != list(names):
+        raise DatasetError(f"{data} has labels {list(dataset.labels.names)[:3]}...; the model's are {names[:3]}...")
+    missing = dataset.missing()
+    dataset = dataset.without(missing)
+    if not len(dataset):
+        raise DatasetError(f"{data}: none of its audio files exist")
+    config = FeatureConfig.from_dict(export["features"])
+    x = normalize_cache(fbank_cache([e.path for e in dataset.examples], config), config).numpy()
+    return x, dataset.targets().numpy(), detect_task(dataset), len(missing)
+
+
+def bench(source: str, options: BenchOptions, workdir: Path, data: str | None = None,
+          labels_csv: str | None = None) -> dict[str, Any]:
+    """Build every engine, time them side by side, and score them on labelled data when given."""
+    from fastast_deploy.evaluation.metrics import accuracy, mean_average_precision
+    from fastast_deploy.evaluation.verify import run_engine
+    from fastast_deploy.model.config import ModelConfig
+    from fastast_deploy.model.flops import flop_ratio
+
+    engines = build_engines(source, options, workdir)
+    try:
+        timing = time_round_robin(engines, options)
+        scored = None
+        if data is not None:
+            x, targets, task, missing = labelled_data(data, labels_csv, engines[options.rs[0]])
+            metric = accuracy if task == "singlelabel" else mean_average_precision
+            scored = {"task": task, "metric": "accuracy" if task == "singlelabel" else "mAP", "clips": len(x),
+                      "missing_files": missing,
+                      "values": {r: metric(run_engine(e, x, options.batch)["logits"], targets)
+                                 for r, e in engines.items()}}
+        first = next(iter(engines.values())).metadata
+        base_rate = timing[options.rs[0]]["clips_per_s"] if 0 in options.rs else None
+        rows = []
+        for r, engine in engines.items():
+            export = engine.metadata["export"]
+            config = ModelConfig.from_dict(export["model"])
+            row = {"r": r, "effective_schedule": export["tome"]["effective_schedule"],
+                   "tokens_out": export["tome"]["token_counts"][-1], **timing[r],
+                   "flop_ratio": flop_ratio(config, export["tome"]["effective_schedule"])}
+            if base_rate is not None:
+                row["speedup"] = timing[r]["clips_per_s"] / base_rate
+            if scored is not None:
+                row[scored["metric"]] = scored["values"][r]
+            rows.append(row)
+    finally:
+        for engine in engines.values():
+            engine.close()
+    return {"source": source, "backend": first["backend"], "precision": first["precision"], "batch": options.batch,
+            "rounds": options.rounds, "rows": rows, "data": None if scored is None else
+            {k: v for k, v in scored.items() if k != "values"}}
+
+
+def plot(report: dict[str, Any], path: Path) -> Path | None:
+    """Throughput vs r, and accuracy vs throughput when measured, as a PNG; None when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = report["rows"]
+    metric = report["data"]["metric"] if report["data"] else None
+    fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(10 if metric else 5, 4), squeeze=False)
+    ax = axes[0][0]
+    ax.plot([row["r"] for row in rows], [row["clips_per_s"] for row in rows], "o-")
+    ax.set_xlabel("r (tokens merged per block)")
+    ax.set_ylabel("clips/s")
+    ax.set_title(f"{report['backend']}, {report['precision']}, batch {report['batch']}")
+    ax.grid(alpha=0.3)
+    if metric:
+        ax = axes[0][1]
+        ax.plot([row["clips_per_s"] for row in rows], [row[metric] for row in rows], "o-")
+        for row in rows:
+            ax.annotate(f"r={row['r']}", (row["clips_per_s"], row[metric]), textcoords="offset points",
+                        xytext=(4, 4))
+        ax.set_xlabel("clips/s")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric} vs throughput")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def format_table(report: dict[str, Any]) -> str:
+    metric = report["data"]["metric"] if report["data"] else None
+    head = f"{'r':>4} {'tokens out':>10} {'clips/s':>9} {'p50 ms':>8} {'speed-up':>9} {'FLOP ratio':>10}"
+    lines = [head + (f" {metric:>9}" if metric else "")]
+    for row in report["rows"]:
+        speedup = f"{row['speedup']:.2f}x" if "speedup" in row else "-"
+        line = (f"{row['r']:>4} {row['tokens_out']:>10} {row['clips_per_s']:>9.2f} {row['latency_ms_p50']:>8.2f} "
+                f"{speedup:>9} {row['flop_ratio']:>9.2f}x")
+        lines.append(line + (f" {row[metric]:>9.4f}" if metric else ""))
+    return "\n".join(lines)

@@ -1,0 +1,237 @@
+"""What `verify` feeds an engine and compares against: input sets (random, npz, Polygraphy JSON, audio folder)
+and reference outputs (a checkpoint run in PyTorch, an npz, a Polygraphy RunResults file)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastast_deploy.errors import FastASTError
+from fastast_deploy.evaluation.metrics import fbank_like
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+
+
+class VerifyUsageError(FastASTError):
+    """Inputs, reference and engine that cannot be compared (exit code 2)."""
+
+    exit_code = 2
+
+
+@dataclass
+class InputSet:
+    """fbank (N, T, F) float32 with clip names; labels (N,) class indices where a folder-per-class layout gave
+    them; files that could not be read are skipped and listed."""
+
+    fbank: np.ndarray
+    names: list[str]
+    source: str
+    labels: np.ndarray | None = None
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Reference:
+    """Reference logits (N, labels) for the inputs, with merge positions where the reference exposes them."""
+
+    kind: str  # "checkpoint" | "npz" | "runresults"
+    source: str
+    logits: np.ndarray
+    labels: list[str] | None = None
+    merges: list[np.ndarray] | None = None
+    fbank: np.ndarray | None = None  # inputs that came with the reference (npz)
+
+
+def load_inputs(spec: str, num: int, frames: int, mel: int, seed: int, export: dict[str, Any],
+                labels_csv: str | None = None) -> InputSet:
+    """``random`` (seeded fbank-like arrays), an ``.npz`` with ``fbank``, a Polygraphy inputs ``.json``, an AST
+    data ``.json`` (``{"data": [{"wav", "labels"}]}``, labels as in ``labels_csv`` or the engine's names), or a
+    folder of audio files; audio goes through the engine's feature settings."""
+    if spec == "random":
+        names = [f"random-{i}" for i in range(num)]
+        return InputSet(fbank_like(num, frames, mel, seed), names, f"random (seed {seed})")
+    path = Path(spec)
+    if not path.exists():
+        raise VerifyUsageError(f"--inputs {spec}: no such file or folder; use random, a folder of audio, an .npz "
+                               "with an fbank array or a Polygraphy inputs .json")
+    if path.is_dir():
+        return _audio_folder(path, export)
+    if path.suffix == ".npz":
+        return _checked(InputSet(_npz_array(path, "fbank"), [], str(path)), frames, mel)
+    if path.suffix == ".json":
+        if _is_ast_data_json(path):
+            return _data_json(path, labels_csv, export)
+        return _checked(InputSet(_polygraphy_inputs(path), [], str(path)), frames, mel)
+    raise VerifyUsageError(f"--inputs {spec}: expected random, a folder, an .npz or a Polygraphy .json")
+
+
+def _checked(inputs: InputSet, frames: int, mel: int) -> InputSet:
+    if inputs.fbank.ndim != 3 or inputs.fbank.shape[1:] != (frames, mel):
+        raise VerifyUsageError(f"inputs from {inputs.source} have shape {inputs.fbank.shape}; the engine takes "
+                               f"(N, {frames}, {mel}): another input length or mel bin count")
+    if not inputs.names:
+        inputs.names = [f"{Path(inputs.source).stem}-{i}" for i in range(len(inputs.fbank))]
+    inputs.fbank = inputs.fbank.astype(np.float32, copy=False)
+    return inputs
+
+
+def _npz_array(path: Path, name: str) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if name not in data.files:
+                raise VerifyUsageError(f"{path} has arrays {sorted(data.files)}; expected {name!r}")
+            return np.asarray(data[name])
+    except (OSError, ValueError) as err:
+        raise VerifyUsageError(f"{path} is not a readable .npz ({err})") from None
+
+
+def _polygraphy_inputs(path: Path) -> np.ndarray:
+    """A Polygraphy inputs file: a JSON list of feed dicts (``polygraphy run --save-inputs``)."""
+    from polygraphy.json import load_json
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = G_LOGGER.ERROR
+    try:
+        feeds = load_json(str(path))
+    except Exception as err:
+        raise VerifyUsageError(f"{path} is not a Polygraphy inputs file ({str(err).splitlines()[0]})") from None
+    if not isinstance(feeds, list) or not feeds or not all(isinstance(f, dict) and "fbank" in f for f in feeds):
+        raise VerifyUsageError(f"{path} holds no list of feeds with an 'fbank' array")
+    return np.concatenate([np.asarray(f["fbank"]) for f in feeds])
+
+
+def label_folder(label: str) -> str:
+    """The folder name that stands for a label in a folder-per-class layout ("/" cannot appear in a name)."""
+    return label.replace("/", "_").replace("\\", "_")
+
+
+def _audio_folder(path: Path, export: dict[str, Any]) -> InputSet:
+    """Every audio file under ``path``; a sub-folder named like a label (see ``label_folder``) gives its clips that
+    label."""
+    from fastast_deploy.audio.features import FeatureConfig, load_input
+
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise VerifyUsageError(f"--inputs {path}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in the folder")
+    if export.get("features") is None:
+        raise VerifyUsageError("the engine records no feature settings, so audio cannot be turned into its input")
+    config = FeatureConfig.from_dict(export["features"])
+    folders = [label_folder(name) for name in export.get("labels") or []]
+    arrays, names, labels, skipped = [], [], [], []
+    for file in files:
+        try:
+            arrays.append(load_input(file, config).numpy())
+        except FastASTError as err:
+            skipped.append({"file": str(file), "error": str(err)})
+            continue
+        names.append(str(file.relative_to(path)))
+        parent = file.parent.name if file.parent != path else None
+        labels.append(folders.index(parent) if parent in folders else -1)
+    if not arrays:
+        raise VerifyUsageError(f"--inputs {path}: none of the {len(files)} audio files could be read")
+    known = np.array(labels)
+    return InputSet(np.stack(arrays), names, str(path), known if (known >= 0).all() else None, skipped)
+
+
+def _is_ast_data_json(path: Path) -> bool:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("data"), list)
+
+
+def _data_json(path: Path, labels_csv: str | None, export: dict[str, Any]) -> InputSet:
+    """An AST data file: clips with their labels (multi-hot targets); unreadable or missing files are skipped."""
+    from fastast_deploy.audio.datasets import LabelSet, load_dataset, raw_fbank, read_label_csv
+    from fastast_deploy.audio.features import FeatureConfig, normalize
+
+    names = export.get("labels")
+    if labels_csv is not None:
+        label_set = read_label_csv(labels_csv)
+    elif names:
+        label_set = LabelSet(tuple(names), tuple(names))
+    else:
+        raise VerifyUsageError(f"{path} is an AST data file; give its label CSV with --labels")
+    if names and list(label_set.names) != list(names):
+        raise VerifyUsageError(f"{path}: the label CSV names {len(label_set)} labels differently from the engine")
+    if export.get("features") is None:
+        raise VerifyUsageError("the engine records no feature settings, so audio cannot be turned into its input")
+    config = FeatureConfig.from_dict(export["features"])
+    dataset = load_dataset(path, label_set)
+    arrays, clips, targets, skipped = [], [], [], []
+    for example in dataset.examples:
+        try:
+            arrays.append(normalize(raw_fbank(example.path, config), config.mean, config.std).numpy())
+        except FastASTError as err:
+            skipped.append({"file": str(example.path), "error": str(err)})
+            continue
+        clips.append(example.clip)
+        target = np.zeros(len(label_set), np.float32)
+        target[list(example.labels)] = 1.0
+        targets.append(target)
+    if not arrays:
+        raise VerifyUsageError(f"--inputs {path}: none of its {len(dataset)} audio files could be read")
+    return InputSet(np.stack(arrays), clips, str(path), np.stack(targets), skipped)
+
+
+def load_reference(spec: str, inputs: InputSet | None, export: dict[str, Any]) -> Reference:
+    """A reference named by ``--reference``; for a checkpoint, the inputs are run through PyTorch with the engine's
+    ToMe schedule and input length."""
+    path = Path(spec)
+    if path.suffix == ".npz" and path.is_file():
+        fbank = _npz_array(path, "fbank").astype(np.float32)
+        return Reference("npz", str(path), _npz_array(path, "logits"), fbank=fbank)
+    if path.suffix == ".json" and path.is_file():
+        return Reference("runresults", str(path), _runresults_logits(path))
+    if inputs is None:
+        raise VerifyUsageError("a checkpoint reference needs inputs")
+    return _checkpoint_reference(spec, inputs, export)
+
+
+def _runresults_logits(path: Path) -> np.ndarray:
+    """Logits of the first runner in a Polygraphy RunResults file, iterations concatenated."""
+    from polygraphy.comparator import RunResults
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = G_LOGGER.ERROR
+    try:
+        results = RunResults.load(str(path))
+    except Exception as err:
+        raise VerifyUsageError(f"{path} is not a Polygraphy RunResults file ({str(err).splitlines()[0]})") from None
+    if not results.lst:
+        raise VerifyUsageError(f"{path} holds no runner results")
+    _, iterations = results.lst[0]
+    if not iterations or any("logits" not in it for it in iterations):
+        raise VerifyUsageError(f"{path}: the first runner has no 'logits' output")
+    return np.concatenate([np.asarray(it["logits"]) for it in iterations])
+
+
+def _checkpoint_reference(source: str, inputs: InputSet, export: dict[str, Any]) -> Reference:
+    import torch
+
+    from fastast_deploy.checkpoints.native import load_model
+    from fastast_deploy.exporters.parity import torch_outputs
+
+    tome = export["tome"]
+    model = load_model(source, tome_r=list(tome["effective_schedule"]), prop_attn=tome["prop_attn"],
+                       input_frames=export["model"]["input_frames"])
+    if model.config.num_mel_bins != export["model"]["num_mel_bins"]:
+        raise VerifyUsageError(f"reference {source} takes {model.config.num_mel_bins} mel bins, the engine "
+                               f"{export['model']['num_mel_bins']}")
+    logits, merges = [], []
+    with torch.inference_mode():
+        for start in range(0, len(inputs.fbank), 16):
+            out, positions = torch_outputs(model, inputs.fbank[start : start + 16])
+            logits.append(out)
+            merges.append(positions)
+    per_block = [np.concatenate([m[i] for m in merges]) for i in range(len(merges[0]))] if merges else []
+    labels = list(model.label_names) if model.label_names else None
+    resolved = model.source_info.get("path", os.fspath(source))  # "default" names a file inside the package
+    return Reference("checkpoint", str(resolved), np.concatenate(logits), labels, per_block)

@@ -1,0 +1,257 @@
+"""`fastast-deploy verify`: does an engine answer like its reference, and how much faster is it than the
+unmerged model built the same way? The result is a report (``REPORT_SCHEMA``, documented in
+docs/verify-report.md) whose ``passed`` decides the exit code."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastast_deploy import __version__
+from fastast_deploy.engines import Engine, load_engine
+from fastast_deploy.evaluation.inputs import InputSet, Reference, VerifyUsageError, load_inputs, load_reference
+from fastast_deploy.evaluation.metrics import (
+    accuracy,
+    compare_logits,
+    fbank_like,
+    mean_average_precision,
+    merge_agreement,
+)
+
+REPORT_SCHEMA = "fastast-deploy/verify"
+REPORT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Pass conditions: every logit within atol + rtol * |reference|, every clip's cosine >= min_cosine, and the
+    top-1 labels agreeing on at least min_top1 of the clips. No NaN or inf anywhere."""
+
+    atol: float
+    rtol: float
+    min_cosine: float
+    min_top1: float
+
+
+# Defaults by engine precision: fp32 engines should match to float rounding; fp16 to fp16 rounding.
+DEFAULT_THRESHOLDS = {
+    "fp32": Thresholds(atol=1e-4, rtol=1e-3, min_cosine=0.9999, min_top1=0.99),
+    "fp16": Thresholds(atol=5e-2, rtol=5e-2, min_cosine=0.999, min_top1=0.98),
+}
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    batches: tuple[int, ...] = (1, 8)
+    warmup: int = 3
+    iterations: int = 20
+    baseline: str | None = "auto"  # a path, "auto" (r = 0 built the same way on the fly) or None (no baseline)
+
+
+def run_engine(engine: Engine, fbank: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+    """All outputs for (N, T, F) inputs in batches the engine accepts (a static batch is padded with zeros)."""
+    rng = engine.batch_range
+    size = batch if batch in rng else (rng.max if rng.max is not None and batch > rng.max else rng.min)
+    outputs: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(fbank), size):
+        chunk = fbank[start : start + size]
+        n = len(chunk)
+        if n not in rng:
+            chunk = np.concatenate([chunk, np.zeros((rng.min - n, *chunk.shape[1:]), chunk.dtype)])
+        for name, value in engine.infer({"fbank": chunk}).items():
+            outputs.setdefault(name, []).append(value[:n])
+    return {name: np.concatenate(parts) for name, parts in outputs.items()}
+
+
+def merge_outputs(export: dict[str, Any], outputs: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+    """The engine's merge positions in block order (src, dst per merging block), when it exposes them."""
+    names = [f"merge{i}_{kind}" for i, r in enumerate(export["tome"]["effective_schedule"]) if r > 0
+             for kind in ("src", "dst")]
+    if not names or not all(n in outputs for n in names):
+        return None
+    return [outputs[n] for n in names]
+
+
+def parity_section(reference: Reference, outputs: dict[str, np.ndarray], export: dict[str, Any],
+                   inputs: InputSet, thresholds: Thresholds) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    logits = outputs["logits"]
+    figures = compare_logits(reference.logits, logits, thresholds.atol, thresholds.rtol)
+    engine_merges = merge_outputs(export, outputs)
+    if engine_merges is not None and reference.merges:
+        per_block = merge_agreement(reference.merges, engine_merges)
+        blocks = [i for i, r in enumerate(export["tome"]["effective_schedule"]) if r > 0]
+        figures["merge_agreement"] = dict(zip((f"block{i}" for i in blocks), per_block, strict=True))
+    if inputs.labels is not None:
+        figures["accuracy"] = {"reference": accuracy(reference.logits, inputs.labels),
+                               "engine": accuracy(logits, inputs.labels)}
+        if inputs.labels.ndim == 2 and (inputs.labels.sum(axis=1) > 1).any():  # multi-label: mAP too
+            figures["mAP"] = {"reference": mean_average_precision(reference.logits, inputs.labels),
+                              "engine": mean_average_precision(logits, inputs.labels)}
+    non_finite_inputs = int((~np.isfinite(inputs.fbank)).any(axis=(1, 2)).sum())
+    checks = [
+        check("finite inputs", non_finite_inputs, "== 0", non_finite_inputs == 0),
+        check("finite outputs", figures["non_finite_clips"], "== 0", figures["non_finite_clips"] == 0),
+        check("logits within atol + rtol*|ref|", figures["within_tolerance"], "== 1 (all elements)",
+              figures["within_tolerance"] == 1.0, by=figures["worst_excess"]),
+        check("cosine (worst clip)", figures["cosine_min"], f">= {thresholds.min_cosine}",
+              figures["cosine_min"] >= thresholds.min_cosine, by=thresholds.min_cosine - figures["cosine_min"]),
+        check("top-1 agreement", figures["top1_agreement"], f">= {thresholds.min_top1}",
+              figures["top1_agreement"] >= thresholds.min_top1, by=thresholds.min_top1 - figures["top1_agreement"]),
+    ]
+    return figures, checks
+
+
+def check(name: str, value: float, threshold: str, passed: bool, by: float | None = None) -> dict[str, Any]:
+    value = float(value)
+    return {"name": name, "value": value if np.isfinite(value) else str(value), "threshold": threshold,
+            "passed": bool(passed), "by": None if passed or by is None or not np.isfinite(by) else float(by)}
+
+
+def time_engine(engine: Engine, batch: int, warmup: int, iterations: int) -> dict[str, float]:
+    """Wall-clock latency of ``infer`` (which returns host arrays, so device work is complete) per batch."""
+    spec = engine.input_specs["fbank"][0]
+    x = fbank_like(batch, int(spec[1]), int(spec[2]), seed=7)
+    for _ in range(warmup):
+        engine.infer({"fbank": x})
+    times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        engine.infer({"fbank": x})
+        times.append(time.perf_counter() - start)
+    p = np.percentile(np.array(times) * 1e3, [50, 90, 99])
+    return {"latency_ms_p50": float(p[0]), "latency_ms_p90": float(p[1]), "latency_ms_p99": float(p[2]),
+            "clips_per_s": batch / statistics.median(times)}
+
+
+def build_baseline(engine: Engine, source: str, workdir: Path) -> Engine:
+    """The same model with r = 0, exported and built the way ``engine`` was (same backend, precision, options)."""
+    from fastast_deploy.checkpoints.native import load_model
+    from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
+
+    meta, export = engine.metadata, engine.metadata["export"]
+    model = load_model(source, tome_r=0, input_frames=export["model"]["input_frames"])
+    options = ExportOptions(opset=export["opset"], batch=export["batch"], precision=export["precision"])
+    onnx_path = export_onnx(model, workdir / "baseline.onnx", options, check=False).path
+    batch = meta["batch"]
+    if meta["backend"] == "tensorrt":
+        from fastast_deploy.engines.trt_engine import TrtBuildOptions, build_tensorrt_engine
+
+        trt = meta["tensorrt"]
+        options_trt = TrtBuildOptions(precision=meta["precision"], tf32=trt.get("tf32", False),
+                                      workspace_mib=trt.get("workspace_mib"),
+                                      builder_optimization_level=trt.get("builder_optimization_level", 3),
+                                      min_batch=batch["min"], opt_batch=batch["opt"], max_batch=batch["max"])
+        return load_engine(build_tensorrt_engine(onnx_path, workdir / "baseline.plan", options_trt).path)
+    ort = meta["onnxruntime"]
+    if not ort.get("offline", True):  # a plain exported model opened directly
+        return load_engine(onnx_path, provider=ort["provider"], threads=ort.get("intra_op_threads") or None)
+    from fastast_deploy.engines.ort_engine import OrtBuildOptions, build_onnxruntime_engine
+
+    options_ort = OrtBuildOptions(provider=ort["provider"], optimization=ort["optimization_level"],
+                                  threads=ort.get("intra_op_threads", 0), min_batch=batch["min"],
+                                  opt_batch=batch["opt"], max_batch=batch["max"])
+    return load_engine(build_onnxruntime_engine(onnx_path, workdir / "baseline.ort.onnx", options_ort).path)
+
+
+def speed_section(engine: Engine, options: SpeedOptions, source: str | None) -> dict[str, Any]:
+    """Throughput and latency per batch size of the engine and its baseline, side by side."""
+    from fastast_deploy.model.config import ModelConfig
+    from fastast_deploy.model.flops import flop_ratio
+
+    export = engine.metadata["export"]
+    ratio = flop_ratio(ModelConfig.from_dict(export["model"]), export["tome"]["effective_schedule"])
+    batches = [b for b in options.batches if b in engine.batch_range] or [engine.batch_range.min]
+    section: dict[str, Any] = {"flop_ratio": ratio, "batches": {}, "baseline": None, "timing": "wall clock"}
+    with tempfile.TemporaryDirectory(prefix="fastast-verify-") as tmp:
+        baseline = None
+        if options.baseline == "auto":
+            if source is None or not Path(source).exists():
+                section["baseline_note"] = ("no baseline: the checkpoint the engine came from is not available; "
+                                            "give --reference CHECKPOINT or --baseline ENGINE")
+            else:
+                baseline = build_baseline(engine, source, Path(tmp))
+                section["baseline"] = "r = 0, exported and built the same way"
+        elif options.baseline:
+            baseline = load_engine(options.baseline)
+            section["baseline"] = options.baseline
+        try:
+            for b in batches:
+                # Interleave engine and baseline so that drifting machine load touches both alike.
+                row: dict[str, Any] = {"engine": time_engine(engine, b, options.warmup, options.iterations)}
+                if baseline is not None:
+                    row["baseline"] = time_engine(baseline, b, options.warmup, options.iterations)
+                    row["speedup"] = row["engine"]["clips_per_s"] / row["baseline"]["clips_per_s"]
+                section["batches"][str(b)] = row
+        finally:
+            if baseline is not None:
+                baseline.close()
+    return section
+
+
+def engine_summary(engine: Engine) -> dict[str, Any]:
+    meta, export = engine.metadata, engine.metadata["export"]
+    return {"path": str(engine.path), "backend": meta["backend"], "precision": meta["precision"],
+            "batch": meta["batch"], "tome": export["tome"], "labels": export.get("labels"),
+            "input": {"frames": export["model"]["input_frames"], "mel_bins": export["model"]["num_mel_bins"]}}
+
+
+def verify(engine_path: str | os.PathLike, reference_spec: str, *, inputs_spec: str = "random", num: int = 64,
+           batch: int = 8, seed: int = 0, thresholds: Thresholds | None = None, speed: SpeedOptions | None = None,
+           provider: str | None = None, labels_csv: str | None = None,
+           ) -> tuple[dict[str, Any], InputSet, Reference, dict[str, np.ndarray]]:
+    """Run the comparison (and the speed section unless ``speed`` is None); returns the report and what it used."""
+    with load_engine(engine_path, provider=provider) as engine:
+        export = engine.metadata["export"]
+        frames, mel = export["model"]["input_frames"], export["model"]["num_mel_bins"]
+        reference: Reference | None = None
+        if Path(reference_spec).suffix == ".npz" and Path(reference_spec).is_file():
+            if inputs_spec != "random":
+                raise VerifyUsageError("an .npz reference brings its own inputs (its fbank array); leave out --inputs")
+            reference = load_reference(reference_spec, None, export)
+            inputs = InputSet(reference.fbank, [f"ref-{i}" for i in range(len(reference.fbank))], reference_spec)
+            if inputs.fbank.ndim != 3 or inputs.fbank.shape[1:] != (frames, mel):
+                raise VerifyUsageError(f"reference {reference_spec} has inputs of shape {inputs.fbank.shape}; the "
+                                       f"engine takes (N, {frames}, {mel}): another input length")
+        else:
+            inputs = load_inputs(inputs_spec, num, frames, mel, seed, export, labels_csv)
+            reference = load_reference(reference_spec, inputs, export)
+        check_compatible(reference, inputs, export)
+        thresholds = thresholds or DEFAULT_THRESHOLDS.get(engine.metadata["precision"], DEFAULT_THRESHOLDS["fp32"])
+        outputs = run_engine(engine, inputs.fbank, batch)
+        figures, checks = parity_section(reference, outputs, export, inputs, thresholds)
+        report: dict[str, Any] = {
+            "schema": REPORT_SCHEMA, "version": REPORT_VERSION, "fastast_deploy": __version__,
+            "engine": engine_summary(engine),
+            "reference": {"kind": reference.kind, "source": reference.source},
+            "inputs": {"source": inputs.source, "clips": int(len(inputs.fbank)), "skipped": inputs.skipped,
+                       "labelled": inputs.labels is not None},
+            "thresholds": asdict(thresholds), "parity": figures, "checks": checks,
+        }
+        if speed is not None:
+            source = reference.source if reference.kind == "checkpoint" else export.get("source", {}).get("path")
+            report["speed"] = speed_section(engine, speed, source)
+        report["passed"] = all(c["passed"] for c in checks)
+    return report, inputs, reference, outputs
+
+
+def check_compatible(reference: Reference, inputs: InputSet, export: dict[str, Any]) -> None:
+    """Engine and reference must describe the same task: label count and names, clip count."""
+    labels = export.get("labels")
+    width = export["model"]["num_labels"]
+    if reference.logits.ndim != 2 or reference.logits.shape[1] != width:
+        raise VerifyUsageError(f"reference {reference.source} has logits of shape {reference.logits.shape}; the "
+                               f"engine outputs {width} labels")
+    if reference.logits.shape[0] != len(inputs.fbank):
+        raise VerifyUsageError(f"reference {reference.source} has {reference.logits.shape[0]} clips, the inputs "
+                               f"{len(inputs.fbank)}")
+    if reference.labels and labels and list(reference.labels) != list(labels):
+        diff = next(i for i, (a, b) in enumerate(zip(reference.labels, labels, strict=False)) if a != b)
+        raise VerifyUsageError(f"reference and engine name their labels differently (label {diff}: "
+                               f"{reference.labels[diff]!r} vs {labels[diff]!r})")

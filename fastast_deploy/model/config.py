@@ -1,0 +1,118 @@
+"""Model and Token Merging settings as frozen dataclasses (plain JSON round-trip)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from fastast_deploy.errors import ConfigError
+from fastast_deploy.model.tome import MERGE_IMPLS, PROTECTED_TOKENS, clip_schedule, token_counts
+
+# DeiT sizes: (embed_dim, depth, num_heads)
+SIZES: dict[str, tuple[int, int, int]] = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12)}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """AST geometry. Defaults are AST-base for AudioSet (128 mel bins x 1024 frames, 10/10 strides)."""
+
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    patch_size: int = 16
+    fstride: int = 10
+    tstride: int = 10
+    input_frames: int = 1024
+    num_mel_bins: int = 128
+    num_labels: int = 527
+    qkv_bias: bool = True
+    # timm's DeiT blocks use 1e-6 and AST's mlp_head LayerNorm 1e-5; HF AST checkpoints use 1e-12 for both.
+    layer_norm_eps: float = 1e-6
+    head_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        for name in ("embed_dim", "depth", "num_heads", "mlp_dim", "patch_size", "fstride", "tstride", "num_labels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.input_frames < self.patch_size or self.num_mel_bins < self.patch_size:
+            raise ConfigError(
+                f"input of {self.input_frames} frames x {self.num_mel_bins} mel bins is smaller than one "
+                f"{self.patch_size}x{self.patch_size} patch; use at least {self.patch_size} of each"
+            )
+
+    @classmethod
+    def from_size(cls, size: str, **overrides: Any) -> ModelConfig:
+        """A DeiT-sized config ("tiny", "small", "base") with any field overridden."""
+        if size not in SIZES:
+            raise ConfigError(f"unknown model size {size!r}; available: {list(SIZES)}")
+        dim, depth, heads = SIZES[size]
+        return cls(**{"embed_dim": dim, "depth": depth, "num_heads": heads, "mlp_dim": 4 * dim, **overrides})
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch grid (frequency, time)."""
+        f = (self.num_mel_bins - self.patch_size) // self.fstride + 1
+        t = (self.input_frames - self.patch_size) // self.tstride + 1
+        return f, t
+
+    @property
+    def num_patches(self) -> int:
+        f, t = self.grid
+        return f * t
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_patches + PROTECTED_TOKENS
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class TomeConfig:
+    """Token Merging settings: the requested r of each block (clipped per layer at build time)."""
+
+    schedule: tuple[int, ...] = ()
+    prop_attn: bool = True
+    merge_impl: str = "matmul"
+
+    def __post_init__(self) -> None:
+        if any(r < 0 for r in self.schedule):
+            raise ConfigError(f"ToMe r must be >= 0, got schedule {list(self.schedule)}")
+        if self.merge_impl not in MERGE_IMPLS:
+            raise ConfigError(f"unknown merge implementation {self.merge_impl!r}; available: {list(MERGE_IMPLS)}")
+
+    def per_block(self, depth: int) -> tuple[int, ...]:
+        """The requested schedule padded with zeros to ``depth`` blocks."""
+        if len(self.schedule) > depth:
+            raise ConfigError(f"ToMe schedule has {len(self.schedule)} values but the model has {depth} blocks")
+        return tuple(self.schedule) + (0,) * (depth - len(self.schedule))
+
+    def effective(self, model: ModelConfig) -> tuple[int, ...]:
+        """Per-block r after clipping to what each layer's token count allows."""
+        return clip_schedule(model.num_tokens, self.per_block(model.depth))
+
+    def counts(self, model: ModelConfig) -> tuple[int, ...]:
+        return token_counts(model.num_tokens, self.per_block(model.depth))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schedule": list(self.schedule), "prop_attn": self.prop_attn, "merge_impl": self.merge_impl}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TomeConfig:
+        return cls(
+            schedule=tuple(int(r) for r in data.get("schedule", ())),
+            prop_attn=bool(data.get("prop_attn", True)),
+            merge_impl=str(data.get("merge_impl", "matmul")),
+        )

@@ -1,0 +1,164 @@
+"""Token Merging (ToMe, Bolya et al. 2023) for AST as pure tensor functions.
+
+Layouts: tokens (B, N, C); sizes (B, N, 1) float32, the number of original patches each token stands for.
+Token 0 is the cls token and token 1 the distillation token: both are protected (cls is never merged away,
+dist never receives a merge), so they stay at positions 0 and 1 after every merge.
+
+Everything but index values is static: with a fixed input length and a fixed per-block r, every shape is known
+before export. The matching and merge are written with ops that ONNX Runtime and TensorRT run natively (no
+scatter, no masked writes), with ties broken to the lower index as ONNX defines ArgMax and TopK.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+from fastast_deploy.errors import ConfigError
+
+PROTECTED_TOKENS = 2  # cls + dist
+MergeImpl = Literal["matmul", "scatter"]
+MERGE_IMPLS: tuple[str, ...] = ("matmul", "scatter")
+
+
+class Matching(NamedTuple):
+    """One layer's merge decisions; A = even-indexed tokens, B = odd-indexed tokens.
+
+    src_idx: (B, r) A-indices merged away, by descending score (ties: lower index first).
+    dst_idx: (B, r) B-index each source merges into.
+    unm_idx: (B, ceil(N/2) - r) A-indices kept, ascending.
+    """
+
+    src_idx: Tensor
+    dst_idx: Tensor
+    unm_idx: Tensor
+
+
+def make_schedule(r: int | Sequence[int], depth: int, inflection: float = 0.0) -> tuple[int, ...]:
+    """Per-block r, as ToMe's ``parse_r``: an int with an inflection, or an explicit list.
+
+    An int r with inflection 0 is constant; otherwise a linear ramp from ``int(r * (1 - inflection))`` to
+    ``2r - that`` over the blocks (inflection -1: 2r down to 0; +1: 0 up to 2r). A list shorter than ``depth``
+    is padded with zeros.
+    """
+    if depth < 1:
+        raise ConfigError(f"model depth must be >= 1, got {depth}")
+    if isinstance(r, int):
+        if r < 0:
+            raise ConfigError(f"ToMe r must be >= 0, got {r}")
+        if not -1.0 <= inflection <= 1.0:
+            raise ConfigError(f"ToMe inflection must be in [-1, 1], got {inflection}")
+        if depth == 1:
+            return (r,)
+        lo = int(r * (1.0 - inflection))
+        hi = 2 * r - lo
+        step = (hi - lo) / (depth - 1)
+        return tuple(int(lo + step * i) for i in range(depth))
+    values = [int(v) for v in r]
+    if any(v < 0 for v in values):
+        raise ConfigError(f"ToMe schedule values must be >= 0, got {values}")
+    if len(values) > depth:
+        raise ConfigError(f"ToMe schedule has {len(values)} values but the model has {depth} blocks")
+    return tuple(values) + (0,) * (depth - len(values))
+
+
+def clip_schedule(num_tokens: int, schedule: Sequence[int]) -> tuple[int, ...]:
+    """Clip each block's r to ``(N - 2) // 2`` for the N tokens that reach it, as ToMe does at run time."""
+    clipped = []
+    n = num_tokens
+    for r in schedule:
+        r = min(int(r), max((n - PROTECTED_TOKENS) // 2, 0))
+        clipped.append(r)
+        n -= r
+    return tuple(clipped)
+
+
+def token_counts(num_tokens: int, schedule: Sequence[int]) -> tuple[int, ...]:
+    """Static token count entering each block and leaving the last: length ``len(schedule) + 1``."""
+    counts = [num_tokens]
+    for r in clip_schedule(num_tokens, schedule):
+        counts.append(counts[-1] - r)
+    return tuple(counts)
+
+
+def bipartite_match(metric: Tensor, r: int) -> Matching:
+    """ToMe's bipartite soft matching with cls (A[0]) and dist (B[0]) protected.
+
+    metric: (B, N, C) keys averaged over heads. Computed in float32 whatever the input dtype, because the
+    decisions are discrete and a rounding difference can flip a near-tie. ``r`` must already be clipped.
+    Ties break to the lower index: ``argmax`` takes the first maximum (as ONNX ArgMax does), and the ranking is a
+    stable sort, which exports as TopK, whose ONNX definition also puts the lower index first among equals.
+    """
+    metric = metric.float()
+    metric = metric / metric.norm(dim=-1, keepdim=True)
+    # A tokens but cls, B tokens but dist: the cls row and the dist column are left out rather than masked (cls is
+    # never a source, dist never a destination), so no Where over the whole score matrix is needed.
+    a, b = metric[:, 2::2], metric[:, 3::2]  # (B, t1 - 1, C), (B, t2 - 1, C)
+    scores = a @ b.transpose(-1, -2)  # (B, t1 - 1, t2 - 1)
+    node_idx = scores.argmax(dim=-1)  # (B, t1 - 1): best partner of each A token but cls (first maximum)
+    node_max = scores.gather(dim=-1, index=node_idx[..., None])[..., 0]  # one pass less than a separate max
+    if torch.compiler.is_exporting():  # TopK; ONNX defines it to put the lower index first among equal values
+        order = torch.topk(node_max, node_max.shape[-1], dim=-1, largest=True, sorted=True).indices
+    else:
+        order = node_max.argsort(dim=-1, descending=True, stable=True)  # (B, t1 - 1)
+    src = order[:, :r]
+    src_idx = src + 1  # back to A indices (A[0] is cls)
+    dst_idx = node_idx.gather(dim=-1, index=src) + 1  # back to B indices (B[0] is dist)
+    kept = order[:, r:]  # (B, t1 - 1 - r): empty when r takes every A token but cls
+    if kept.shape[-1] > 0:
+        kept = torch.topk(kept, kept.shape[-1], dim=-1, largest=False, sorted=True).values + 1  # ascending, unique
+    unm_idx = torch.cat([torch.zeros_like(order[:, :1]), kept], dim=-1)  # cls first
+    return Matching(src_idx, dst_idx, unm_idx)
+
+
+def take_rows(x: Tensor, idx: Tensor) -> Tensor:
+    """x (B, N, C), idx (B, k) -> (B, k, C): row idx[b, j] of x[b]. One Gather over the flattened batch, rather
+    than GatherElements with a (B, k, C) index tensor that would be larger than the rows it picks."""
+    batch, n, c = x.shape
+    offsets = torch.arange(batch, device=x.device)[:, None] * n  # (B, 1)
+    return x.reshape(batch * n, c)[(idx + offsets).reshape(-1)].reshape(batch, idx.shape[1], c)
+
+
+def merge_wavg(x: Tensor, size: Tensor | None, matching: Matching, impl: MergeImpl = "matmul") -> tuple[Tensor, Tensor]:
+    """Size-weighted merge of tokens x (B, N, C) -> (B, N - r, C) and sizes (None: all ones) -> (B, N - r, 1).
+
+    Sources are added into their destination: x_dst <- (s_dst x_dst + sum s_src x_src) / (s_dst + sum s_src).
+    ``impl="matmul"`` does the scatter-add as a one-hot (B, t2 - 1, r) batched MatMul, which needs no plugin in
+    TensorRT; ``impl="scatter"`` uses scatter_add (ScatterElements with reduction=add in ONNX). The weighted sums
+    run in float32 whatever the model dtype: sizes grow to hundreds and s * x overflows fp16.
+    Output order: cls, dist, kept A tokens (ascending), then B tokens 1.. (original order). Kept tokens are copied,
+    not weighted and unweighted, and only the B tokens are touched by the merge arithmetic.
+    """
+    unm_pos = 2 * matching.unm_idx[:, 1:]  # (B, t1 - 1 - r) token positions of kept A tokens, cls excluded
+    src_pos = 2 * matching.src_idx  # (B, r)
+    dst = matching.dst_idx - 1  # (B, r) index among the B tokens after dist, which never receives a merge
+    unm = take_rows(x, unm_pos)  # (B, t1 - 1 - r, C)
+    src = take_rows(x, src_pos).float()  # (B, r, C)
+    dst_x = x[:, 3::2].float()  # (B, t2 - 1, C)
+    if size is None:
+        s_src = torch.ones_like(src[..., :1])  # (B, r, 1)
+        s_dst = torch.ones_like(dst_x[..., :1])  # (B, t2 - 1, 1)
+    else:
+        s_src = size.gather(dim=1, index=src_pos[..., None])
+        s_dst = size[:, 3::2]
+        src = src * s_src
+        dst_x = dst_x * s_dst
+    if impl == "matmul":
+        cols = torch.arange(dst_x.shape[1], device=x.device)
+        onehot_t = (dst[:, None, :] == cols[:, None]).float()  # (B, t2 - 1, r)
+        dst_x = dst_x + onehot_t @ src  # (B, t2 - 1, C)
+        s_dst = s_dst + onehot_t @ s_src  # (B, t2 - 1, 1)
+    elif impl == "scatter":
+        dst_x = dst_x.scatter_add(1, dst[..., None].expand(-1, -1, x.shape[-1]), src)
+        s_dst = s_dst.scatter_add(1, dst[..., None], s_src)
+    else:
+        raise ConfigError(f"unknown merge implementation {impl!r}; available: {list(MERGE_IMPLS)}")
+    merged = torch.cat([x[:, :2], unm, (dst_x / s_dst).to(x.dtype)], dim=1)  # (B, N - r, C)
+    if size is None:
+        kept_size = torch.ones_like(x[:, : 2 + unm.shape[1], :1], dtype=torch.float32)  # (B, N - r - t2 + 1, 1)
+    else:
+        kept_size = torch.cat([size[:, :2], size.gather(dim=1, index=unm_pos[..., None])], dim=1)
+    return merged, torch.cat([kept_size, s_dst], dim=1)

@@ -1,0 +1,312 @@
+"""Label scores for audio files, from a checkpoint (run in PyTorch), an exported .onnx or a built engine.
+
+A file longer than the model's input of T frames is cut into windows of T frames that start every ``hop``
+frames (default T: no overlap); the last window is zero-padded as `features.pad_or_cut` pads. Windows of
+consecutive files share inference batches of a size the engine accepts, and each file's per-window scores
+(softmax for a single-label model, else sigmoid) are pooled by mean or max.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fastast_deploy.engines.base import BatchRange
+from fastast_deploy.errors import AudioError, ConfigError
+from fastast_deploy.exporters.metadata import INPUT_NAME, OUTPUT_NAME
+
+if TYPE_CHECKING:  # torch and the feature code load with the first prediction, not with the CLI
+    import torch
+
+    from fastast_deploy.audio.features import FeatureConfig
+
+POOLS = ("mean", "max")
+ACTIVATIONS = {"singlelabel": "softmax", "multilabel": "sigmoid"}
+ENGINE_SUFFIXES = (".onnx", ".plan", ".engine", ".trt")
+DEFAULT_BATCH = 8  # windows per call where the engine sets no upper bound
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """``hop_s=None``: windows do not overlap. ``batch=None``: the engine's largest batch, or DEFAULT_BATCH where
+    it has none."""
+
+    top_k: int = 5
+    hop_s: float | None = None
+    pool: str = "mean"
+    batch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise ConfigError(f"unknown pooling {self.pool!r}; available: {list(POOLS)}")
+        if self.top_k < 1:
+            raise ConfigError(f"top-k must be >= 1, got {self.top_k}")
+        if self.hop_s is not None and not (math.isfinite(self.hop_s) and self.hop_s > 0):
+            raise ConfigError(f"hop must be a positive number of seconds, got {self.hop_s}")
+        if self.batch is not None and self.batch < 1:
+            raise ConfigError(f"batch must be >= 1, got {self.batch}")
+
+
+@dataclass
+class Classifier:
+    """A model behind one call: ``infer((n, T, F) float32) -> (n, labels) float32 logits`` for n in ``batch``."""
+
+    source: str
+    backend: str  # "pytorch", "onnxruntime" or "tensorrt"
+    features: FeatureConfig
+    labels: list[str]
+    task: str | None  # "singlelabel", "multilabel", or None where the model does not say
+    batch: BatchRange
+    infer: Callable[[np.ndarray], np.ndarray]
+    close: Callable[[], None] = lambda: None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def activation(self) -> str:
+        return ACTIVATIONS.get(self.task or "multilabel", "sigmoid")
+
+    @property
+    def window_s(self) -> float:
+        """The model's input length in seconds."""
+        from fastast_deploy.audio.features import FRAME_SHIFT_MS
+
+        return self.features.frames * FRAME_SHIFT_MS / 1000
+
+    @property
+    def scoring(self) -> str:
+        """How scores are made, in words."""
+        if self.task is None:
+            return "sigmoid (the model records no task; multi-label assumed)"
+        return f"{self.activation} ({self.task.replace('label', '-label')})"
+
+
+@dataclass(frozen=True)
+class FilePrediction:
+    """One file's pooled scores (labels,), or why it could not be read."""
+
+    path: str
+    windows: int = 0
+    scores: np.ndarray | None = None
+    error: str | None = None
+
+
+def _task(extra: Any) -> str | None:
+    task = extra.get("task") if isinstance(extra, dict) else None
+    return task if task in ACTIVATIONS else None
+
+
+def _names(labels: Sequence[str] | None, count: int) -> list[str]:
+    if labels and len(labels) == count:
+        return [str(n) for n in labels]
+    return [f"label_{i}" for i in range(count)]
+
+
+def open_classifier(target: str | os.PathLike, provider: str | None = None) -> Classifier:
+    """An engine or exported .onnx (through `load_engine`) when ``target`` is one, else a checkpoint SOURCE."""
+    from fastast_deploy.engines.sidecar import read_sidecar
+
+    path = Path(target)
+    if path.suffix in ENGINE_SUFFIXES or (path.is_file() and read_sidecar(path) is not None):
+        return _engine_classifier(path, provider)
+    if provider is not None:
+        raise ConfigError(f"--provider applies to an engine or exported .onnx; {target} is run in PyTorch")
+    return _torch_classifier(target)
+
+
+def _engine_classifier(path: Path, provider: str | None) -> Classifier:
+    from fastast_deploy.audio.features import FeatureConfig
+    from fastast_deploy.engines import load_engine
+
+    engine = load_engine(path, provider=provider)
+    export = engine.metadata["export"]
+    _, frames, mels = engine.input_specs[INPUT_NAME][0]
+    num_labels = int(engine.output_specs[OUTPUT_NAME][0][-1])
+    notes = []
+    if export.get("features"):
+        features = FeatureConfig.from_dict(export["features"])
+    else:
+        features = FeatureConfig(num_mel_bins=int(mels), frames=int(frames))
+        notes.append(f"{path.name} records no feature settings: AudioSet statistics assumed")
+    if (features.frames, features.num_mel_bins) != (frames, mels):
+        engine.close()
+        raise ConfigError(f"{path}: its feature settings give {features.frames} x {features.num_mel_bins} inputs, "
+                          f"the graph takes {frames} x {mels}; re-export the model")
+
+    def infer(fbank: np.ndarray) -> np.ndarray:
+        return np.asarray(engine.infer({INPUT_NAME: fbank})[OUTPUT_NAME], dtype=np.float32)
+
+    task = _task((export.get("source") or {}).get("extra"))
+    return Classifier(str(path), engine.backend, features, _names(engine.labels, num_labels), task,
+                      engine.batch_range, infer, engine.close, notes)
+
+
+def _torch_classifier(source: str | os.PathLike) -> Classifier:
+    import torch
+
+    from fastast_deploy.audio.features import FeatureConfig
+    from fastast_deploy.checkpoints.native import load_model
+
+    model = load_model(source).eval()
+    config = model.config
+    features = model.feature_config or FeatureConfig(num_mel_bins=config.num_mel_bins, frames=config.input_frames)
+
+    def infer(fbank: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(fbank)).float().numpy()
+
+    task = _task(model.source_info.get("extra"))
+    return Classifier(str(source), "pytorch", features, _names(model.label_names, config.num_labels), task,
+                      BatchRange(1, 1, None), infer)
+
+
+def hop_frames(hop_s: float | None, frames: int) -> int:
+    """The window hop in frames (10 ms each); ``None`` gives ``frames`` (no overlap)."""
+    from fastast_deploy.audio.features import FRAME_SHIFT_MS
+
+    if hop_s is None:
+        return frames
+    hop = round(hop_s * 1000 / FRAME_SHIFT_MS)
+    if not 1 <= hop <= frames:
+        raise ConfigError(f"hop {hop_s} s is {hop} frames; it must be 1 to {frames} frames (0.01 to "
+                          f"{frames * FRAME_SHIFT_MS / 1000:g} s, the model's window)")
+    return hop
+
+
+def split_windows(features: torch.Tensor, frames: int, hop: int) -> torch.Tensor:
+    """(T_total, F) fbank -> (W, frames, F) windows starting every ``hop`` frames, the last zero-padded.
+
+    W = 1 when T_total <= frames, else 1 + ceil((T_total - frames) / hop).
+    """
+    import torch
+
+    from fastast_deploy.audio.features import pad_or_cut
+
+    total = features.shape[0]
+    count = 1 if total <= frames else 1 + math.ceil((total - frames) / hop)
+    return torch.stack([pad_or_cut(features[i * hop :], frames) for i in range(count)])  # (W, frames, F)
+
+
+def file_windows(path: str | os.PathLike, config: FeatureConfig, hop: int) -> np.ndarray:
+    """Normalised model inputs (W, T, F) float32 for one audio file; an AudioError when it cannot be read."""
+    from fastast_deploy.audio.features import normalize, read_audio, waveform_fbank
+
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise AudioError("the file is empty (0 bytes); expected an audio file (WAV, FLAC, OGG)")
+    waveform, rate = read_audio(path)
+    features = waveform_fbank(waveform, rate, config)  # (T_total, F)
+    windows = split_windows(features, config.frames, hop)
+    return normalize(windows, config.mean, config.std).numpy().astype(np.float32, copy=False)
+
+
+def activate(logits: np.ndarray, activation: str) -> np.ndarray:
+    """Scores from logits (n, labels): row-wise softmax, or elementwise sigmoid; computed in float64."""
+    x = logits.astype(np.float64)
+    if activation == "softmax":
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+    return np.exp(-np.logaddexp(0.0, -x))  # sigmoid without overflow
+
+
+def pool_scores(scores: np.ndarray, pool: str) -> np.ndarray:
+    """(W, labels) per-window scores -> (labels,)."""
+    if pool not in POOLS:
+        raise ConfigError(f"unknown pooling {pool!r}; available: {list(POOLS)}")
+    return scores.mean(axis=0) if pool == "mean" else scores.max(axis=0)
+
+
+def batch_size(batch: BatchRange, requested: int | None) -> int:
+    """Windows per inference call: ``requested`` if the engine takes it, else its largest (or DEFAULT_BATCH)."""
+    if requested is not None:
+        if requested not in batch:
+            raise ConfigError(f"--batch {requested} is outside the model's batch range {batch}")
+        return requested
+    return batch.max if batch.max is not None else max(DEFAULT_BATCH, batch.min)
+
+
+def run_windows(classifier: Classifier, windows: np.ndarray, size: int) -> np.ndarray:
+    """Logits (N, labels) for windows (N, T, F), ``size`` at a time; a short last batch below the engine's
+    smallest (e.g. a static batch) is padded with zero windows whose outputs are dropped."""
+    outputs = []
+    for start in range(0, len(windows), size):
+        chunk = windows[start : start + size]
+        real = len(chunk)
+        if real < classifier.batch.min:
+            padding = np.zeros((classifier.batch.min - real, *chunk.shape[1:]), dtype=chunk.dtype)
+            chunk = np.concatenate([chunk, padding])
+        outputs.append(classifier.infer(chunk)[:real])
+    return np.concatenate(outputs)
+
+
+def _reason(err: AudioError, path: str) -> str:
+    """The error without the path it names (the caller prints the path first)."""
+    return " ".join(str(err).replace(f"audio file {path}", "audio file").replace(f"{path}: ", "").split())
+
+
+def predict_files(classifier: Classifier, paths: Iterable[str | os.PathLike],
+                  options: PredictOptions = PredictOptions()) -> Iterator[FilePrediction]:
+    """One FilePrediction per path, in order; files that cannot be read carry an error and the rest go on."""
+    size = batch_size(classifier.batch, options.batch)
+    hop = hop_frames(options.hop_s, classifier.features.frames)
+    pending: list[tuple[str, np.ndarray | str]] = []
+    queued = 0
+    for raw in paths:
+        path = str(raw)
+        try:
+            windows = file_windows(path, classifier.features, hop)
+        except AudioError as err:
+            pending.append((path, _reason(err, path)))
+            continue
+        pending.append((path, windows))
+        queued += len(windows)
+        if queued >= size:
+            yield from _flush(classifier, pending, size, options.pool)
+            pending, queued = [], 0
+    yield from _flush(classifier, pending, size, options.pool)
+
+
+def _flush(classifier: Classifier, pending: list[tuple[str, np.ndarray | str]], size: int,
+           pool: str) -> Iterator[FilePrediction]:
+    arrays = [item for _, item in pending if isinstance(item, np.ndarray)]
+    if arrays:
+        logits = run_windows(classifier, np.concatenate(arrays), size)  # (N, labels)
+        scores = activate(logits, classifier.activation)
+    start = 0
+    for path, item in pending:
+        if isinstance(item, str):
+            yield FilePrediction(path, error=item)
+            continue
+        count = len(item)
+        yield FilePrediction(path, count, pool_scores(scores[start : start + count], pool))
+        start += count
+
+
+def top_k(scores: np.ndarray, labels: Sequence[str], k: int) -> list[dict[str, Any]]:
+    """The k best labels, highest score first: ``[{"index", "label", "score"}]``."""
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [{"index": int(i), "label": labels[i], "score": float(scores[i])} for i in order]
+
+
+def prediction_dict(result: FilePrediction, labels: Sequence[str], k: int, all_scores: bool) -> dict[str, Any]:
+    """One file as JSON: path, windows, top_k (and every score with ``all_scores``), or path and error."""
+    if result.error is not None or result.scores is None:
+        return {"path": result.path, "error": result.error}
+    entry: dict[str, Any] = {"path": result.path, "windows": result.windows,
+                             "top_k": top_k(result.scores, labels, k)}
+    if all_scores:
+        entry["scores"] = [float(s) for s in result.scores]
+    return entry
+
+
+def format_prediction(result: FilePrediction, labels: Sequence[str], k: int) -> str:
+    """A text block: the file and its window count, then one line per top label with its score."""
+    assert result.scores is not None, "format_prediction takes a file that was predicted"
+    plural = "s" if result.windows != 1 else ""
+    lines = [f"{result.path} ({result.windows} window{plural})"]
+    lines += [f"  {t['score']:.4f}  {t['label']}" for t in top_k(result.scores, labels, k)]
+    return "\n".join(lines)

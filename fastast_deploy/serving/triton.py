@@ -1,0 +1,346 @@
+"""A Triton Inference Server model repository for an engine or an exported model:
+``REPO/NAME/config.pbtxt``, ``REPO/NAME/1/model.plan`` (platform ``tensorrt_plan``) or ``REPO/NAME/1/model.onnx``
+(``onnxruntime_onnx``) with its JSON sidecar beside it, and ``REPO/NAME/labels.txt`` for Triton's
+classification extension. config.pbtxt is written as protobuf text by hand: tritonclient is not needed.
+
+Facts (triton-inference-server/server docs/user_guide/model_configuration.md, model_repository.md): with
+``max_batch_size > 0`` the dims leave out the batch, which Triton adds and fills from 1 to max_batch_size;
+``max_batch_size: 0`` serves a model whose dims include a fixed batch, and such a model cannot use the dynamic
+batcher. A TensorRT plan runs only with the TensorRT version and on GPUs of the compute capability that built it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastast_deploy import __version__
+from fastast_deploy.engines.base import BATCH, BatchRange, EngineError
+from fastast_deploy.errors import ConfigError, FastASTError
+from fastast_deploy.exporters.metadata import INPUT_NAME, OUTPUT_NAME, sidecar_path
+
+PLATFORMS = {"tensorrt": ("tensorrt_plan", "model.plan"), "onnxruntime": ("onnxruntime_onnx", "model.onnx")}
+KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
+DATA_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
+              "bool": "TYPE_BOOL"}
+LABELS_FILE = "labels.txt"
+CONFIG_FILE = "config.pbtxt"
+VERSION = "1"
+DEFAULT_MAX_BATCH = 32  # for an engine without an upper batch bound (ONNX Runtime)
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    """``max_batch=None``: the engine's largest batch (DEFAULT_MAX_BATCH where it has none).
+    ``dynamic_batching=None``: on where the model batches. ``kind=None``: gpu for TensorRT plans and ONNX Runtime
+    engines built for a GPU provider, else cpu."""
+
+    name: str | None = None
+    max_batch: int | None = None
+    instances: int = 1
+    dynamic_batching: bool | None = None
+    preferred_batch: tuple[int, ...] = ()
+    max_queue_delay_us: int = 100
+    kind: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind is not None and self.kind not in KINDS:
+            raise ConfigError(f"unknown instance kind {self.kind!r}; available: {list(KINDS)}")
+        if self.instances < 1:
+            raise ConfigError(f"--instances must be >= 1, got {self.instances}")
+        if self.max_batch is not None and self.max_batch < 1:
+            raise ConfigError(f"--max-batch must be >= 1, got {self.max_batch}")
+        if self.max_queue_delay_us < 0:
+            raise ConfigError(f"--max-queue-delay-us must be >= 0, got {self.max_queue_delay_us}")
+        if self.name is not None and not NAME_PATTERN.fullmatch(self.name):
+            raise ConfigError(f"model name {self.name!r} is not a plain directory name; use letters, digits, "
+                              "'_', '-' and '.', not starting with '.' or '-'")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What a repository serves: the model file, its sidecar (if any) and the tensors Triton sees. Tensors are
+    ``{name: {"shape": [BATCH or int, ...], "dtype": "float32"}}`` in graph order."""
+
+    path: Path
+    backend: str  # "tensorrt" or "onnxruntime"
+    inputs: dict[str, dict[str, Any]]
+    outputs: dict[str, dict[str, Any]]
+    batch: BatchRange
+    labels: list[str]
+    sidecar: Path | None = None
+    details: dict[str, Any] | None = None  # the sidecar's backend entry (TensorRT version and GPU; ORT provider)
+
+    @property
+    def platform(self) -> str:
+        return PLATFORMS[self.backend][0]
+
+    @property
+    def filename(self) -> str:
+        return PLATFORMS[self.backend][1]
+
+    @property
+    def static_batch(self) -> int | None:
+        first = self.inputs[INPUT_NAME]["shape"][0]
+        return None if first == BATCH else int(first)
+
+
+def _labels(export: dict[str, Any], outputs: dict[str, dict[str, Any]]) -> list[str]:
+    count = int(outputs[OUTPUT_NAME]["shape"][-1])
+    names = export.get("labels")
+    if names and len(names) == count:
+        return [" ".join(str(n).split()) for n in names]  # one line each
+    return [f"label_{i}" for i in range(count)]
+
+
+def model_from_sidecar(path: Path, data: dict[str, Any]) -> ServedModel:
+    """A built engine described by its (format-checked) sidecar ``data``; reads no file."""
+    backend = data["backend"]
+    side = sidecar_path(path)
+    return ServedModel(Path(path), backend, data["inputs"], data["outputs"], BatchRange.from_dict(data["batch"]),
+                       _labels(data["export"], data["outputs"]), side if side.is_file() else None, data[backend])
+
+
+def read_served_model(path: str | os.PathLike) -> ServedModel:
+    """An engine from ``build-engine`` (checked against its sidecar) or an exported .onnx."""
+    from fastast_deploy.engines.onnx_model import read_onnx_model
+    from fastast_deploy.engines.profiles import resolve_batch_range
+    from fastast_deploy.engines.sidecar import check_engine_file, check_sidecar, read_sidecar, tensor_specs
+
+    path = Path(path)
+    if not path.is_file():
+        raise FastASTError(f"{path} does not exist or is not a file; expected an engine from `fastast-deploy "
+                           "build-engine` or an exported .onnx model")
+    data = read_sidecar(path)
+    if data is not None:
+        check_sidecar(data, path)
+        check_engine_file(path, data)
+        return model_from_sidecar(path, data)
+    try:
+        info = read_onnx_model(path)
+    except EngineError as err:
+        raise FastASTError(f"{path} is neither an engine with a sidecar nor an exported model ({err})") from None
+    inputs, outputs = tensor_specs(info)
+    side = sidecar_path(path)
+    return ServedModel(path, "onnxruntime", inputs, outputs, resolve_batch_range(info.batch_dim, bounded=False),
+                       _labels(info.metadata, outputs), side if side.is_file() else None)
+
+
+def default_kind(model: ServedModel) -> str:
+    if model.backend == "tensorrt":
+        return "gpu"
+    provider = (model.details or {}).get("provider", "cpu")
+    return "cpu" if provider == "cpu" else "gpu"
+
+
+def _quote(text: str) -> str:
+    """A protobuf text-format string literal: printable ASCII as is, everything else as octal escapes."""
+    out = []
+    for byte in text.encode():
+        char = chr(byte)
+        if char in '"\\':
+            out.append("\\" + char)
+        elif 0x20 <= byte < 0x7F:
+            out.append(char)
+        else:
+            out.append(f"\\{byte:03o}")
+    return '"' + "".join(out) + '"'
+
+
+def _dims(name: str, shape: list[Any], batched: bool) -> list[int]:
+    if batched:
+        if shape[0] != BATCH:
+            raise FastASTError(f"tensor {name!r} has shape {shape}; expected a dynamic batch first")
+        return [int(d) for d in shape[1:]]
+    return [int(d) for d in shape]
+
+
+def _tensor(name: str, spec: dict[str, Any], batched: bool, label_file: bool = False) -> list[str]:
+    dtype = DATA_TYPES.get(spec["dtype"])
+    if dtype is None:
+        raise FastASTError(f"tensor {name!r} has dtype {spec['dtype']}, which this writer does not map; "
+                           f"known: {sorted(DATA_TYPES)}")
+    dims = ", ".join(str(d) for d in _dims(name, spec["shape"], batched))
+    lines = ["  {", f"    name: {_quote(name)}", f"    data_type: {dtype}", f"    dims: [ {dims} ]"]
+    if label_file:
+        lines.append(f"    label_filename: {_quote(LABELS_FILE)}")
+    return [*lines, "  }"]
+
+
+def _block(field: str, items: list[list[str]]) -> list[str]:
+    lines = [f"{field} ["]
+    for i, item in enumerate(items):
+        lines += item[:-1] + [item[-1] + ("," if i < len(items) - 1 else "")]
+    return [*lines, "]"]
+
+
+def resolve_batching(model: ServedModel, options: TritonOptions) -> tuple[int, bool, list[str]]:
+    """(max_batch_size, dynamic batching on, notes); a ConfigError for settings the model cannot serve."""
+    static = model.static_batch
+    if static is not None:
+        if options.max_batch is not None and options.max_batch != static:
+            raise ConfigError(f"{model.path.name} has a static batch of {static}: Triton serves it with "
+                              "max_batch_size 0, requests of exactly that batch; leave --max-batch out or export "
+                              "with a dynamic batch")
+        if options.dynamic_batching or options.preferred_batch:
+            raise ConfigError(f"{model.path.name} has a static batch of {static}; Triton's dynamic batcher needs "
+                              "max_batch_size > 0: export with a dynamic batch")
+        return 0, False, [f"static batch of {static}: max_batch_size 0, requests carry the whole batch of {static}"]
+    batch = model.batch
+    if batch.min > 1:
+        raise ConfigError(f"{model.path.name} accepts batches {batch}; Triton sends any batch from 1: rebuild it "
+                          "with --min-batch 1")
+    largest = options.max_batch or (batch.max if batch.max is not None else DEFAULT_MAX_BATCH)
+    if batch.max is not None and largest > batch.max:
+        raise ConfigError(f"--max-batch {largest} exceeds the engine's batch range {batch}; rebuild it with "
+                          f"--max-batch {largest} or ask for at most {batch.max}")
+    bad = [b for b in options.preferred_batch if not 1 <= b <= largest]
+    if bad:
+        raise ConfigError(f"--preferred-batch {bad} outside 1..{largest} (max_batch_size)")
+    dynamic = options.dynamic_batching is not False
+    if options.preferred_batch and not dynamic:
+        raise ConfigError("--preferred-batch applies with dynamic batching; drop --no-dynamic-batching")
+    return largest, dynamic, []
+
+
+def _backend_comments(model: ServedModel) -> tuple[list[str], dict[str, str], list[str]]:
+    """(comment lines, config parameters, notes) about where the model file runs."""
+    details = model.details or {}
+    if model.backend == "tensorrt":
+        gpu = details.get("gpu", {})
+        version, cc, name = details.get("version", "?"), gpu.get("compute_capability", "?"), gpu.get("name", "?")
+        comment = [f"TensorRT {version} plan built on {name} (compute capability {cc}): it runs only with TensorRT "
+                   f"{version} on GPUs of compute capability {cc}; use a Triton release that bundles that TensorRT."]
+        params = {"fastast_deploy.tensorrt_version": version, "fastast_deploy.compute_capability": cc,
+                  "fastast_deploy.gpu": name}
+        return comment, params, []
+    if details.get("offline"):
+        version = details.get("version", "?")
+        note = (f"{model.path.name} was optimised offline by ONNX Runtime {version} (level "
+                f"{details.get('optimization_level')}, provider {details.get('provider')}); Triton's onnxruntime "
+                "backend must run the same ONNX Runtime version, or serve the exported .onnx instead")
+        return [f"ONNX Runtime {version} engine, provider {details.get('provider')}."], {}, [note]
+    return [], {}, []
+
+
+@dataclass(frozen=True)
+class TritonConfig:
+    """config.pbtxt text and the settings it holds, with notes for the user."""
+
+    text: str
+    max_batch_size: int
+    dynamic_batching: bool
+    kind: str
+    notes: tuple[str, ...]
+
+
+def model_config(model: ServedModel, name: str, options: TritonOptions) -> TritonConfig:
+    """config.pbtxt for ``model`` served as ``name``."""
+    largest, dynamic, notes = resolve_batching(model, options)
+    kind = options.kind or default_kind(model)
+    if model.backend == "tensorrt" and kind != "gpu":
+        raise ConfigError(f"{model.path.name} is a TensorRT plan: it runs on GPUs only; leave --kind out or use gpu")
+    comments, params, backend_notes = _backend_comments(model)
+    batched = largest > 0
+    lines = [f"# Triton model configuration written by fastast-deploy {__version__} from {model.path.name}"]
+    lines += [f"# {c}" for c in comments]
+    lines += [f"name: {_quote(name)}", f"platform: {_quote(model.platform)}", f"max_batch_size: {largest}"]
+    lines += _block("input", [_tensor(n, s, batched) for n, s in model.inputs.items()])
+    lines += _block("output", [_tensor(n, s, batched, label_file=n == OUTPUT_NAME) for n, s in model.outputs.items()])
+    if dynamic:
+        lines.append("dynamic_batching {")
+        if options.preferred_batch:
+            lines.append(f"  preferred_batch_size: [ {', '.join(str(b) for b in options.preferred_batch)} ]")
+        lines += [f"  max_queue_delay_microseconds: {options.max_queue_delay_us}", "}"]
+    lines += _block("instance_group", [["  {", f"    count: {options.instances}", f"    kind: {KINDS[kind]}", "  }"]])
+    for key, value in params.items():
+        lines += ["parameters {", f"  key: {_quote(key)}", f"  value: {{ string_value: {_quote(str(value))} }}", "}"]
+    return TritonConfig("\n".join(lines) + "\n", largest, dynamic, kind, tuple(notes + backend_notes))
+
+
+def default_name(path: Path) -> str:
+    """The model file's stem as a directory name ("fastast_r16.plan" -> "fastast_r16")."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem).lstrip(".-")
+    return name or "fastast"
+
+
+@dataclass(frozen=True)
+class TritonResult:
+    path: Path  # REPO/NAME
+    files: tuple[str, ...]  # relative to path
+    config: TritonConfig
+
+
+def write_repository(model: ServedModel, repo: str | os.PathLike, options: TritonOptions = TritonOptions(), *,
+                     force: bool = False) -> TritonResult:
+    """Write REPO/NAME whole or not at all: built in a temporary folder beside REPO, then renamed into place.
+    An existing REPO/NAME is refused unless ``force``, and then replaced."""
+    repo = Path(repo)
+    name = options.name or default_name(model.path)
+    config = model_config(model, name, options)
+    target = repo / name
+    if repo.exists() and not repo.is_dir():
+        raise FastASTError(f"repository {repo} is a file; give a directory (it may hold other models)")
+    if (target.exists() or target.is_symlink()) and not force:
+        raise FastASTError(f"{target} already exists; pass --force to replace it or choose another --name")
+    try:
+        repo.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FastASTError(f"cannot create {repo.parent}: {err.strerror}") from None
+    # Stage beside REPO; inside it (hidden) when REPO is a mount point, so the final rename stays on one device.
+    beside = not repo.exists() or repo.stat().st_dev == repo.parent.stat().st_dev
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=repo.parent if beside else repo))
+    except OSError as err:
+        raise FastASTError(f"cannot write to {repo.parent}: {err.strerror}") from None
+    try:
+        files = _fill(stage / name, model, config.text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(stage, 0o777 & ~umask)  # mkdtemp makes folders private; REPO may become this folder
+        _move_into_place(stage, repo, name)
+    except OSError as err:
+        raise FastASTError(f"cannot write the repository {target}: {err.strerror}") from None
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+    return TritonResult(target, files, config)
+
+
+def _fill(folder: Path, model: ServedModel, config: str) -> tuple[str, ...]:
+    version = folder / VERSION
+    version.mkdir(parents=True)
+    shutil.copyfile(model.path, version / model.filename)
+    files = [CONFIG_FILE, LABELS_FILE, f"{VERSION}/{model.filename}"]
+    if model.sidecar is not None:
+        shutil.copyfile(model.sidecar, sidecar_path(version / model.filename))
+        files.append(f"{VERSION}/{sidecar_path(model.filename).name}")
+    (folder / CONFIG_FILE).write_text(config, encoding="utf-8")
+    (folder / LABELS_FILE).write_text("".join(f"{n}\n" for n in model.labels), encoding="utf-8")
+    return tuple(files)
+
+
+def _move_into_place(stage: Path, repo: Path, name: str) -> None:
+    """stage/name -> repo/name (stage itself becomes repo when repo does not exist); an existing repo/name is
+    moved into stage first and restored if the swap fails."""
+    target = repo / name
+    if not repo.exists():
+        os.rename(stage, repo)
+        return
+    old = stage / ".replaced"
+    if target.exists() or target.is_symlink():
+        os.rename(target, old)
+    try:
+        os.rename(stage / name, target)
+    except OSError:
+        if old.exists() or old.is_symlink():
+            with contextlib.suppress(OSError):
+                os.rename(old, target)
+        raise

@@ -1,0 +1,329 @@
+"""Training FastAST (ToMe on in the loop) or a CNN teacher, with optional CMKD distillation.
+
+`train(config)` runs a whole training: datasets and labels checked, fbank cached in memory, the teacher's logits
+computed once on clean clips (or read from a file), then epochs of SpecAugment / mixup / AdamW with warm-up and
+cosine decay / gradient clipping (AMP on CUDA), evaluation each epoch, ``RUN/metrics.jsonl`` and the checkpoints
+``RUN/last`` and ``RUN/best`` in the project's format. Launched by torchrun (WORLD_SIZE > 1) it trains with DDP;
+only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fastast_deploy.audio.datasets import Dataset, DatasetError
+from fastast_deploy.errors import ConfigError
+from fastast_deploy.evaluation.metrics import accuracy, mean_average_precision
+from fastast_deploy.files import write_bytes_atomic, write_json_atomic
+from fastast_deploy.training.cmkd import cmkd_loss, teacher_targets
+from fastast_deploy.training.config import ARCHS, TrainConfig
+from fastast_deploy.training.setup import Distributed, Prepared, init_distributed, prepare
+from fastast_deploy.training.state import Progress, load_state, save_state
+
+__all__ = ["ARCHS", "TrainConfig", "TrainResult", "train"]
+
+CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run: Path
+    task: str
+    metric: str
+    best: float | None
+    best_epoch: int | None
+    history: list[dict[str, Any]]
+    teacher_metric: float | None
+
+
+Log = Callable[[str], None]
+
+
+def train(config: TrainConfig, *, resume: bool = False, log: Log = print, progress: bool = True) -> TrainResult:
+    """Run (or, with ``resume``, continue) the training ``config`` describes; see the module docstring."""
+    dist = init_distributed(config.device)
+    run = Path(config.output)
+    try:
+        config = _run_config(run, config, resume)
+        if dist.rank != 0:
+            log = _silent
+        prep = prepare(config, dist, log, progress and dist.rank == 0, resume)
+        if not resume:
+            dist.barrier()  # every process has checked the run directory before rank 0 writes into it
+            if dist.rank == 0:
+                write_json_atomic(run / CONFIG_FILE, config.to_dict())
+        return _fit(config, prep, dist, run, resume, log, progress and dist.rank == 0)
+    finally:
+        dist.close()
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+def _run_config(run: Path, config: TrainConfig, resume: bool) -> TrainConfig:
+    """A new run needs a fresh directory; a resumed one takes the saved config (only ``stop_after`` and ``device``
+    may change)."""
+    saved = run / CONFIG_FILE
+    if resume:
+        if not saved.is_file() or not (run / "last").is_file():
+            raise ConfigError(f"cannot resume: {run} holds no run ({CONFIG_FILE} and last expected); "
+                              f"start a new one without --resume")
+        data = json.loads(saved.read_text(encoding="utf-8"))
+        return replace(TrainConfig.from_dict(data), stop_after=config.stop_after, device=config.device)
+    if (run / "last").exists() or saved.exists():
+        raise ConfigError(f"{run} already holds a run; continue it with --resume or choose another -o")
+    return config
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up from 0 over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def spec_augment(x: Tensor, freqm: int, timem: int, rng: np.random.Generator) -> Tensor:
+    """One frequency mask (width 0..freqm) and one time mask (width 0..timem) per clip, set to 0; x (B, T, F)."""
+    batch, frames, bins = x.shape
+    out = x.clone()
+    for i in range(batch):
+        f = int(rng.integers(0, freqm + 1)) if freqm > 0 else 0
+        t = int(rng.integers(0, timem + 1)) if timem > 0 else 0
+        f0 = int(rng.integers(0, bins - f + 1))
+        t0 = int(rng.integers(0, frames - t + 1))
+        out[i, :, f0 : f0 + f] = 0
+        out[i, t0 : t0 + t, :] = 0
+    return out
+
+
+def mixup(x: Tensor, targets: list[Tensor | None], p: float, alpha: float,
+          rng: np.random.Generator) -> tuple[Tensor, list[Tensor | None]]:
+    """Mix each clip, with probability ``p``, with another clip of the batch (weight ~ Beta(alpha, alpha));
+    inputs and every target tensor (labels, teacher probabilities) are mixed alike."""
+    batch = x.shape[0]
+    if p <= 0 or batch < 2:
+        return x, targets
+    partner = torch.from_numpy(rng.integers(0, batch, size=batch))
+    lam = rng.beta(alpha, alpha, size=batch)
+    lam = np.where(rng.random(batch) < p, lam, 1.0)
+    w = torch.from_numpy(lam).to(x.dtype).to(x.device)
+    mixed_x = w[:, None, None] * x + (1 - w[:, None, None]) * x[partner]
+    out = [None if t is None else w[:, None] * t + (1 - w[:, None]) * t[partner] for t in targets]
+    return mixed_x, out
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, batch_size: int, device: torch.device) -> Tensor:
+    """Logits (N, labels) of ``model`` in eval mode over inputs (N, T, F), float32 on the CPU."""
+    was_training = model.training
+    model.eval()
+    outs = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    model.train(was_training)
+    return torch.cat(outs)
+
+
+def evaluate(logits: Tensor, targets: Tensor, task: str) -> tuple[str, float]:
+    """("val_acc", accuracy) for single-label tasks, ("val_map", mAP) for multi-label ones."""
+    if task == "singlelabel":
+        return "val_acc", accuracy(logits.numpy(), targets.numpy())
+    return "val_map", mean_average_precision(logits.numpy(), targets.numpy())
+
+
+def _fit(config: TrainConfig, prep: Prepared, dist: Distributed, run: Path, resume: bool, log: Log,
+         progress: bool) -> TrainResult:
+    from torch.utils.data import DistributedSampler
+
+    device, model = dist.device, prep.model.to(dist.device)
+    train_x, train_y = prep.train_x, prep.train_y
+    per_rank = max(1, config.batch_size // dist.world)
+    sampler = DistributedSampler(range(len(train_x)), num_replicas=dist.world, rank=dist.rank, shuffle=True,
+                                 seed=config.seed, drop_last=dist.world > 1)
+    steps_per_epoch = math.ceil(len(sampler) / per_rank)
+    total = steps_per_epoch * config.epochs
+    warmup = min(total, max(1, round(config.warmup_epochs * steps_per_epoch)))
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup))
+    amp_dtype = _amp_dtype(config, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    state = Progress(aug_state=np.random.default_rng([config.seed, 7]).bit_generator.state)
+    if resume:
+        _check_last(run, model)
+        state = load_state(run, optimizer, scheduler, scaler)
+        if dist.rank == 0:
+            _truncate_metrics(run, state.epoch)
+        log(f"resuming {run} after epoch {state.epoch} (step {state.step})")
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state.aug_state
+    net = model
+    if dist.world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    freqm = config.freqm if config.freqm is not None else prep.features.num_mel_bins // 5
+    timem = config.timem if config.timem is not None else prep.features.frames // 5
+    history: list[dict[str, Any]] = []
+    last_epoch = config.epochs if config.stop_after is None else min(config.epochs, config.stop_after)
+    for epoch in range(state.epoch, last_epoch):
+        start = time.perf_counter()
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(sampler))
+        batches = [order[i : i + per_rank] for i in range(0, len(order), per_rank)]
+        sums = {"loss": 0.0, "task_loss": 0.0, "kd_loss": 0.0}
+        net.train()
+        bar = _bar(batches, f"epoch {epoch + 1}/{config.epochs}", progress)
+        for idx in bar:
+            x = spec_augment(train_x[idx], freqm, timem, rng)
+            kd = None if prep.teacher_logits is None else teacher_targets(
+                prep.teacher_logits[idx], prep.task, config.kd_tau)
+            x, (y, kd) = mixup(x, [train_y[idx], kd], config.mixup, config.mixup_alpha, rng)
+            x, y = x.to(device, non_blocking=True), y.to(device)
+            kd = None if kd is None else kd.to(device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = net(x)
+            parts = cmkd_loss(logits.float(), y, kd, prep.task, config.kd_lambda, config.kd_tau)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(parts.total).backward()
+                scaler.unscale_(optimizer)
+            else:
+                parts.total.backward()
+            if config.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            state.step += 1
+            sums["loss"] += float(parts.total.detach())
+            sums["task_loss"] += float(parts.task.detach())
+            sums["kd_loss"] += float(parts.kd.detach()) if parts.kd is not None else 0.0
+            if progress:
+                bar.set_postfix(loss=f"{float(parts.total.detach()):.4f}")
+        logits = predict(model, prep.val_x, 2 * per_rank, device)
+        name, value = evaluate(logits, prep.val_y, prep.task)
+        state.epoch = epoch + 1
+        improved = state.best is None or value > state.best
+        if improved:
+            state.best, state.best_epoch = value, state.epoch
+        state.aug_state = rng.bit_generator.state
+        row = {"epoch": state.epoch, "step": state.step, "lr": scheduler.get_last_lr()[0],
+               **{k: v / len(batches) for k, v in sums.items() if k != "kd_loss" or prep.teacher_logits is not None},
+               name: value, "seconds": time.perf_counter() - start}
+        history.append(row)
+        if dist.rank == 0:
+            _save(run, prep, model, optimizer, scheduler, scaler, state, row, improved)
+        log(f"epoch {state.epoch}/{config.epochs}: loss {row['loss']:.4f}, {name} {value:.4f}"
+            f"{' (best)' if improved else ''}, {row['seconds']:.1f} s")
+    metric = "val_acc" if prep.task == "singlelabel" else "val_map"
+    return TrainResult(run, prep.task, metric, state.best, state.best_epoch, history, prep.teacher_metric)
+
+
+def _save(run: Path, prep: Prepared, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+          scaler: Any, state: Progress, row: dict[str, Any], improved: bool) -> None:
+    """State pair, then RUN/last (whose step ties it to the pair), RUN/best when improved, then the metrics line."""
+    extra = {"epoch": state.epoch, "step": state.step, "task": prep.task, "metrics": row,
+             "teacher": prep.teacher_info}
+    save_state(run, optimizer, scheduler, state, scaler)
+    prep.save(model, run / "last", extra)
+    if improved:
+        prep.save(model, run / "best", extra)
+    with (run / "metrics.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _check_last(run: Path, model: nn.Module) -> None:
+    """Load RUN/last into ``model``, checking that it and the state pair come from the same step."""
+    from safetensors.torch import load_file
+
+    from fastast_deploy.checkpoints.native import load_state_dict_strict
+    from fastast_deploy.training.state import state_paths
+
+    load_state_dict_strict(model, load_file(str(run / "last"), device="cpu"), f"{run / 'last'}")
+    saved_step = _extra(run / "last").get("step")
+    state_step = json.loads(state_paths(run)[1].read_text(encoding="utf-8")).get("step")
+    if saved_step != state_step:
+        raise ConfigError(f"cannot resume: {run / 'last'} is from step {saved_step} but its state pair from step "
+                          f"{state_step}; the run was interrupted while saving")
+
+
+def _extra(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    for value in meta.values():
+        try:
+            data = json.loads(value)
+        except (TypeError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and "extra" in data:
+            return data["extra"] or {}
+    return {}
+
+
+def _truncate_metrics(run: Path, epoch: int) -> None:
+    """Drop metric lines of epochs after the one being resumed from (written before an interruption)."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("epoch", 0) <= epoch]
+    if len(kept) != len(lines):
+        write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices and kernels only; none on biases, norms, tokens and positional embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.dim() < 2 or name.endswith(("cls_token", "dist_token", "pos_embed"))
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if not config.amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _bar(items: list[Any], desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, leave=False, dynamic_ncols=True, disable=None)  # off when not a terminal
+
+
+def check_task(task: str, *datasets: Dataset) -> str:
+    """The task to train: detected from the labels for "auto"; a single-label task refuses multi-label clips."""
+    from fastast_deploy.audio.datasets import detect_task
+
+    detected = detect_task(*datasets)
+    if task == "auto":
+        return detected
+    if task == "singlelabel" and detected == "multilabel":
+        count = sum(1 for d in datasets for e in d.examples if len(e.labels) != 1)
+        raise DatasetError(f"--task singlelabel, but {count} clips have several labels; use --task multilabel")
+    return task
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
