@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from functools import partial
@@ -30,6 +28,7 @@ import onnxruntime as ort
 import torch
 
 from fastast_deploy.checkpoints.native import load_model
+from fastast_deploy.evaluation.timing import time_interleaved
 from fastast_deploy.exporters.onnx_export import PART_KEY, ExportOptions, export_onnx
 from fastast_deploy.exporters.parity import fbank_like
 from fastast_deploy.model.config import SIZES
@@ -47,15 +46,8 @@ def session(path: Path, threads: int | None, profile: bool = False) -> ort.Infer
 
 def median_times(runners: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Median seconds per call of each runner; one warm-up each, then repetitions interleaved across runners."""
-    for run in runners.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    timed = time_interleaved(runners, warmup=1, rounds=repeats)
+    return {name: t.latency_ms_p50 / 1e3 for name, t in timed.items()}
 
 
 def hf_directory(size: str, frames: int, out: Path) -> Path:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
+from functools import partial
 
 import torch
 
+from fastast_deploy.evaluation.timing import time_interleaved
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
 from fastast_deploy.model.flops import flop_ratio
@@ -27,14 +27,11 @@ def ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",")]
 
 
-def time_once(model: torch.nn.Module, x: torch.Tensor, device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
+def run_once(model: torch.nn.Module, x: torch.Tensor, device: str) -> None:
+    """One forward, complete on return (the GPU synchronised), as time_interleaved needs."""
     model(x)
     if device == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -69,16 +66,12 @@ def main() -> None:
             models[r] = model.to(args.device, dtype)
         for batch in args.batch:
             x = torch.randn(batch, frames, config.num_mel_bins, device=args.device, dtype=dtype)
-            times: dict[int, list[float]] = {r: [] for r in args.r}
-            with torch.inference_mode():
-                for r in args.r:
-                    time_once(models[r], x, args.device)  # warm-up
-                for _ in range(args.repeats):  # interleaved, so drift in machine load hits every r alike
-                    for r in args.r:
-                        times[r].append(time_once(models[r], x, args.device))
-            base_rate = batch / statistics.median(times[args.r[0]])
+            with torch.inference_mode():  # interleaved, so drift in machine load hits every r alike
+                timed = time_interleaved({r: partial(run_once, models[r], x, args.device) for r in args.r},
+                                         batch=batch, warmup=1, rounds=args.repeats)
+            base_rate = timed[args.r[0]].clips_per_s
             for r in args.r:
-                rate = batch / statistics.median(times[r])
+                rate = timed[r].clips_per_s
                 ratio = flop_ratio(config, models[r].schedule)
                 speedup = rate / base_rate
                 rows.append({"size": args.size, "frames": frames, "batch": batch, "r": r,

@@ -33,14 +33,15 @@ import argparse
 import json
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from fastast_deploy.evaluation.timing import time_interleaved
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
 from fastast_deploy.model.flops import flop_ratio
@@ -72,10 +73,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def step_time(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-              kd: torch.Tensor, device: str) -> float:
-    sync(device)
-    start = time.perf_counter()
+def step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+         kd: torch.Tensor, device: str) -> None:
+    """One training step, complete on return (the GPU synchronised), as time_interleaved needs."""
     with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
         logits = model(x)
     loss = cmkd_loss(logits.float(), y, kd, "singlelabel", 0.5, 1.0).total
@@ -84,7 +84,6 @@ def step_time(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch
     torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
     optimizer.step()
     sync(device)
-    return time.perf_counter() - start
 
 
 def bench_steps(args: argparse.Namespace) -> list[dict]:
@@ -107,21 +106,18 @@ def bench_steps(args: argparse.Namespace) -> list[dict]:
         x = torch.randn(args.batch, args.frames, config.num_mel_bins, device=args.device) * 0.5
         y = torch.eye(args.labels, device=args.device)[torch.randint(args.labels, (args.batch,))]
         kd = teacher_targets(torch.randn(args.batch, args.labels, device=args.device), "singlelabel", 1.0)
-        times: dict[int, list[float]] = {r: [] for r in args.r}
+        # interleaved: drifting machine load hits every r alike
+        timed = time_interleaved({r: partial(step, models[r], optimizers[r], x, y, kd, args.device) for r in args.r},
+                                 batch=args.batch, warmup=1, rounds=args.repeats)
+        base_time = timed[args.r[0]].latency_ms_p50 / 1e3
         for r in args.r:
-            step_time(models[r], optimizers[r], x, y, kd, args.device)  # warm-up
-        for _ in range(args.repeats):  # interleaved: drifting machine load hits every r alike
-            for r in args.r:
-                times[r].append(step_time(models[r], optimizers[r], x, y, kd, args.device))
-        base_time = statistics.median(times[args.r[0]])
-        for r in args.r:
-            t = statistics.median(times[r])
+            t = timed[r].latency_ms_p50 / 1e3
             counts = models[r].token_counts
             ratio = flop_ratio(config, models[r].schedule)
             rows.append({"size": size, "r": r, "frames": args.frames, "batch": args.batch, "ms_per_step": 1e3 * t,
                          "clips_per_s": args.batch / t, "speedup": base_time / t, "flop_ratio": ratio,
                          "tokens": [counts[0], counts[-1]], "device": args.device, "machine": machine,
-                         "times_s": times[r]})
+                         "latency_ms": timed[r].as_dict()})
             print(f"{size:>5} {r:>4} {f'{counts[0]}->{counts[-1]}':>12} {1e3 * t:>9.0f} {args.batch / t:>8.2f} "
                   f"{base_time / t:>7.2f}x {ratio:>9.2f}x")
     return rows

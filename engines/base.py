@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -59,6 +59,18 @@ class BatchRange:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BatchRange:
         return cls(int(data["min"]), int(data["opt"]), None if data.get("max") is None else int(data["max"]))
+
+
+def batch_chunks(x: np.ndarray, size: int, batch: BatchRange) -> Iterator[tuple[np.ndarray, int]]:
+    """Split (N, ...) inputs into chunks of ``size`` for an engine taking ``batch``; a short last chunk below the
+    engine's smallest batch (e.g. a static batch) is padded with zeros. Yields (chunk, how many rows are real):
+    the caller keeps ``output[:real]``."""
+    for start in range(0, len(x), size):
+        chunk = x[start : start + size]
+        real = len(chunk)
+        if real < batch.min:
+            chunk = np.concatenate([chunk, np.zeros((batch.min - real, *chunk.shape[1:]), dtype=chunk.dtype)])
+        yield chunk, real
 
 
 def specs_from(tensors: Mapping[str, Mapping[str, Any]]) -> dict[str, Spec]:

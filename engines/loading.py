@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fastast_deploy.exporters.metadata import sidecar_path
+from fastast_deploy.contract import sidecar_path
 
 from .base import Engine, EngineError
 from .sidecar import check_engine_file, check_sidecar, check_source, read_sidecar

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastast_deploy.exporters.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAME
+from fastast_deploy.contract import INPUT_NAME, METADATA_KEY, OUTPUT_NAME
 from fastast_deploy.files import sha256_file
 
 from .base import BATCH, EngineError, Shape

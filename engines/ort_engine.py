@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from fastast_deploy.exporters.metadata import sidecar_path
+from fastast_deploy.contract import PROVIDERS, sidecar_path
 from fastast_deploy.files import atomic_path, prepare_output, sha256_file, write_json_atomic
 
 from .base import BackendUnavailableError, BuildResult, Engine, EngineError, EngineMismatchError
@@ -26,13 +26,6 @@ from .onnx_model import OnnxModelInfo, read_onnx_model
 from .profiles import resolve_batch_range
 from .sidecar import engine_sidecar, tensor_specs
 
-# --provider names -> ONNX Runtime provider chains (the first is the one asked for; the rest are fallbacks
-# for nodes it does not take, used where installed).
-PROVIDERS = {
-    "cpu": ("CPUExecutionProvider",),
-    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
-    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
-}
 LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
           "all": "ORT_ENABLE_ALL"}
 GPU_HINT = 'install onnxruntime-gpu in place of onnxruntime (pip install "fastast-deploy[gpu]") on a GPU machine'

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fastast_deploy import __version__
-from fastast_deploy.exporters.metadata import sidecar_path
+from fastast_deploy.contract import sidecar_path
 from fastast_deploy.files import sha256_file
 
 from .base import BatchRange, EngineError, EngineMismatchError

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fastast_deploy.exporters.metadata import INPUT_NAME, sidecar_path
+from fastast_deploy.contract import INPUT_NAME, sidecar_path
 from fastast_deploy.files import atomic_path, prepare_output, sha256_file, write_json_atomic
 
 from .base import BATCH, BackendUnavailableError, BuildResult, Engine, EngineError, EngineMismatchError

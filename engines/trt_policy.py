@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from fastast_deploy.contract import PRECISIONS
+
 from .base import BackendUnavailableError, EngineError, EngineMismatchError
 from .gpu import GpuInfo
 
@@ -22,7 +24,6 @@ INSTALL_HINT = 'pip install "fastast-deploy[tensorrt]"'
 MIN_MAJOR = 10  # strongly typed networks, INT64 tensors and the opset-18+ parser fixes this exporter relies on
 FP16_FLAG_DEPRECATED = (10, 12)
 STRONGLY_TYPED_ONLY_MAJOR = 11
-PRECISIONS = ("fp32", "fp16")
 
 
 @dataclass(frozen=True)

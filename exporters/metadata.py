@@ -1,4 +1,4 @@
-"""The exported graph's contract and metadata, readable without torch (engines and deployment boxes use it)."""
+"""Reading the metadata an export stored in its model (the names it follows are in fastast_deploy.contract)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fastast_deploy.contract import METADATA_KEY
 from fastast_deploy.errors import FastASTError
-
-INPUT_NAME = "fbank"
-OUTPUT_NAME = "logits"
-METADATA_KEY = "fastast_deploy"
-
-
-def sidecar_path(path: str | os.PathLike) -> Path:
-    """Where the JSON sidecar of a written model or engine lives: ``PATH.json``."""
-    return Path(f"{path}.json")
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:

@@ -23,15 +23,23 @@ import torch
 from torch import Tensor, nn
 
 from fastast_deploy import __version__
+from fastast_deploy.contract import (
+    INPUT_NAME,
+    METADATA_KEY,
+    OUTPUT_NAME,
+    PRECISIONS,
+    merge_output_names,
+    merge_positions,
+    sidecar_path,
+)
 from fastast_deploy.errors import ConfigError, FastASTError
 from fastast_deploy.files import atomic_path, prepare_output, write_json_atomic
 from fastast_deploy.model.fastast import FastAST
 
-from .metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, read_metadata, sidecar_path
+from .metadata import read_metadata
 
 __all__ = ["ExportOptions", "ExportResult", "export_onnx", "read_metadata", "sidecar_path"]
 
-PRECISIONS = ("fp32", "fp16")
 # Ops whose presence breaks the static, plugin-free contract (control flow, data-dependent shapes).
 FORBIDDEN_OPS = frozenset({"If", "Loop", "Scan", "NonZero", "Unique", "Compress"})
 STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
@@ -69,14 +77,6 @@ class ExportResult:
     lint: list[str] = field(default_factory=list)
 
 
-def merge_output_names(model: FastAST) -> list[str]:
-    names = []
-    for i, r in enumerate(model.schedule):
-        if r > 0:
-            names += [f"merge{i}_src", f"merge{i}_dst"]
-    return names
-
-
 class _ExportGraph(nn.Module):
     """What is traced: float32 fbank in, float32 logits (and merge positions) out, compute in the model's dtype."""
 
@@ -91,7 +91,7 @@ class _ExportGraph(nn.Module):
         outputs = [logits.float()]
         if self.debug_merges:
             for m in merges:
-                outputs += [2 * m.src_idx, 2 * m.dst_idx + 1]  # A = even positions, B = odd positions
+                outputs += merge_positions(m.src_idx, m.dst_idx)
         return tuple(outputs)
 
 
@@ -105,7 +105,7 @@ def to_onnx(model: FastAST, options: ExportOptions) -> onnx.ModelProto:
     example_batch = options.batch or 2  # 2, not 1: an example batch of 1 would be specialised away
     example = torch.zeros(example_batch, cfg.input_frames, cfg.num_mel_bins)
     dynamic = None if options.batch else ({0: torch.export.Dim("batch", min=1, max=4096)},)
-    output_names = [OUTPUT_NAME] + (merge_output_names(model) if options.debug_merges else [])
+    output_names = [OUTPUT_NAME] + (merge_output_names(model.schedule) if options.debug_merges else [])
     # The exporter logs a warning for every optional torchvision op it cannot register: noise for this model.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.no_grad():

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastast_deploy.contract import INPUT_NAME, merge_positions
 from fastast_deploy.errors import FastASTError
 from fastast_deploy.evaluation.metrics import compare_logits, fbank_like, merge_agreement
 from fastast_deploy.model.fastast import FastAST
@@ -23,7 +24,7 @@ def torch_outputs(model: FastAST, x: np.ndarray) -> tuple[np.ndarray, list[np.nd
         logits, merges = model.forward_with_merges(torch.from_numpy(x))
     positions = []
     for m in merges:
-        positions += [(2 * m.src_idx).numpy(), (2 * m.dst_idx + 1).numpy()]
+        positions += [p.numpy() for p in merge_positions(m.src_idx, m.dst_idx)]
     return logits.numpy(), positions
 
 
@@ -35,7 +36,7 @@ def check_parity(model: FastAST, onnx_bytes: bytes, options: Any, num: int = 4, 
     batch = options.batch or num
     x = fbank_like(batch, cfg.input_frames, cfg.num_mel_bins, seed)
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    got = session.run(None, {"fbank": x})
+    got = session.run(None, {INPUT_NAME: x})
     want, want_merges = torch_outputs(model, x)
     result = compare_logits(want, got[0])
     result["inputs"] = int(batch)

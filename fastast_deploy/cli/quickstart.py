@@ -57,6 +57,7 @@ def write_clips(model: FastAST, folder: Path, per_class: int, seed: int) -> int:
 def quickstart(output: Path, source: str = "default", backend: str = "auto", per_class: int = 4,
                iterations: int = 10, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every step, reporting each through ``say``; returns the verify report plus the files written."""
+    from fastast_deploy.engines.build import build_engine, engine_path
     from fastast_deploy.evaluation.verify import SpeedOptions, verify
     from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
     from fastast_deploy.files import prepare_output, write_json_atomic
@@ -78,14 +79,7 @@ def quickstart(output: Path, source: str = "default", backend: str = "auto", per
     if backend == "auto":
         backend, why = best_backend()
         step(f"backend: {backend} ({why})")
-    if backend == "tensorrt":
-        from fastast_deploy.engines.trt_engine import TrtBuildOptions, build_tensorrt_engine
-
-        built = build_tensorrt_engine(exported.path, output / "model.plan", TrtBuildOptions())
-    else:
-        from fastast_deploy.engines.ort_engine import OrtBuildOptions, build_onnxruntime_engine
-
-        built = build_onnxruntime_engine(exported.path, output / "model.ort.onnx", OrtBuildOptions())
+    built = build_engine(exported.path, engine_path(output, "model", backend), backend)
     step(f"built {built.path}")
     clips = write_clips(model, output / "clips", per_class, seed=1)
     inputs = str(output / "clips") if clips else "random"

@@ -3,17 +3,18 @@ exported and built the same way, timed side by side, so that r can be picked fro
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fastast_deploy.contract import INPUT_NAME
 from fastast_deploy.engines import Engine, load_engine
 from fastast_deploy.errors import ConfigError
 from fastast_deploy.evaluation.metrics import fbank_like
+from fastast_deploy.evaluation.timing import time_interleaved
 
 
 @dataclass(frozen=True)
@@ -36,41 +37,31 @@ class BenchOptions:
 def build_engines(source: str, options: BenchOptions, workdir: Path) -> dict[int, Engine]:
     """One engine per r: load, export (static shapes, dynamic batch), build with the chosen backend."""
     from fastast_deploy.checkpoints.native import load_model
+    from fastast_deploy.engines.build import BuildOptions, OrtBuildOptions, TrtBuildOptions, build_engine, engine_path
     from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
 
+    build_options: BuildOptions
+    if options.backend == "tensorrt":
+        build_options = TrtBuildOptions(opt_batch=options.batch, max_batch=max(options.batch, 32))
+    else:
+        build_options = OrtBuildOptions(provider=options.provider)
     engines = {}
     for r in options.rs:
         model = load_model(source, tome_r=r, input_frames=options.frames)
         onnx_path = export_onnx(model, workdir / f"r{r}.onnx", ExportOptions(), check=False).path
-        if options.backend == "tensorrt":
-            from fastast_deploy.engines.trt_engine import TrtBuildOptions, build_tensorrt_engine
-
-            built = build_tensorrt_engine(onnx_path, workdir / f"r{r}.plan",
-                                          TrtBuildOptions(opt_batch=options.batch, max_batch=max(options.batch, 32)))
-        else:
-            from fastast_deploy.engines.ort_engine import OrtBuildOptions, build_onnxruntime_engine
-
-            built = build_onnxruntime_engine(onnx_path, workdir / f"r{r}.ort.onnx",
-                                             OrtBuildOptions(provider=options.provider))
+        built = build_engine(onnx_path, engine_path(workdir, f"r{r}", options.backend), options.backend,
+                             build_options)
         engines[r] = load_engine(built.path)
     return engines
 
 
 def time_round_robin(engines: dict[int, Engine], options: BenchOptions) -> dict[int, dict[str, float]]:
-    """Median latency per batch of each engine; rounds interleave the engines so machine load drifts hit all."""
-    spec = next(iter(engines.values())).input_specs["fbank"][0]
-    x = fbank_like(options.batch, int(spec[1]), int(spec[2]), seed=3)
-    for engine in engines.values():
-        for _ in range(options.warmup):
-            engine.infer({"fbank": x})
-    times: dict[int, list[float]] = {r: [] for r in engines}
-    for _ in range(options.rounds):
-        for r, engine in engines.items():
-            start = time.perf_counter()
-            engine.infer({"fbank": x})
-            times[r].append(time.perf_counter() - start)
-    return {r: {"latency_ms_p50": 1e3 * statistics.median(t), "clips_per_s": options.batch / statistics.median(t)}
-            for r, t in times.items()}
+    """Latency per batch of each engine, the engines timed side by side round by round."""
+    spec = next(iter(engines.values())).input_specs[INPUT_NAME][0]
+    feed = {INPUT_NAME: fbank_like(options.batch, int(spec[1]), int(spec[2]), seed=3)}
+    runs = {r: partial(engine.infer, feed) for r, engine in engines.items()}
+    timed = time_interleaved(runs, batch=options.batch, warmup=options.warmup, rounds=options.rounds)
+    return {r: t.as_dict() for r, t in timed.items()}
 
 
 def labelled_data(data: str, labels_csv: str | None, engine: Engine) -> tuple[np.ndarray, np.ndarray, str, int]:

@@ -5,17 +5,18 @@ docs/verify-report.md) whose ``passed`` decides the exit code."""
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
-import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fastast_deploy import __version__
+from fastast_deploy.contract import INPUT_NAME, OUTPUT_NAME, merge_output_names
 from fastast_deploy.engines import Engine, load_engine
+from fastast_deploy.engines.base import batch_chunks
 from fastast_deploy.evaluation.inputs import InputSet, Reference, VerifyUsageError, load_inputs, load_reference
 from fastast_deploy.evaluation.metrics import (
     accuracy,
@@ -24,6 +25,7 @@ from fastast_deploy.evaluation.metrics import (
     mean_average_precision,
     merge_agreement,
 )
+from fastast_deploy.evaluation.timing import time_interleaved
 
 REPORT_SCHEMA = "fastast-deploy/verify"
 REPORT_VERSION = 1
@@ -60,20 +62,15 @@ def run_engine(engine: Engine, fbank: np.ndarray, batch: int) -> dict[str, np.nd
     rng = engine.batch_range
     size = batch if batch in rng else (rng.max if rng.max is not None and batch > rng.max else rng.min)
     outputs: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(fbank), size):
-        chunk = fbank[start : start + size]
-        n = len(chunk)
-        if n not in rng:
-            chunk = np.concatenate([chunk, np.zeros((rng.min - n, *chunk.shape[1:]), chunk.dtype)])
-        for name, value in engine.infer({"fbank": chunk}).items():
-            outputs.setdefault(name, []).append(value[:n])
+    for chunk, real in batch_chunks(fbank, size, rng):
+        for name, value in engine.infer({INPUT_NAME: chunk}).items():
+            outputs.setdefault(name, []).append(value[:real])
     return {name: np.concatenate(parts) for name, parts in outputs.items()}
 
 
 def merge_outputs(export: dict[str, Any], outputs: dict[str, np.ndarray]) -> list[np.ndarray] | None:
     """The engine's merge positions in block order (src, dst per merging block), when it exposes them."""
-    names = [f"merge{i}_{kind}" for i, r in enumerate(export["tome"]["effective_schedule"]) if r > 0
-             for kind in ("src", "dst")]
+    names = merge_output_names(export["tome"]["effective_schedule"])
     if not names or not all(n in outputs for n in names):
         return None
     return [outputs[n] for n in names]
@@ -81,7 +78,7 @@ def merge_outputs(export: dict[str, Any], outputs: dict[str, np.ndarray]) -> lis
 
 def parity_section(reference: Reference, outputs: dict[str, np.ndarray], export: dict[str, Any],
                    inputs: InputSet, thresholds: Thresholds) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    logits = outputs["logits"]
+    logits = outputs[OUTPUT_NAME]
     figures = compare_logits(reference.logits, logits, thresholds.atol, thresholds.rtol)
     engine_merges = merge_outputs(export, outputs)
     if engine_merges is not None and reference.merges:
@@ -114,50 +111,32 @@ def check(name: str, value: float, threshold: str, passed: bool, by: float | Non
             "passed": bool(passed), "by": None if passed or by is None or not np.isfinite(by) else float(by)}
 
 
-def time_engine(engine: Engine, batch: int, warmup: int, iterations: int) -> dict[str, float]:
-    """Wall-clock latency of ``infer`` (which returns host arrays, so device work is complete) per batch."""
-    spec = engine.input_specs["fbank"][0]
-    x = fbank_like(batch, int(spec[1]), int(spec[2]), seed=7)
-    for _ in range(warmup):
-        engine.infer({"fbank": x})
-    times = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        engine.infer({"fbank": x})
-        times.append(time.perf_counter() - start)
-    p = np.percentile(np.array(times) * 1e3, [50, 90, 99])
-    return {"latency_ms_p50": float(p[0]), "latency_ms_p90": float(p[1]), "latency_ms_p99": float(p[2]),
-            "clips_per_s": batch / statistics.median(times)}
+def time_side_by_side(engines: dict[str, Engine], batch: int, warmup: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Wall-clock latency of ``infer`` (which returns host arrays, so device work is complete) per batch, the
+    engines alternating round by round (``time_interleaved``)."""
+    spec = next(iter(engines.values())).input_specs[INPUT_NAME][0]
+    feed = {INPUT_NAME: fbank_like(batch, int(spec[1]), int(spec[2]), seed=7)}
+    timed = time_interleaved({name: partial(e.infer, feed) for name, e in engines.items()}, batch=batch,
+                             warmup=warmup, rounds=rounds)
+    return {name: t.as_dict() for name, t in timed.items()}
 
 
 def build_baseline(engine: Engine, source: str, workdir: Path) -> Engine:
     """The same model with r = 0, exported and built the way ``engine`` was (same backend, precision, options)."""
     from fastast_deploy.checkpoints.native import load_model
+    from fastast_deploy.engines.build import build_engine, engine_path, options_like
     from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
 
     meta, export = engine.metadata, engine.metadata["export"]
     model = load_model(source, tome_r=0, input_frames=export["model"]["input_frames"])
     options = ExportOptions(opset=export["opset"], batch=export["batch"], precision=export["precision"])
     onnx_path = export_onnx(model, workdir / "baseline.onnx", options, check=False).path
-    batch = meta["batch"]
-    if meta["backend"] == "tensorrt":
-        from fastast_deploy.engines.trt_engine import TrtBuildOptions, build_tensorrt_engine
-
-        trt = meta["tensorrt"]
-        options_trt = TrtBuildOptions(precision=meta["precision"], tf32=trt.get("tf32", False),
-                                      workspace_mib=trt.get("workspace_mib"),
-                                      builder_optimization_level=trt.get("builder_optimization_level", 3),
-                                      min_batch=batch["min"], opt_batch=batch["opt"], max_batch=batch["max"])
-        return load_engine(build_tensorrt_engine(onnx_path, workdir / "baseline.plan", options_trt).path)
-    ort = meta["onnxruntime"]
-    if not ort.get("offline", True):  # a plain exported model opened directly
+    if meta["backend"] == "onnxruntime" and not meta["onnxruntime"].get("offline", True):
+        ort = meta["onnxruntime"]  # a plain exported model opened directly: open the baseline the same way
         return load_engine(onnx_path, provider=ort["provider"], threads=ort.get("intra_op_threads") or None)
-    from fastast_deploy.engines.ort_engine import OrtBuildOptions, build_onnxruntime_engine
-
-    options_ort = OrtBuildOptions(provider=ort["provider"], optimization=ort["optimization_level"],
-                                  threads=ort.get("intra_op_threads", 0), min_batch=batch["min"],
-                                  opt_batch=batch["opt"], max_batch=batch["max"])
-    return load_engine(build_onnxruntime_engine(onnx_path, workdir / "baseline.ort.onnx", options_ort).path)
+    built = build_engine(onnx_path, engine_path(workdir, "baseline", meta["backend"]), meta["backend"],
+                         options_like(meta))
+    return load_engine(built.path)
 
 
 def speed_section(engine: Engine, options: SpeedOptions, source: str | None) -> dict[str, Any]:
@@ -183,10 +162,10 @@ def speed_section(engine: Engine, options: SpeedOptions, source: str | None) -> 
             section["baseline"] = options.baseline
         try:
             for b in batches:
-                # Interleave engine and baseline so that drifting machine load touches both alike.
-                row: dict[str, Any] = {"engine": time_engine(engine, b, options.warmup, options.iterations)}
+                # Engine and baseline alternate round by round, so that drifting machine load touches both alike.
+                timed = {"engine": engine} if baseline is None else {"engine": engine, "baseline": baseline}
+                row: dict[str, Any] = time_side_by_side(timed, b, options.warmup, options.iterations)
                 if baseline is not None:
-                    row["baseline"] = time_engine(baseline, b, options.warmup, options.iterations)
                     row["speedup"] = row["engine"]["clips_per_s"] / row["baseline"]["clips_per_s"]
                 section["batches"][str(b)] = row
         finally:

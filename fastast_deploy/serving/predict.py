@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fastast_deploy.engines.base import BatchRange
+from fastast_deploy.contract import INPUT_NAME, OUTPUT_NAME
+from fastast_deploy.engines.base import BatchRange, batch_chunks
 from fastast_deploy.errors import AudioError, ConfigError
-from fastast_deploy.exporters.metadata import INPUT_NAME, OUTPUT_NAME
 
 if TYPE_CHECKING:  # torch and the feature code load with the first prediction, not with the CLI
     import torch
@@ -232,14 +232,7 @@ def batch_size(batch: BatchRange, requested: int | None) -> int:
 def run_windows(classifier: Classifier, windows: np.ndarray, size: int) -> np.ndarray:
     """Logits (N, labels) for windows (N, T, F), ``size`` at a time; a short last batch below the engine's
     smallest (e.g. a static batch) is padded with zero windows whose outputs are dropped."""
-    outputs = []
-    for start in range(0, len(windows), size):
-        chunk = windows[start : start + size]
-        real = len(chunk)
-        if real < classifier.batch.min:
-            padding = np.zeros((classifier.batch.min - real, *chunk.shape[1:]), dtype=chunk.dtype)
-            chunk = np.concatenate([chunk, padding])
-        outputs.append(classifier.infer(chunk)[:real])
+    outputs = [classifier.infer(chunk)[:real] for chunk, real in batch_chunks(windows, size, classifier.batch)]
     return np.concatenate(outputs)
 
 

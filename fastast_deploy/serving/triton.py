@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from fastast_deploy import __version__
+from fastast_deploy.contract import INPUT_NAME, OUTPUT_NAME, sidecar_path
 from fastast_deploy.engines.base import BATCH, BatchRange, EngineError
 from fastast_deploy.errors import ConfigError, FastASTError
-from fastast_deploy.exporters.metadata import INPUT_NAME, OUTPUT_NAME, sidecar_path
 
 PLATFORMS = {"tensorrt": ("tensorrt_plan", "model.plan"), "onnxruntime": ("onnxruntime_onnx", "model.onnx")}
 KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}

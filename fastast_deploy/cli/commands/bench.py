@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from fastast_deploy.cli.commands.options import parse_r
+from fastast_deploy.contract import PROVIDERS
 from fastast_deploy.errors import ConfigError
 
 
@@ -16,7 +17,7 @@ from fastast_deploy.errors import ConfigError
               help="The r values to compare (one r for every block each).")
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime",
               show_default=True)
-@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
+@click.option("--provider", type=click.Choice(list(PROVIDERS)), default="cpu", show_default=True,
               help="ONNX Runtime provider.")
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--rounds", type=click.IntRange(min=1), default=10, show_default=True,

@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from fastast_deploy.engines.ort_engine import LEVELS, PROVIDERS, OrtBuildOptions
+from fastast_deploy.contract import BACKENDS, PRECISIONS, PROVIDERS
+from fastast_deploy.engines.ort_engine import LEVELS, OrtBuildOptions
 from fastast_deploy.engines.trt_engine import TrtBuildOptions
-from fastast_deploy.engines.trt_policy import PRECISIONS
 from fastast_deploy.errors import ConfigError
 
 TRT_ONLY = ("precision", "tf32", "workspace", "builder_optimization_level", "timing_cache", "verbose")
@@ -44,7 +44,7 @@ def _refuse_foreign_options(ctx: click.Context, backend: str) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The engine to write (a plan for TensorRT, an .onnx for ONNX Runtime); its JSON sidecar is "
               "written beside it as OUTPUT.json.")
-@click.option("--backend", type=click.Choice(["tensorrt", "onnxruntime"]), default="tensorrt", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="tensorrt", show_default=True)
 @click.option("--min-batch", type=click.IntRange(min=1), default=None,
               help="Smallest batch the engine accepts [default: 1; a static-batch model: its batch].")
 @click.option("--opt-batch", type=click.IntRange(min=1), default=None,
@@ -87,22 +87,21 @@ def build_engine(ctx: click.Context, model: Path, output: Path, backend: str, mi
     _refuse_foreign_options(ctx, backend)
     if device is not None:
         select_device(device)
-    if backend == "tensorrt":
-        from fastast_deploy.engines.trt_engine import build_tensorrt_engine
+    from fastast_deploy.engines.build import BuildOptions, build_engine
 
-        trt_options = TrtBuildOptions(precision=precision, tf32=tf32, workspace_mib=workspace,
-                                      builder_optimization_level=builder_optimization_level,
-                                      timing_cache=timing_cache, min_batch=min_batch, opt_batch=opt_batch,
-                                      max_batch=max_batch, verbose=verbose)
-        result = build_tensorrt_engine(model, output, trt_options)
+    batches = {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch}
+    options: BuildOptions
+    if backend == "tensorrt":
+        options = TrtBuildOptions(precision=precision, tf32=tf32, workspace_mib=workspace,
+                                  builder_optimization_level=builder_optimization_level, timing_cache=timing_cache,
+                                  verbose=verbose, **batches)
+    else:
+        options = OrtBuildOptions(provider=provider, optimization=optimization, threads=threads, **batches)
+    result = build_engine(model, output, backend, options)
+    if backend == "tensorrt":
         trt, gpu = result.metadata["tensorrt"], result.metadata["tensorrt"]["gpu"]
         how = f"TensorRT {trt['version']} on {gpu['name']} (compute capability {gpu['compute_capability']})"
     else:
-        from fastast_deploy.engines.ort_engine import build_onnxruntime_engine
-
-        ort_options = OrtBuildOptions(provider=provider, optimization=optimization, threads=threads,
-                                      min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
-        result = build_onnxruntime_engine(model, output, ort_options)
         ort = result.metadata["onnxruntime"]
         how = f"ONNX Runtime {ort['version']}, provider {ort['provider']}, optimisation {ort['optimization_level']}"
     for note in result.notes:

@@ -9,6 +9,7 @@ import click
 from click.core import ParameterSource
 
 from fastast_deploy.cli.commands.options import parse_sizes
+from fastast_deploy.contract import PROVIDERS
 from fastast_deploy.errors import ConfigError
 from fastast_deploy.serving.predict import DEFAULT_BATCH, POOLS, PredictOptions
 from fastast_deploy.serving.triton import KINDS, TritonOptions
@@ -27,7 +28,7 @@ from fastast_deploy.serving.triton import KINDS, TritonOptions
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help=f"Windows per inference call [default: the engine's largest batch, {DEFAULT_BATCH} where it has "
               "none].")
-@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default=None,
+@click.option("--provider", type=click.Choice(list(PROVIDERS)), default=None,
               help="ONNX Runtime provider for an exported .onnx [default: cpu].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--all-scores", is_flag=True, help="Every label's score: in the JSON, and as the text listing.")

@@ -9,6 +9,7 @@ import click
 import numpy as np
 
 from fastast_deploy.cli.commands.options import parse_sizes
+from fastast_deploy.contract import PROVIDERS
 from fastast_deploy.errors import FastASTError
 
 
@@ -39,7 +40,7 @@ class _Usage(FastASTError):
 @click.option("--speed-batches", default="1,8", show_default=True, help="Batch sizes timed in the speed section.")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
 @click.option("--iterations", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default=None,
+@click.option("--provider", type=click.Choice(list(PROVIDERS)), default=None,
               help="ONNX Runtime provider for a plain .onnx ENGINE [default: cpu].")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the JSON report here (schema: docs/verify-report.md).")
