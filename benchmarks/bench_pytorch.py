@@ -20,7 +20,7 @@ from fastast_deploy.evaluation.timing import time_interleaved
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
 from fastast_deploy.model.flops import flop_ratio
-from fastast_deploy.model.tome import make_schedule
+from fastast_deploy.model.schedule import make_schedule
 
 
 def ints(text: str) -> list[int]:

@@ -45,7 +45,7 @@ from fastast_deploy.evaluation.timing import time_interleaved
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
 from fastast_deploy.model.flops import flop_ratio
-from fastast_deploy.model.tome import make_schedule
+from fastast_deploy.model.schedule import make_schedule
 from fastast_deploy.training.cmkd import cmkd_loss, teacher_targets
 
 DATA = ("--classes", "10", "--clips-per-class", "50", "--seconds", "1.3", "--seed", "0")

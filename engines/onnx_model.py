@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fastast_deploy.contract import INPUT_NAME, METADATA_KEY, OUTPUT_NAME
+from fastast_deploy.errors import error_summary
 from fastast_deploy.files import sha256_file
 
 from .base import BATCH, EngineError, Shape
@@ -55,8 +56,7 @@ def read_onnx_model(path: str | os.PathLike) -> OnnxModelInfo:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # protobuf raises DecodeError, RuntimeError or ValueError depending on the bytes
-        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise EngineError(f"{path} is not a readable ONNX model ({detail}); {HINT}") from None
+        raise EngineError(f"{path} is not a readable ONNX model ({error_summary(err)}); {HINT}") from None
     if not proto.graph.node:
         raise EngineError(f"{path} is not a readable ONNX model (no graph nodes); {HINT}")
     initializers = {t.name for t in proto.graph.initializer}

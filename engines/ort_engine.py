@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fastast_deploy.contract import PROVIDERS, sidecar_path
+from fastast_deploy.errors import error_summary
 from fastast_deploy.files import atomic_path, prepare_output, sha256_file, write_json_atomic
 
 from .base import BackendUnavailableError, BuildResult, Engine, EngineError, EngineMismatchError
@@ -103,8 +104,7 @@ def _open_session(path: Path, options: Any, chain: list[str]) -> Any:
     try:
         session = ort.InferenceSession(str(path), options, providers=chain)
     except Exception as err:  # ORT raises its own Fail / InvalidGraph / RuntimeError types
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise EngineError(f"ONNX Runtime cannot open {path} with {chain}: {detail}") from None
+        raise EngineError(f"ONNX Runtime cannot open {path} with {chain}: {error_summary(err)}") from None
     if session.get_providers()[0] != chain[0]:  # installed, but did not start (no GPU, missing CUDA libraries)
         raise BackendUnavailableError(f"{chain[0]} is installed but did not start for {path} (running on "
                                       f"{session.get_providers()}); check the GPU and its CUDA / cuDNN libraries")

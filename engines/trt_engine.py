@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from fastast_deploy.contract import INPUT_NAME, sidecar_path
+from fastast_deploy.errors import error_summary
 from fastast_deploy.files import atomic_path, prepare_output, sha256_file, write_json_atomic
 
 from .base import BATCH, BackendUnavailableError, BuildResult, Engine, EngineError, EngineMismatchError
@@ -114,11 +115,6 @@ def _polygraphy_logging(verbose: bool) -> Iterator[None]:
         yield
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def build_tensorrt_engine(model: str | os.PathLike, output: str | os.PathLike,
                           options: TrtBuildOptions = TrtBuildOptions()) -> BuildResult:
     """Build a plan from an exported model and write it with its sidecar, atomically: a failed build writes
@@ -151,7 +147,7 @@ def build_tensorrt_engine(model: str | os.PathLike, output: str | os.PathLike,
             cache = str(options.timing_cache) if options.timing_cache else None
             serialized = backend.engine_bytes_from_network(network, config=config, save_timing_cache=cache)
     except PolygraphyException as err:
-        raise EngineError(f"TensorRT {version} could not build {info.path}: {_first_line(err)} "
+        raise EngineError(f"TensorRT {version} could not build {info.path}: {error_summary(err)} "
                           "(--verbose shows TensorRT's log)") from None
     with atomic_path(output) as tmp:
         tmp.write_bytes(serialized)
@@ -180,7 +176,7 @@ class TensorRTEngine(Engine):
                 runner = backend.TrtRunner(self._engine, name=self.path.name)
                 runner.activate()
         except PolygraphyException as err:
-            raise EngineError(f"TensorRT cannot load {path}: {_first_line(err)}; the plan is corrupt or was not "
+            raise EngineError(f"TensorRT cannot load {path}: {error_summary(err)}; the plan is corrupt or was not "
                               "built by this TensorRT; rebuild it") from None
         self._runner = runner
         names = {self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)}

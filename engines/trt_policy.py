@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from fastast_deploy.contract import PRECISIONS
+from fastast_deploy.errors import error_summary
 
 from .base import BackendUnavailableError, EngineError, EngineMismatchError
 from .gpu import GpuInfo
@@ -59,9 +60,8 @@ def import_tensorrt() -> ModuleType:
     try:
         import tensorrt
     except (ImportError, OSError) as err:  # OSError: the wheel is there but libnvinfer cannot be loaded
-        raise BackendUnavailableError(f"TensorRT is not available here ({type(err).__name__}: "
-                                      f"{str(err).splitlines()[0] if str(err) else 'no detail'}); install it with "
-                                      f"{INSTALL_HINT} on a machine with an NVIDIA GPU") from None
+        raise BackendUnavailableError(f"TensorRT is not available here ({error_summary(err, with_type=True)}); "
+                                      f"install it with {INSTALL_HINT} on a machine with an NVIDIA GPU") from None
     return tensorrt
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from fastast_deploy.errors import FastASTError
+from fastast_deploy.errors import FastASTError, error_summary
 
 from .onnx_graph import GraphIndex, default_opset, load_onnx
 from .trt_ops import (
@@ -158,9 +158,8 @@ def _infer_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Finding
         # data_prop follows Shape -> Gather -> Concat -> Reshape chains, so batch-derived dims keep their symbol.
         return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True), []
     except (onnx.shape_inference.InferenceError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return model, [Finding("warning", "(graph)", "", "shape inference failed: only declared shapes were checked",
-                               first, "note")]
+                               error_summary(err), "note")]
 
 
 # ---------------------------------------------------------------------------------------------------------------

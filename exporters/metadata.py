@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fastast_deploy.contract import METADATA_KEY
-from fastast_deploy.errors import FastASTError
+from fastast_deploy.errors import FastASTError, error_summary
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -21,8 +21,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as err:
-        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise FastASTError(f"{path} is not a readable ONNX model ({detail})") from None
+        raise FastASTError(f"{path} is not a readable ONNX model ({error_summary(err)})") from None
     for prop in proto.metadata_props:
         if prop.key == METADATA_KEY:
             return json.loads(prop.value)

@@ -32,7 +32,7 @@ from fastast_deploy.contract import (
     merge_positions,
     sidecar_path,
 )
-from fastast_deploy.errors import ConfigError, FastASTError
+from fastast_deploy.errors import ConfigError, FastASTError, error_summary
 from fastast_deploy.files import atomic_path, prepare_output, write_json_atomic
 from fastast_deploy.model.fastast import FastAST
 
@@ -117,8 +117,7 @@ def to_onnx(model: FastAST, options: ExportOptions) -> onnx.ModelProto:
                 verbose=False,
             )
         except Exception as err:  # the exporter's own errors are long multi-page reports
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise FastASTError(f"torch.onnx.export failed: {first}") from err
+            raise FastASTError(f"torch.onnx.export failed: {error_summary(err)}") from err
     proto = program.model_proto
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset != options.opset:
@@ -136,7 +135,7 @@ def check_graph(proto: onnx.ModelProto, merge_impl: str, merging_blocks: int) ->
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as err:
-        raise FastASTError(f"exported graph fails onnx.checker: {str(err).splitlines()[0]}") from None
+        raise FastASTError(f"exported graph fails onnx.checker: {error_summary(err)}") from None
     ops: dict[str, int] = {}
     for node in proto.graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1

@@ -17,7 +17,7 @@ from fastast_deploy.checkpoints.native import save_checkpoint
 from fastast_deploy.cli.main import cli
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
-from fastast_deploy.model.tome import make_schedule
+from fastast_deploy.model.schedule import make_schedule
 
 CLASSES = make_classes(3, seed=5)
 TINY = ModelConfig.from_size("tiny", depth=2, input_frames=128, num_labels=len(CLASSES))

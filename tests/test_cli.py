@@ -19,7 +19,7 @@ from fastast_deploy.checkpoints.native import save_checkpoint
 from fastast_deploy.cli.main import cli
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
-from fastast_deploy.model.tome import make_schedule
+from fastast_deploy.model.schedule import make_schedule
 
 TINY = ModelConfig.from_size("tiny", depth=3, input_frames=128, num_labels=5)
 LABELS = ("dog", "rain", "siren", "speech", "wind")

@@ -14,7 +14,6 @@ import soundfile as sf
 import torch
 
 from fastast_deploy.audio.datasets import (
-    DatasetError,
     LabelSet,
     detect_task,
     fbank_cache,
@@ -25,6 +24,7 @@ from fastast_deploy.audio.datasets import (
 )
 from fastast_deploy.audio.features import FeatureConfig, load_input
 from fastast_deploy.audio.synthetic import FAMILIES, SAMPLE_RATE, SyntheticConfig, make_classes, make_synthetic
+from fastast_deploy.errors import DatasetError
 from fastast_deploy.evaluation.metrics import accuracy, average_precision, mean_average_precision
 from fastast_deploy.training.teachers import read_teacher_logits, write_teacher_logits
 

@@ -41,7 +41,7 @@ from fastast_deploy.exporters.parity import torch_outputs
 from fastast_deploy.files import sha256_file
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import FastAST, build_model
-from fastast_deploy.model.tome import make_schedule
+from fastast_deploy.model.schedule import make_schedule
 
 TINY = ModelConfig.from_size("tiny", depth=2, input_frames=128, num_labels=10)
 LABELS = tuple(f"class {i}" for i in range(10))

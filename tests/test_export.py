@@ -16,7 +16,7 @@ from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx, rea
 from fastast_deploy.exporters.parity import torch_outputs
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import FastAST, build_model
-from fastast_deploy.model.tome import make_schedule
+from fastast_deploy.model.schedule import make_schedule
 
 TINY = ModelConfig.from_size("tiny", depth=4, input_frames=128, num_labels=10)
 

@@ -8,7 +8,7 @@ import torch
 from fastast_deploy.errors import ConfigError
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import FastAST, build_model
-from fastast_deploy.model.tome import make_schedule
+from fastast_deploy.model.schedule import make_schedule
 
 TINY = ModelConfig.from_size("tiny", depth=4, input_frames=128, num_mel_bins=64, num_labels=10)
 

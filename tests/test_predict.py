@@ -22,7 +22,7 @@ from fastast_deploy.engines.ort_engine import OrtBuildOptions, build_onnxruntime
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
-from fastast_deploy.model.tome import make_schedule
+from fastast_deploy.model.schedule import make_schedule
 from fastast_deploy.serving.predict import Classifier, run_windows, split_windows
 
 TINY = ModelConfig.from_size("tiny", depth=2, input_frames=128, num_labels=4)

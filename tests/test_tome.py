@@ -9,7 +9,8 @@ import torch
 
 from fastast_deploy.errors import ConfigError
 from fastast_deploy.model.config import ModelConfig
-from fastast_deploy.model.tome import bipartite_match, clip_schedule, make_schedule, merge_wavg, token_counts
+from fastast_deploy.model.schedule import clip_schedule, make_schedule, token_counts
+from fastast_deploy.model.tome import bipartite_match, merge_wavg
 
 
 def reference_merge(metric: torch.Tensor, x: torch.Tensor, size: torch.Tensor, r: int):

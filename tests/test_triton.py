@@ -29,7 +29,7 @@ from fastast_deploy.errors import ConfigError, FastASTError
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
-from fastast_deploy.model.tome import make_schedule
+from fastast_deploy.model.schedule import make_schedule
 from fastast_deploy.serving.triton import (
     TritonOptions,
     model_config,

@@ -18,7 +18,7 @@ from fastast_deploy.evaluation.metrics import compare_logits
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
-from fastast_deploy.model.tome import make_schedule
+from fastast_deploy.model.schedule import make_schedule
 
 TINY = ModelConfig.from_size("tiny", depth=3, input_frames=128, num_labels=4)
 LABELS = ("tone", "chirp", "noise", "clicks")

@@ -17,15 +17,11 @@ from pathlib import Path
 import torch
 
 from fastast_deploy.audio.features import FeatureConfig, normalize, pad_or_cut, read_audio, waveform_fbank
-from fastast_deploy.errors import AudioError, FastASTError
+from fastast_deploy.errors import AudioError, DatasetError, error_summary
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 ESC50_COLUMNS = ("filename", "target", "category")
 _SHOWN = 3  # examples quoted in an error
-
-
-class DatasetError(FastASTError):
-    """A dataset, label file or teacher-logits file does not fit what training needs."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +130,7 @@ def read_data_json(path: str | os.PathLike[str], labels: LabelSet) -> Dataset:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DatasetError(f"cannot read {path} as JSON ({' '.join(str(err).split())})") from None
+        raise DatasetError(f"cannot read {path} as JSON ({error_summary(err)})") from None
     rows = data.get("data") if isinstance(data, dict) else None
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "wav" in r and "labels" in r for r in rows):
         raise DatasetError(f'{path} is not an AST data file; expected {{"data": [{{"wav": ..., "labels": ...}}, ...]}}')

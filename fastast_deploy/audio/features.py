@@ -20,7 +20,7 @@ import soundfile as sf
 import soxr
 import torch
 
-from fastast_deploy.errors import AudioError, ConfigError
+from fastast_deploy.errors import AudioError, ConfigError, error_summary
 
 FRAME_LENGTH_MS = 25
 FRAME_SHIFT_MS = 10
@@ -85,9 +85,9 @@ def read_audio(path: str | os.PathLike[str]) -> tuple[torch.Tensor, int]:
     try:
         data, rate = sf.read(path, dtype="float32", always_2d=True)  # (samples, channels)
     except (sf.SoundFileError, RuntimeError, ValueError) as err:
-        reason = " ".join(str(err).split())
         raise AudioError(
-            f"cannot read audio file {path} ({reason}); expected an audio file libsndfile can decode (WAV, FLAC, OGG)"
+            f"cannot read audio file {path} ({error_summary(err)}); expected an audio file libsndfile can decode "
+            "(WAV, FLAC, OGG)"
         ) from None
     if data.shape[0] == 0:
         raise AudioError(f"audio file {path} has 0 samples; expected non-empty audio")

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from fastast_deploy.audio.features import FeatureConfig
-from fastast_deploy.errors import CheckpointError, ConfigError
+from fastast_deploy.errors import CheckpointError, ConfigError, error_summary
 from fastast_deploy.files import sha256_file
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 
@@ -64,7 +64,8 @@ def _load_safetensors(path: Path) -> dict[str, Tensor]:
     try:
         return load_file(path, device="cpu")
     except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"cannot read {path} ({_one_line(err)}); expected a complete safetensors file") from None
+        raise CheckpointError(f"cannot read {path} ({error_summary(err, with_type=True)}); expected a complete "
+                              "safetensors file") from None
 
 
 def _torch_load(path: Path) -> dict[str, Tensor]:
@@ -79,7 +80,7 @@ def _torch_load(path: Path) -> dict[str, Tensor]:
                 f"expected a plain state dict of tensors (re-save it with torch.save(model.state_dict()))"
             ) from None
         reason = re.search(r"WeightsUnpickler error: \s*(.+)", str(err))
-        reason = reason[1].strip() if reason else _one_line(err)
+        reason = reason[1].strip() if reason else error_summary(err, with_type=True)
         raise CheckpointError(f"cannot read {path} with torch.load ({reason}); {_EXPECTED}") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
@@ -98,14 +99,14 @@ def _checked(path: Path, make: Callable[[], _T]) -> _T:
     try:
         return make()
     except (ConfigError, IndexError, KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: invalid configuration ({_one_line(err)})") from None
+        raise CheckpointError(f"{path}: invalid configuration ({error_summary(err, with_type=True)})") from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"cannot read {path} as JSON ({_one_line(err)})") from None
+        raise CheckpointError(f"cannot read {path} as JSON ({error_summary(err, with_type=True)})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} holds a JSON {type(data).__name__}, expected an object")
     return data
@@ -116,8 +117,3 @@ def _count(items: Sequence[str], what: str) -> str:
     plural = what if len(items) == 1 else (what + "es" if what.endswith("ch") else what + "s")
     return f"{len(items)} {plural} ({shown})"
 
-
-def _one_line(err: BaseException) -> str:
-    """The exception's type and message on one line, at most ~300 characters."""
-    message = " ".join(str(err).split())[:300]
-    return f"{type(err).__name__}: {message}" if message else type(err).__name__

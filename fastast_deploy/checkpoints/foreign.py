@@ -25,7 +25,7 @@ from fastast_deploy.checkpoints.access import (
 )
 from fastast_deploy.errors import CheckpointError
 from fastast_deploy.model.config import ModelConfig
-from fastast_deploy.model.tome import PROTECTED_TOKENS
+from fastast_deploy.model.schedule import PROTECTED_TOKENS
 
 HF_MODEL_TYPE = "audio-spectrogram-transformer"
 COMMON_FRAMES = (1024, 512, 128)  # AudioSet, ESC-50, Speech Commands input lengths

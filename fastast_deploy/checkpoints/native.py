@@ -34,7 +34,7 @@ from fastast_deploy.errors import CheckpointError, ConfigError
 from fastast_deploy.files import atomic_path, sha256_file
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import FastAST, build_model
-from fastast_deploy.model.tome import PROTECTED_TOKENS, make_schedule
+from fastast_deploy.model.schedule import PROTECTED_TOKENS, make_schedule
 
 FORMAT_VERSION = 1
 DEFAULT_SOURCE = "default"  # the SOURCE that names the model shipped in the package
@@ -93,7 +93,8 @@ def default_checkpoint() -> Path:
 
 def _label_names(path: str | os.PathLike[str]) -> tuple[str, ...]:
     """Display names from an AST ``class_labels_indices.csv``, as a checkpoint error when it does not fit."""
-    from fastast_deploy.audio.datasets import DatasetError, read_label_csv
+    from fastast_deploy.audio.datasets import read_label_csv
+    from fastast_deploy.errors import DatasetError
 
     try:
         return read_label_csv(path).names

@@ -9,7 +9,7 @@ from typing import Any
 from fastast_deploy.model.config import SIZES, ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import FastAST, build_model
 from fastast_deploy.model.flops import model_flops
-from fastast_deploy.model.tome import make_schedule
+from fastast_deploy.model.schedule import make_schedule, pad_schedule
 
 
 def model_for_info(source: str, tome_r: int | list[int] | None, inflection: float, frames: int | None,
@@ -48,8 +48,8 @@ def describe_model(model: FastAST) -> dict[str, Any]:
 def format_description(report: dict[str, Any]) -> str:
     """The text form of ``describe_model``."""
     c, tome, g = report["config"], report["tome"], report["gflops"]
-    padded = tome["schedule"] + [0] * (len(tome["effective_schedule"]) - len(tome["schedule"]))
-    requested = "" if padded == tome["effective_schedule"] else f" (requested {tome['schedule']}, clipped)"
+    padded = pad_schedule(tome["schedule"], len(tome["effective_schedule"]))
+    requested = "" if list(padded) == tome["effective_schedule"] else f" (requested {tome['schedule']}, clipped)"
     lines = []
     if report["source"]:
         lines.append(f"source      {report['source'].get('path', '')} ({report['source'].get('format', '')})")

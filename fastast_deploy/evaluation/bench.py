@@ -12,9 +12,10 @@ import numpy as np
 
 from fastast_deploy.contract import INPUT_NAME
 from fastast_deploy.engines import Engine, load_engine
-from fastast_deploy.errors import ConfigError
+from fastast_deploy.errors import ConfigError, DatasetError
 from fastast_deploy.evaluation.metrics import fbank_like
 from fastast_deploy.evaluation.timing import time_interleaved
+from fastast_deploy.model.schedule import check_r
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,9 @@ class BenchOptions:
     frames: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.rs or min(self.rs) < 0:
-            raise ConfigError(f"--tome-r needs values >= 0, got {list(self.rs)}")
+        if not self.rs:
+            raise ConfigError("--tome-r needs at least one value")
+        check_r(self.rs)
         if self.batch < 1 or self.rounds < 1 or self.warmup < 0:
             raise ConfigError("--batch and --rounds must be >= 1 and --warmup >= 0")
 
@@ -68,7 +70,6 @@ def labelled_data(data: str, labels_csv: str | None, engine: Engine) -> tuple[np
     """Normalised fbank (N, T, F) with the engine's feature settings, multi-hot targets (N, labels), the task, and
     how many listed files were missing."""
     from fastast_deploy.audio.datasets import (
-        DatasetError,
         LabelSet,
         detect_task,
         fbank_cache,

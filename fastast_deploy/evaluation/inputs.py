@@ -10,16 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from fastast_deploy.errors import FastASTError
+from fastast_deploy.errors import FastASTError, VerifyUsageError, error_summary
 from fastast_deploy.evaluation.metrics import fbank_like
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
-
-
-class VerifyUsageError(FastASTError):
-    """Inputs, reference and engine that cannot be compared (exit code 2)."""
-
-    exit_code = 2
 
 
 @dataclass
@@ -98,7 +92,7 @@ def _polygraphy_inputs(path: Path) -> np.ndarray:
     try:
         feeds = load_json(str(path))
     except Exception as err:
-        raise VerifyUsageError(f"{path} is not a Polygraphy inputs file ({str(err).splitlines()[0]})") from None
+        raise VerifyUsageError(f"{path} is not a Polygraphy inputs file ({error_summary(err)})") from None
     if not isinstance(feeds, list) or not feeds or not all(isinstance(f, dict) and "fbank" in f for f in feeds):
         raise VerifyUsageError(f"{path} holds no list of feeds with an 'fbank' array")
     return np.concatenate([np.asarray(f["fbank"]) for f in feeds])
@@ -204,7 +198,7 @@ def _runresults_logits(path: Path) -> np.ndarray:
     try:
         results = RunResults.load(str(path))
     except Exception as err:
-        raise VerifyUsageError(f"{path} is not a Polygraphy RunResults file ({str(err).splitlines()[0]})") from None
+        raise VerifyUsageError(f"{path} is not a Polygraphy RunResults file ({error_summary(err)})") from None
     if not results.lst:
         raise VerifyUsageError(f"{path} holds no runner results")
     _, iterations = results.lst[0]

@@ -17,7 +17,8 @@ from fastast_deploy import __version__
 from fastast_deploy.contract import INPUT_NAME, OUTPUT_NAME, merge_output_names
 from fastast_deploy.engines import Engine, load_engine
 from fastast_deploy.engines.base import batch_chunks
-from fastast_deploy.evaluation.inputs import InputSet, Reference, VerifyUsageError, load_inputs, load_reference
+from fastast_deploy.errors import VerifyUsageError
+from fastast_deploy.evaluation.inputs import InputSet, Reference, load_inputs, load_reference
 from fastast_deploy.evaluation.metrics import (
     accuracy,
     compare_logits,

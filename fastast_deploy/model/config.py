@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from fastast_deploy.errors import ConfigError
-from fastast_deploy.model.tome import MERGE_IMPLS, PROTECTED_TOKENS, clip_schedule, token_counts
+from fastast_deploy.model.schedule import PROTECTED_TOKENS, check_r, clip_schedule, pad_schedule, token_counts
+from fastast_deploy.model.tome import MERGE_IMPLS
 
 # DeiT sizes: (embed_dim, depth, num_heads)
 SIZES: dict[str, tuple[int, int, int]] = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12)}
@@ -88,16 +89,13 @@ class TomeConfig:
     merge_impl: str = "matmul"
 
     def __post_init__(self) -> None:
-        if any(r < 0 for r in self.schedule):
-            raise ConfigError(f"ToMe r must be >= 0, got schedule {list(self.schedule)}")
+        check_r(self.schedule)
         if self.merge_impl not in MERGE_IMPLS:
             raise ConfigError(f"unknown merge implementation {self.merge_impl!r}; available: {list(MERGE_IMPLS)}")
 
     def per_block(self, depth: int) -> tuple[int, ...]:
         """The requested schedule padded with zeros to ``depth`` blocks."""
-        if len(self.schedule) > depth:
-            raise ConfigError(f"ToMe schedule has {len(self.schedule)} values but the model has {depth} blocks")
-        return tuple(self.schedule) + (0,) * (depth - len(self.schedule))
+        return pad_schedule(self.schedule, depth)
 
     def effective(self, model: ModelConfig) -> tuple[int, ...]:
         """Per-block r after clipping to what each layer's token count allows."""

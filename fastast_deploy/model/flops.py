@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fastast_deploy.model.config import ModelConfig
-from fastast_deploy.model.tome import clip_schedule
+from fastast_deploy.model.schedule import clip_schedule, pad_schedule
 
 
 def block_flops(config: ModelConfig, n: int, r: int) -> int:
@@ -24,7 +24,7 @@ def block_flops(config: ModelConfig, n: int, r: int) -> int:
 def model_flops(config: ModelConfig, schedule: Sequence[int] = ()) -> int:
     """FLOPs of a forward pass for one clip with the given per-block r (clipped as at run time)."""
     d = config.embed_dim
-    schedule = tuple(schedule) + (0,) * (config.depth - len(schedule))
+    schedule = pad_schedule(schedule, config.depth)
     total = 2 * config.num_patches * d * config.patch_size**2  # patch embedding
     n = config.num_tokens
     for r in clip_schedule(n, schedule):

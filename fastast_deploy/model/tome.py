@@ -11,7 +11,6 @@ scatter, no masked writes), with ties broken to the lower index as ONNX defines 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import torch
@@ -19,7 +18,6 @@ from torch import Tensor
 
 from fastast_deploy.errors import ConfigError
 
-PROTECTED_TOKENS = 2  # cls + dist
 MergeImpl = Literal["matmul", "scatter"]
 MERGE_IMPLS: tuple[str, ...] = ("matmul", "scatter")
 
@@ -35,53 +33,6 @@ class Matching(NamedTuple):
     src_idx: Tensor
     dst_idx: Tensor
     unm_idx: Tensor
-
-
-def make_schedule(r: int | Sequence[int], depth: int, inflection: float = 0.0) -> tuple[int, ...]:
-    """Per-block r, as ToMe's ``parse_r``: an int with an inflection, or an explicit list.
-
-    An int r with inflection 0 is constant; otherwise a linear ramp from ``int(r * (1 - inflection))`` to
-    ``2r - that`` over the blocks (inflection -1: 2r down to 0; +1: 0 up to 2r). A list shorter than ``depth``
-    is padded with zeros.
-    """
-    if depth < 1:
-        raise ConfigError(f"model depth must be >= 1, got {depth}")
-    if isinstance(r, int):
-        if r < 0:
-            raise ConfigError(f"ToMe r must be >= 0, got {r}")
-        if not -1.0 <= inflection <= 1.0:
-            raise ConfigError(f"ToMe inflection must be in [-1, 1], got {inflection}")
-        if depth == 1:
-            return (r,)
-        lo = int(r * (1.0 - inflection))
-        hi = 2 * r - lo
-        step = (hi - lo) / (depth - 1)
-        return tuple(int(lo + step * i) for i in range(depth))
-    values = [int(v) for v in r]
-    if any(v < 0 for v in values):
-        raise ConfigError(f"ToMe schedule values must be >= 0, got {values}")
-    if len(values) > depth:
-        raise ConfigError(f"ToMe schedule has {len(values)} values but the model has {depth} blocks")
-    return tuple(values) + (0,) * (depth - len(values))
-
-
-def clip_schedule(num_tokens: int, schedule: Sequence[int]) -> tuple[int, ...]:
-    """Clip each block's r to ``(N - 2) // 2`` for the N tokens that reach it, as ToMe does at run time."""
-    clipped = []
-    n = num_tokens
-    for r in schedule:
-        r = min(int(r), max((n - PROTECTED_TOKENS) // 2, 0))
-        clipped.append(r)
-        n -= r
-    return tuple(clipped)
-
-
-def token_counts(num_tokens: int, schedule: Sequence[int]) -> tuple[int, ...]:
-    """Static token count entering each block and leaving the last: length ``len(schedule) + 1``."""
-    counts = [num_tokens]
-    for r in clip_schedule(num_tokens, schedule):
-        counts.append(counts[-1] - r)
-    return tuple(counts)
 
 
 def bipartite_match(metric: Tensor, r: int) -> Matching:

@@ -224,7 +224,7 @@ def _feature_stats(config: TrainConfig, source: Any, geometry: FeatureConfig, tr
 
 def _student(config: TrainConfig, source: Any, labels: LabelSet, features: FeatureConfig, log: Log) -> nn.Module:
     from fastast_deploy.model.fastast import build_model
-    from fastast_deploy.model.tome import make_schedule
+    from fastast_deploy.model.schedule import make_schedule
 
     torch.manual_seed(config.seed)
     if config.arch != "fastast":

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from fastast_deploy.audio.datasets import Dataset, DatasetError
 from fastast_deploy.audio.features import FeatureConfig
-from fastast_deploy.errors import CheckpointError, ConfigError
+from fastast_deploy.errors import CheckpointError, ConfigError, error_summary
 from fastast_deploy.files import atomic_path
 
 CNN_METADATA_KEY = "fastast_deploy_cnn"
@@ -220,7 +220,7 @@ def read_teacher_logits(path: str | os.PathLike[str], train: Dataset) -> Tensor:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError) as err:
-        raise DatasetError(f"cannot read teacher logits {path} ({' '.join(str(err).split())}); expected an .npz "
+        raise DatasetError(f"cannot read teacher logits {path} ({error_summary(err)}); expected an .npz "
                            f"with a float array logits (N, labels) and a string array clips (N,)") from None
     if "logits" not in arrays:
         raise DatasetError(f"{path} has no array 'logits' (found {sorted(arrays)}); expected logits (N, labels)")

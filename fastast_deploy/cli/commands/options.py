@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from fastast_deploy.errors import ConfigError, FastASTError
+from fastast_deploy.model.schedule import check_r
 
 
 def parse_sizes(value: str, option: str, error: type[FastASTError] = ConfigError) -> tuple[int, ...]:
@@ -30,8 +31,7 @@ def parse_r(value: str | None) -> int | list[int] | None:
         raise ConfigError(f"ToMe r must be an int or a comma-separated list of ints, got {value!r}") from None
     if not parts:
         raise ConfigError("ToMe r needs at least one value")
-    if any(p < 0 for p in parts):
-        raise ConfigError(f"ToMe r must be >= 0, got {value!r}")
+    check_r(parts)
     return parts[0] if len(parts) == 1 and "," not in value else parts
 
 

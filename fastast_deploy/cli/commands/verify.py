@@ -10,11 +10,7 @@ import numpy as np
 
 from fastast_deploy.cli.commands.options import parse_sizes
 from fastast_deploy.contract import PROVIDERS
-from fastast_deploy.errors import FastASTError
-
-
-class _Usage(FastASTError):
-    exit_code = 2
+from fastast_deploy.errors import FastASTError, VerifyUsageError
 
 
 @click.command()
@@ -60,7 +56,7 @@ def verify(engine: str, reference: str, inputs: str, labels_csv: str | None, num
     from fastast_deploy.evaluation.verify import verify as run_verify
 
     given = {"atol": atol, "rtol": rtol, "min_cosine": min_cosine, "min_top1": min_top1}
-    sizes = parse_sizes(speed_batches, "--speed-batches", _Usage)
+    sizes = parse_sizes(speed_batches, "--speed-batches", VerifyUsageError)
     speed = None if no_speed else SpeedOptions(sizes, warmup, iterations, None if baseline == "none" else baseline)
     for path in (report, save_inputs, save_outputs):
         if path is not None:
@@ -69,7 +65,7 @@ def verify(engine: str, reference: str, inputs: str, labels_csv: str | None, num
             try:
                 prepare_output(path)
             except FastASTError as err:
-                raise _Usage(str(err)) from None
+                raise VerifyUsageError(str(err)) from None
     try:
         precision = _engine_precision(engine)
         base = DEFAULT_THRESHOLDS.get(precision, DEFAULT_THRESHOLDS["fp32"])
@@ -79,7 +75,7 @@ def verify(engine: str, reference: str, inputs: str, labels_csv: str | None, num
                                                      provider=provider, labels_csv=labels_csv)
     except FastASTError as err:
         if err.exit_code == 1:  # nothing was compared: the arguments did not fit together
-            raise _Usage(str(err)) from None
+            raise VerifyUsageError(str(err)) from None
         raise
     if report is not None:
         from fastast_deploy.files import write_json_atomic
