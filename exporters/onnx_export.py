@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,6 @@ class ExportResult:
     sidecar: Path
     metadata: dict[str, Any]
     parity: dict[str, Any] | None = None
-    lint: list[str] = field(default_factory=list)
 
 
 class _ExportGraph(nn.Module):

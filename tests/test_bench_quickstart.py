@@ -11,9 +11,9 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from fastast_deploy.audio.features import FeatureConfig
+from fastast_deploy.audio.features import FeatureConfig, load_batch
 from fastast_deploy.audio.synthetic import make_classes
-from fastast_deploy.checkpoints.native import save_checkpoint
+from fastast_deploy.checkpoints.native import load_model, save_checkpoint
 from fastast_deploy.cli.main import cli
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
@@ -56,7 +56,14 @@ def test_bench_table_json_plot_and_accuracy(checkpoint: Path, tmp_path: Path) ->
     assert rows[0]["tokens_out"] == 146 and rows[8]["tokens_out"] == 130
     assert rows[0]["speedup"] == 1.0 and rows[8]["flop_ratio"] > 1
     assert report["data"] == {"task": "singlelabel", "metric": "accuracy", "clips": 3, "missing_files": 0}
-    assert all(0.0 <= row["accuracy"] <= 1.0 for row in rows.values())
+    # Accuracy of each engine equals the PyTorch model's at the same r on the same files, scored here.
+    for r, row in rows.items():
+        model = load_model(checkpoint, tome_r=r).eval()
+        paths = sorted(data.glob("*/a.wav"))
+        with torch.no_grad():
+            predicted = model(load_batch(paths, model.feature_config)).argmax(dim=1).tolist()
+        truth = [[c.name.replace("/", "_") for c in CLASSES].index(p.parent.name) for p in paths]
+        assert row["accuracy"] == pytest.approx(np.mean(np.equal(predicted, truth)))
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "accuracy" in text.splitlines()[0]
 

@@ -13,16 +13,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from fastast_deploy.audio.datasets import (
-    LabelSet,
-    detect_task,
-    fbank_cache,
-    handle_missing,
-    load_dataset,
-    normalize_cache,
-    read_label_csv,
-)
+from fastast_deploy.audio.datasets import detect_task, fbank_cache, handle_missing, load_dataset, normalize_cache
 from fastast_deploy.audio.features import FeatureConfig, load_input
+from fastast_deploy.audio.labels import LabelSet, read_label_csv
 from fastast_deploy.audio.synthetic import FAMILIES, SAMPLE_RATE, SyntheticConfig, make_classes, make_synthetic
 from fastast_deploy.errors import DatasetError
 from fastast_deploy.evaluation.metrics import accuracy, average_precision, mean_average_precision

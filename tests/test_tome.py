@@ -125,10 +125,27 @@ def test_ties_break_to_the_lower_index() -> None:
 
 
 def test_matching_runs_in_float32_for_half_inputs() -> None:
-    metric = torch.randn(2, 20, 8)
-    m32 = bipartite_match(metric, 5)
-    m16 = bipartite_match(metric.to(torch.bfloat16).float(), 5)  # decisions on rounded keys, computed in fp32
-    x = torch.randn(2, 20, 4).to(torch.bfloat16)
-    merged, size = merge_wavg(x, None, m16)
-    assert merged.dtype == torch.bfloat16 and size.dtype == torch.float32
-    assert m32.src_idx.shape == (2, 5)
+    # Token 2 (A-index 1) scores cos = 1/sqrt(1 + 2**-10) = 0.99951 against token 3 (B-index 1) and
+    # 1/sqrt(1 + 2**-12) = 0.99988 against token 5 (B-index 2). In bfloat16 (8-bit mantissa) both are 1.0, and a
+    # tie goes to the lower index; in float32 token 5 wins. Keys given in bfloat16 must still pick token 5.
+    metric = torch.tensor([[[0.0, 1.0], [0.0, -1.0], [1.0, 0.0], [1.0, 2.0**-5], [-1.0, 0.0], [1.0, 2.0**-6]]])
+    half = metric.to(torch.bfloat16)
+    assert half.float().equal(metric)  # the keys themselves are exact in bfloat16
+    b = half[0, [3, 5]]
+    tied = (half[0, 2] / half[0, 2].norm()) @ (b / b.norm(dim=-1, keepdim=True)).T
+    assert tied[0] == tied[1]  # what a bfloat16 computation would see
+    m = bipartite_match(half, 1)
+    assert m.src_idx.tolist() == [[1]] and m.dst_idx.tolist() == [[2]]
+    assert bipartite_match(metric, 1).dst_idx.tolist() == [[2]]
+
+
+def test_weighted_merge_runs_in_float32_for_half_tokens() -> None:
+    # Three float16 tokens of 40000 merged into one: s * x sums to 120000, past float16's 65504. Summed in float32
+    # the average is 40000 again; summed in float16 it would be inf.
+    x = torch.full((1, 8, 2), 40000.0, dtype=torch.float16)
+    m = bipartite_match(torch.ones(1, 8, 4), 2)  # all ties: A-tokens 1 and 2 merge into B-index 1 (token 3)
+    assert m.dst_idx.tolist() == [[1, 1]]
+    merged, size = merge_wavg(x, None, m)
+    assert merged.dtype == torch.float16 and size.dtype == torch.float32
+    assert torch.isfinite(merged).all() and merged.float().eq(40000.0).all()
+    assert size.squeeze(-1).tolist() == [[1.0, 1.0, 1.0, 3.0, 1.0, 1.0]]

@@ -16,27 +16,13 @@ from pathlib import Path
 
 import torch
 
-from fastast_deploy.audio.features import FeatureConfig, normalize, pad_or_cut, read_audio, waveform_fbank
-from fastast_deploy.errors import AudioError, DatasetError, error_summary
+from fastast_deploy.audio.features import FeatureConfig, file_fbank, normalize, pad_or_cut
+from fastast_deploy.audio.labels import LabelSet
+from fastast_deploy.errors import DatasetError, error_summary
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 ESC50_COLUMNS = ("filename", "target", "category")
 _SHOWN = 3  # examples quoted in an error
-
-
-@dataclass(frozen=True)
-class LabelSet:
-    """Labels in index order: AST ``mid`` identifiers and display names."""
-
-    mids: tuple[str, ...]
-    names: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def lookup(self) -> dict[str, int]:
-        """Label token -> index; a token may be a mid or a display name (mids win on a clash)."""
-        return {**{n: i for i, n in enumerate(self.names)}, **{m: i for i, m in enumerate(self.mids)}}
 
 
 @dataclass(frozen=True)
@@ -72,35 +58,6 @@ class Dataset:
     def without(self, dropped: Iterable[Example]) -> Dataset:
         gone = {e.clip for e in dropped}
         return replace(self, examples=tuple(e for e in self.examples if e.clip not in gone))
-
-
-def read_label_csv(path: str | os.PathLike[str]) -> LabelSet:
-    """An AST ``class_labels_indices.csv`` (header ``index,mid,display_name``; ``mid`` optional)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"label file {path} does not exist; expected a CSV with header index,mid,display_name")
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"index", "display_name"} <= set(rows[0]):
-        raise DatasetError(f"label file {path} has no rows with columns index and display_name; "
-                           f"expected a CSV with header index,mid,display_name")
-    try:
-        by_index = {int(row["index"]): (row.get("mid") or row["display_name"], row["display_name"]) for row in rows}
-    except (TypeError, ValueError):
-        raise DatasetError(f"label file {path} has a non-integer index") from None
-    if sorted(by_index) != list(range(len(rows))):
-        raise DatasetError(f"label file {path}: indices must be 0..{len(rows) - 1}, each once")
-    pairs = [by_index[i] for i in range(len(rows))]
-    return LabelSet(tuple(m for m, _ in pairs), tuple(n for _, n in pairs))
-
-
-def write_label_csv(path: str | os.PathLike[str], labels: LabelSet) -> None:
-    from fastast_deploy.files import atomic_path
-
-    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["index", "mid", "display_name"])
-        writer.writerows([i, m, n] for i, (m, n) in enumerate(zip(labels.mids, labels.names, strict=True)))
 
 
 def load_dataset(path: str | os.PathLike[str], labels: LabelSet | None = None, *,
@@ -209,12 +166,7 @@ def detect_task(*datasets: Dataset) -> str:
 
 def raw_fbank(path: Path, config: FeatureConfig) -> torch.Tensor:
     """Unnormalised log-mel fbank (config.frames, config.num_mel_bins) of one file, as AST's loader computes it."""
-    waveform, rate = read_audio(path)
-    try:
-        features = waveform_fbank(waveform, rate, config)
-    except AudioError as err:
-        raise AudioError(f"{path}: {err}") from None
-    return pad_or_cut(features, config.frames)  # (T, F)
+    return pad_or_cut(file_fbank(path, config), config.frames)  # (T, F)
 
 
 def fbank_cache(paths: Sequence[Path], config: FeatureConfig,

@@ -201,13 +201,19 @@ def waveform_to_input(waveform: torch.Tensor, sample_rate: int, config: FeatureC
     return normalize(pad_or_cut(features, config.frames), config.mean, config.std)
 
 
-def load_input(path: str | os.PathLike[str], config: FeatureConfig = AUDIOSET) -> torch.Tensor:
-    """Model input of shape (config.frames, config.num_mel_bins) from an audio file."""
+def file_fbank(path: str | os.PathLike[str], config: FeatureConfig = AUDIOSET) -> torch.Tensor:
+    """Unnormalised fbank (T_total, config.num_mel_bins) of a whole audio file (``waveform_fbank`` of it): the
+    one way from a file to features, which model inputs, training caches and windowed prediction all take."""
     waveform, rate = read_audio(path)
     try:
-        return waveform_to_input(waveform, rate, config)
+        return waveform_fbank(waveform, rate, config)
     except AudioError as err:
         raise AudioError(f"{path}: {err}") from None
+
+
+def load_input(path: str | os.PathLike[str], config: FeatureConfig = AUDIOSET) -> torch.Tensor:
+    """Model input of shape (config.frames, config.num_mel_bins) from an audio file."""
+    return normalize(pad_or_cut(file_fbank(path, config), config.frames), config.mean, config.std)
 
 
 def load_batch(paths: Iterable[str | os.PathLike[str]], config: FeatureConfig = AUDIOSET) -> torch.Tensor:

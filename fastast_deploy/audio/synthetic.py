@@ -10,7 +10,6 @@ background noise at a random SNR. The output is in the AST layout: ``train.json`
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 import os
@@ -22,8 +21,9 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from fastast_deploy.audio.labels import LabelSet, write_label_csv
 from fastast_deploy.errors import ConfigError
-from fastast_deploy.files import atomic_path, prepare_output, write_bytes_atomic, write_json_atomic
+from fastast_deploy.files import prepare_output, write_bytes_atomic, write_json_atomic
 
 SAMPLE_RATE = 16000
 MAX_SPREAD = 1.25  # a class's key parameter varies at most by this factor either side of its band's centre
@@ -277,10 +277,7 @@ def make_synthetic(output: str | os.PathLike[str], config: SyntheticConfig = Syn
                 progress(done, total)
     for split, rows in splits.items():
         write_json_atomic(root / f"{split}.json", {"data": rows})
-    with atomic_path(root / "labels.csv") as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["index", "mid", "display_name"])
-        writer.writerows([c.index, c.mid, c.name] for c in classes)
+    write_label_csv(root / "labels.csv", LabelSet(tuple(c.mid for c in classes), tuple(c.name for c in classes)))
     summary = {
         "config": asdict(config),
         "sample_rate": SAMPLE_RATE,

@@ -93,7 +93,7 @@ def default_checkpoint() -> Path:
 
 def _label_names(path: str | os.PathLike[str]) -> tuple[str, ...]:
     """Display names from an AST ``class_labels_indices.csv``, as a checkpoint error when it does not fit."""
-    from fastast_deploy.audio.datasets import read_label_csv
+    from fastast_deploy.audio.labels import read_label_csv
     from fastast_deploy.errors import DatasetError
 
     try:

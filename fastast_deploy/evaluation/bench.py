@@ -69,15 +69,9 @@ def time_round_robin(engines: dict[int, Engine], options: BenchOptions) -> dict[
 def labelled_data(data: str, labels_csv: str | None, engine: Engine) -> tuple[np.ndarray, np.ndarray, str, int]:
     """Normalised fbank (N, T, F) with the engine's feature settings, multi-hot targets (N, labels), the task, and
     how many listed files were missing."""
-    from fastast_deploy.audio.datasets import (
-        LabelSet,
-        detect_task,
-        fbank_cache,
-        load_dataset,
-        normalize_cache,
-        read_label_csv,
-    )
+    from fastast_deploy.audio.datasets import detect_task, fbank_cache, load_dataset, normalize_cache
     from fastast_deploy.audio.features import FeatureConfig
+    from fastast_deploy.audio.labels import LabelSet, read_label_csv
 
     export = engine.metadata["export"]
     names = export.get("labels")

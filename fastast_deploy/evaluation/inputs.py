@@ -143,8 +143,9 @@ def _is_ast_data_json(path: Path) -> bool:
 
 def _data_json(path: Path, labels_csv: str | None, export: dict[str, Any]) -> InputSet:
     """An AST data file: clips with their labels (multi-hot targets); unreadable or missing files are skipped."""
-    from fastast_deploy.audio.datasets import LabelSet, load_dataset, raw_fbank, read_label_csv
+    from fastast_deploy.audio.datasets import load_dataset, raw_fbank
     from fastast_deploy.audio.features import FeatureConfig, normalize
+    from fastast_deploy.audio.labels import LabelSet, read_label_csv
 
     names = export.get("labels")
     if labels_csv is not None:

@@ -194,12 +194,11 @@ def split_windows(features: torch.Tensor, frames: int, hop: int) -> torch.Tensor
 
 def file_windows(path: str | os.PathLike, config: FeatureConfig, hop: int) -> np.ndarray:
     """Normalised model inputs (W, T, F) float32 for one audio file; an AudioError when it cannot be read."""
-    from fastast_deploy.audio.features import normalize, read_audio, waveform_fbank
+    from fastast_deploy.audio.features import file_fbank, normalize
 
     if Path(path).is_file() and Path(path).stat().st_size == 0:
         raise AudioError("the file is empty (0 bytes); expected an audio file (WAV, FLAC, OGG)")
-    waveform, rate = read_audio(path)
-    features = waveform_fbank(waveform, rate, config)  # (T_total, F)
+    features = file_fbank(path, config)  # (T_total, F)
     windows = split_windows(features, config.frames, hop)
     return normalize(windows, config.mean, config.std).numpy().astype(np.float32, copy=False)
 

@@ -1,0 +1,56 @@
+"""Label sets and AST's label CSV (``class_labels_indices.csv``: ``index,mid,display_name``). Plain Python, no
+torch: checkpoints, datasets, verify and the synthetic dataset writer share it."""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastast_deploy.errors import DatasetError
+from fastast_deploy.files import atomic_path
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Labels in index order: AST ``mid`` identifiers and display names."""
+
+    mids: tuple[str, ...]
+    names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def lookup(self) -> dict[str, int]:
+        """Label token -> index; a token may be a mid or a display name (mids win on a clash)."""
+        return {**{n: i for i, n in enumerate(self.names)}, **{m: i for i, m in enumerate(self.mids)}}
+
+
+
+def read_label_csv(path: str | os.PathLike[str]) -> LabelSet:
+    """An AST ``class_labels_indices.csv`` (header ``index,mid,display_name``; ``mid`` optional)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"label file {path} does not exist; expected a CSV with header index,mid,display_name")
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"index", "display_name"} <= set(rows[0]):
+        raise DatasetError(f"label file {path} has no rows with columns index and display_name; "
+                           f"expected a CSV with header index,mid,display_name")
+    try:
+        by_index = {int(row["index"]): (row.get("mid") or row["display_name"], row["display_name"]) for row in rows}
+    except (TypeError, ValueError):
+        raise DatasetError(f"label file {path} has a non-integer index") from None
+    if sorted(by_index) != list(range(len(rows))):
+        raise DatasetError(f"label file {path}: indices must be 0..{len(rows) - 1}, each once")
+    pairs = [by_index[i] for i in range(len(rows))]
+    return LabelSet(tuple(m for m, _ in pairs), tuple(n for _, n in pairs))
+
+
+def write_label_csv(path: str | os.PathLike[str], labels: LabelSet) -> None:
+    """``index,mid,display_name`` rows, as AST's class_labels_indices.csv and ``read_label_csv`` read them."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "mid", "display_name"])
+        writer.writerows([i, m, n] for i, (m, n) in enumerate(zip(labels.mids, labels.names, strict=True)))
