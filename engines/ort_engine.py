@@ -20,7 +20,8 @@ import numpy as np
 
 from fastast_deploy.contract import PROVIDERS, sidecar_path
 from fastast_deploy.errors import error_summary
-from fastast_deploy.files import atomic_path, prepare_output, sha256_file, write_json_atomic
+from fastast_deploy.files import prepare_output, sha256_file
+from fastast_deploy.pairs import atomic_pair
 
 from .base import BackendUnavailableError, BuildResult, Engine, EngineError, EngineMismatchError
 from .onnx_model import OnnxModelInfo, read_onnx_model
@@ -135,7 +136,8 @@ def build_onnxruntime_engine(model: str | os.PathLike, output: str | os.PathLike
     # The TensorRT EP compiles its subgraphs at session creation and such a session cannot be saved; basic
     # optimisations are provider-independent, so that model is written from a CPU session.
     save_chain = ["CPUExecutionProvider"] if options.provider == "tensorrt" else chain
-    with atomic_path(output) as tmp:
+    with atomic_pair(output) as pair:
+        tmp = pair.tmp
         session_options = _session_options(level, options.threads)
         session_options.optimized_model_filepath = str(tmp)
         session_options.add_session_config_entry("session.save_model_format", "ONNX")  # whatever the suffix
@@ -148,7 +150,7 @@ def build_onnxruntime_engine(model: str | os.PathLike, output: str | os.PathLike
         metadata = engine_sidecar(backend="onnxruntime", engine=output, engine_sha256=sha256_file(tmp), source=info,
                                   batch=batch, precision=info.precision, details=details,
                                   versions={"onnxruntime": ort.__version__})
-        write_json_atomic(sidecar_path(output), metadata)
+        pair.sidecar = metadata
     return BuildResult(output, sidecar_path(output), metadata, tuple(notes))
 
 

@@ -3,7 +3,6 @@ batch range and backend. Reading and checking it needs neither TensorRT nor a GP
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from pathlib import Path
@@ -11,10 +10,13 @@ from typing import Any
 
 from fastast_deploy import __version__
 from fastast_deploy.contract import sidecar_path
+from fastast_deploy.errors import FastASTError
 from fastast_deploy.files import sha256_file
+from fastast_deploy.pairs import read_pair_sidecar
 
 from .base import BatchRange, EngineError, EngineMismatchError
 from .onnx_model import OnnxModelInfo
+from .schema import SIDECAR, check_fields
 
 FORMAT_VERSION = 1
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -57,14 +59,11 @@ def engine_sidecar(*, backend: str, engine: Path, engine_sha256: str, source: On
 
 def read_sidecar(path: str | os.PathLike) -> dict[str, Any] | None:
     """The engine sidecar of ``path``; None when ``path`` has no sidecar or only an export's (no backend)."""
-    side = sidecar_path(path)
-    if not side.is_file():
-        return None
     try:
-        data = json.loads(side.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise EngineError(f"sidecar {side} is not valid JSON ({err}); rebuild the engine") from None
-    if not isinstance(data, dict) or "backend" not in data:
+        data = read_pair_sidecar(path)  # the last complete commit's sidecar (pairs.py)
+    except FastASTError as err:
+        raise EngineError(f"{err}; rebuild the engine") from None
+    if data is None or "backend" not in data:
         return None
     return data
 
@@ -91,7 +90,7 @@ def check_sidecar(data: dict[str, Any], path: str | os.PathLike) -> dict[str, An
     missing = [k for k in (*REQUIRED, *(f"{backend}.{k}" for k in BACKEND_REQUIRED[backend])) if not _has(data, k)]
     if missing:
         raise EngineError(f"sidecar {side} lacks {missing}; rebuild the engine with `fastast-deploy build-engine`")
-    return data
+    return check_fields(data, SIDECAR, f"sidecar {side}", "rebuild the engine with `fastast-deploy build-engine`")
 
 
 def check_engine_file(path: str | os.PathLike, data: dict[str, Any]) -> None:

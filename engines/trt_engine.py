@@ -17,7 +17,8 @@ import numpy as np
 
 from fastast_deploy.contract import INPUT_NAME, sidecar_path
 from fastast_deploy.errors import error_summary
-from fastast_deploy.files import atomic_path, prepare_output, sha256_file, write_json_atomic
+from fastast_deploy.files import prepare_output, sha256_file
+from fastast_deploy.pairs import atomic_pair
 
 from .base import BATCH, BackendUnavailableError, BuildResult, Engine, EngineError, EngineMismatchError
 from .gpu import GpuInfo, query_gpu
@@ -149,13 +150,14 @@ def build_tensorrt_engine(model: str | os.PathLike, output: str | os.PathLike,
     except PolygraphyException as err:
         raise EngineError(f"TensorRT {version} could not build {info.path}: {error_summary(err)} "
                           "(--verbose shows TensorRT's log)") from None
-    with atomic_path(output) as tmp:
+    with atomic_pair(output) as pair:
+        tmp = pair.tmp
         tmp.write_bytes(serialized)
         details = tensorrt_details(version, gpu, plan, options, shapes if dynamic else None)
         metadata = engine_sidecar(backend="tensorrt", engine=output, engine_sha256=sha256_file(tmp), source=info,
                                   batch=batch, precision=plan.precision, details=details,
                                   versions={"tensorrt": version.text, "polygraphy": polygraphy_version})
-        write_json_atomic(sidecar_path(output), metadata)
+        pair.sidecar = metadata
     return BuildResult(output, sidecar_path(output), metadata, plan.notes)
 
 

@@ -33,8 +33,9 @@ from fastast_deploy.contract import (
     sidecar_path,
 )
 from fastast_deploy.errors import ConfigError, FastASTError, error_summary
-from fastast_deploy.files import atomic_path, prepare_output, write_json_atomic
+from fastast_deploy.files import prepare_output
 from fastast_deploy.model.fastast import FastAST
+from fastast_deploy.pairs import atomic_pair
 
 from .metadata import read_metadata
 
@@ -259,9 +260,9 @@ def export_onnx(
     if len(data) >= 2**31:
         raise FastASTError(f"exported model is {len(data) / 2**30:.1f} GiB; one self-contained file must be < 2 GiB")
     parity = check_parity(model, data, options, num=parity_inputs) if check else None
-    with atomic_path(output) as tmp:
-        tmp.write_bytes(data)
-        write_json_atomic(sidecar_path(output), {**metadata, "sha256": _sha256(data), "parity": parity})
+    with atomic_pair(output) as pair:
+        pair.tmp.write_bytes(data)
+        pair.sidecar = {**metadata, "sha256": _sha256(data), "parity": parity}
     return ExportResult(output, sidecar_path(output), metadata, parity)
 
 

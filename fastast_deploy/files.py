@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -33,21 +35,46 @@ def prepare_output(path: str | os.PathLike) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed."""
-    path = prepare_output(path)
+def _alive(pid: int) -> bool:
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def clean_stale_temps(path: Path) -> None:
+    """Remove temps of ``path`` left by writers that were killed (their pid is in the name and gone)."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = stale.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def temp_beside(path: str | os.PathLike) -> Path:
+    """A new, empty temp file beside ``path`` (hidden, named after it and this process), with the usual mode."""
+    path = prepare_output(path)
+    clean_stale_temps(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         raise FastASTError(f"cannot write to {path.parent}: {err.strerror}") from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private (0600); give them the usual mode
+    return Path(tmp)
+
+
+@contextlib.contextmanager
+def written_temp(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp beside ``path`` that is removed if the block fails; committing it is the caller's."""
+    tmp = temp_beside(path)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private (0600); give them the usual mode
-        os.replace(tmp, path)
+        yield tmp
     except OSError as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -58,14 +85,37 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed."""
+    with written_temp(path) as tmp:
+        yield tmp
+        os.replace(tmp, path)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 
 
+def _strict(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)  # "nan", "inf", "-inf": JSON has no such numbers
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any, *, sort_keys: bool = False) -> str:
+    """Valid JSON (indented) whatever floats ``obj`` holds: NaN and inf become the strings "nan" / "inf"."""
+    return json.dumps(_strict(obj), indent=2, sort_keys=sort_keys, allow_nan=False)
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    return write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    return write_bytes_atomic(path, (json_text(obj, sort_keys=True) + "\n").encode())
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -74,3 +124,34 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def check_outputs_apart(outputs: dict[str, str | os.PathLike | None],
+                        inputs: dict[str, str | os.PathLike | None], *, replaced_folders: tuple[str, ...] = ()) -> None:
+    """Refuse, before any work, an output that is one of the inputs, lies inside an input folder (a checkpoint
+    directory, say) or is another output; and, for the outputs named in ``replaced_folders`` (folders written
+    anew as a whole), an input inside them. Keys name the options in the message ("-o", "--report", "SOURCE");
+    commands that write into a folder list the files they write there."""
+    given_in = {name: Path(p) for name, p in inputs.items() if p is not None and str(p) not in ("", "-")}
+    given_out = {name: Path(p) for name, p in outputs.items() if p is not None}
+    for out_name, out in given_out.items():
+        for in_name, src in given_in.items():
+            if _same(out, src):
+                raise FastASTError(f"{out_name} {out} is also {in_name}; writing it would destroy an input: "
+                                   "give another output path")
+            if src.is_dir() and out.resolve().is_relative_to(src.resolve()):
+                raise FastASTError(f"{out_name} {out} lies inside {in_name} {src}; write outputs elsewhere")
+            if out_name in replaced_folders and src.resolve().is_relative_to(out.resolve()):
+                raise FastASTError(f"{in_name} {src} lies inside {out}, which {out_name} replaces; move it first "
+                                   "or write elsewhere")
+    names = list(given_out)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            if _same(given_out[first], given_out[second]):
+                raise FastASTError(f"{first} and {second} name the same file {given_out[first]}; give each its own")
