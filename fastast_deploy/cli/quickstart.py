@@ -60,8 +60,13 @@ def quickstart(output: Path, source: str = "default", backend: str = "auto", per
     from fastast_deploy.engines.build import build_engine, engine_path
     from fastast_deploy.evaluation.verify import SpeedOptions, verify
     from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
-    from fastast_deploy.files import prepare_output, write_json_atomic
+    from fastast_deploy.files import check_outputs_apart, prepare_output, write_json_atomic
 
+    written = {f"-o's {name}": output / name for name in ("model.onnx", "model.onnx.json", "model.ort.onnx",
+                                                          "model.ort.onnx.json", "model.plan", "model.plan.json",
+                                                          "verify.json", "summary.json")}
+    check_outputs_apart({**written, "-o's clips": output / "clips"},
+                        {"--source": source if Path(source).exists() else None}, replaced_folders=("-o's clips",))
     prepare_output(output / "summary.json")
     started = time.perf_counter()
 

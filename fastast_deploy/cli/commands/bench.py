@@ -34,7 +34,7 @@ def bench(source: str, tome_r: str, backend: str, provider: str, batch: int, rou
     """Export and build SOURCE at each r, then time them side by side (and score them on --data)."""
     from fastast_deploy.evaluation.bench import BenchOptions, format_table, plot
     from fastast_deploy.evaluation.bench import bench as run_bench
-    from fastast_deploy.files import prepare_output, write_json_atomic
+    from fastast_deploy.files import check_outputs_apart, prepare_output, write_json_atomic
 
     rs = parse_r(tome_r)
     rs = tuple(rs) if isinstance(rs, list) else (rs,)
@@ -42,6 +42,12 @@ def bench(source: str, tome_r: str, backend: str, provider: str, batch: int, rou
         raise ConfigError(f"--tome-r lists a value twice: {list(rs)}")
     options = BenchOptions(rs=rs, backend=backend, provider=provider, batch=batch, warmup=warmup, rounds=rounds,
                            frames=frames)
+    written = {f"-o's {name}": output / name for name in ("bench.json", "bench.png")}
+    for r in rs:  # the exports and engines bench writes into -o, each with its sidecar
+        for name in (f"r{r}.onnx", f"r{r}.ort.onnx", f"r{r}.plan"):
+            written.update({f"-o's {name}": output / name, f"-o's {name}.json": output / f"{name}.json"})
+    check_outputs_apart(written, {"SOURCE": source if Path(source).exists() else None, "--data": data,
+                                  "--labels": labels})
     prepare_output(output / "bench.json")
     report = run_bench(source, options, output, data, labels)
     write_json_atomic(output / "bench.json", report)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
-from fastast_deploy.contract import BACKENDS, PRECISIONS, PROVIDERS
+from fastast_deploy.contract import BACKENDS, PRECISIONS, PROVIDERS, sidecar_path
 from fastast_deploy.engines.ort_engine import LEVELS, OrtBuildOptions
 from fastast_deploy.engines.trt_engine import TrtBuildOptions
 from fastast_deploy.errors import ConfigError
+from fastast_deploy.files import check_outputs_apart, json_text
 
 TRT_ONLY = ("precision", "tf32", "workspace", "builder_optimization_level", "timing_cache", "verbose")
 
@@ -85,6 +85,8 @@ def build_engine(ctx: click.Context, model: Path, output: Path, backend: str, mi
     written when the build fails.
     """
     _refuse_foreign_options(ctx, backend)
+    check_outputs_apart({"-o": output, "-o's sidecar": sidecar_path(output)},
+                        {"MODEL": model, "MODEL's sidecar": sidecar_path(model), "--timing-cache": timing_cache})
     if device is not None:
         select_device(device)
     from fastast_deploy.engines.build import BuildOptions, build_engine
@@ -121,4 +123,4 @@ def inspect(path: Path, as_json: bool) -> None:
     from fastast_deploy.engines.description import describe, format_description
 
     report = describe(path)
-    click.echo(json.dumps(report, indent=2) if as_json else format_description(report))
+    click.echo(json_text(report) if as_json else format_description(report))

@@ -8,7 +8,9 @@ from pathlib import Path
 import click
 
 from fastast_deploy.cli.commands.options import parse_r, tome_options
+from fastast_deploy.contract import sidecar_path
 from fastast_deploy.errors import ConfigError
+from fastast_deploy.files import json_text
 
 
 @click.command()
@@ -24,7 +26,7 @@ def info(source: str, tome_r: str | None, tome_inflection: float, frames: int | 
 
     model = model_for_info(source, parse_r(tome_r), tome_inflection, frames, labels)
     report = describe_model(model)
-    click.echo(json.dumps(report, indent=2) if as_json else format_description(report))
+    click.echo(json_text(report) if as_json else format_description(report))
 
 
 @click.command()
@@ -55,10 +57,12 @@ def export(source: str, output: Path, tome_r: str | None, tome_inflection: float
     from fastast_deploy.checkpoints.native import load_model
     from fastast_deploy.exporters.lint import format_report, lint_model
     from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx, parity_summary
-    from fastast_deploy.files import prepare_output
+    from fastast_deploy.files import check_outputs_apart, prepare_output
 
     if tome_r is not None and tome_schedule is not None:
         raise ConfigError("give either --tome-r or --tome-schedule, not both")
+    check_outputs_apart({"-o": output, "-o's sidecar": sidecar_path(output)},
+                        {"SOURCE": source if Path(source).exists() else None, "--labels": labels})
     options = ExportOptions(opset=opset, batch=batch, precision=precision, debug_merges=debug_merges)
     prepare_output(output)  # fail on a bad output path before the slow part
     r = parse_r(tome_schedule) if tome_schedule is not None else parse_r(tome_r)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -11,6 +10,7 @@ from click.core import ParameterSource
 from fastast_deploy.cli.commands.options import parse_sizes
 from fastast_deploy.contract import PROVIDERS
 from fastast_deploy.errors import ConfigError
+from fastast_deploy.files import json_text
 from fastast_deploy.serving.predict import DEFAULT_BATCH, POOLS, PredictOptions
 from fastast_deploy.serving.triton import KINDS, TritonOptions
 
@@ -78,7 +78,7 @@ def predict(model: str, audio: tuple[Path, ...], top_k: int, hop_s: float | None
         report = {"model": model, "backend": classifier.backend, "task": classifier.task,
                   "activation": classifier.activation, "pool": pool, "window_s": window_s, "hop_s": hop,
                   "labels": labels if all_scores else None, "files": entries, "failed": failed}
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json_text(report))
     if failed:
         raise SystemExit(1)
 
@@ -111,7 +111,8 @@ def triton(ctx: click.Context, model: Path, repo: Path, name: str | None, max_ba
     an exported .onnx): REPO/NAME/config.pbtxt, REPO/NAME/1/model.plan or model.onnx with its sidecar, and
     REPO/NAME/labels.txt for Triton's classification extension. Nothing is written when a check fails.
     """
-    from fastast_deploy.serving.triton import read_served_model, write_repository
+    from fastast_deploy.files import check_outputs_apart
+    from fastast_deploy.serving.triton import default_name, read_served_model, write_repository
 
     given = ctx.get_parameter_source("max_queue_delay_us") not in (ParameterSource.DEFAULT, None)
     if dynamic_batching is False and given:
@@ -119,6 +120,8 @@ def triton(ctx: click.Context, model: Path, repo: Path, name: str | None, max_ba
     preferred = parse_sizes(preferred_batch, "--preferred-batch") if preferred_batch else ()
     options = TritonOptions(name=name, max_batch=max_batch, instances=instances, dynamic_batching=dynamic_batching,
                             preferred_batch=preferred, max_queue_delay_us=max_queue_delay_us, kind=kind)
+    check_outputs_apart({"-o": repo / (name or default_name(model))}, {"ENGINE": model},
+                        replaced_folders=("-o",))
     result = write_repository(read_served_model(model), repo, options, force=force)
     for note in result.config.notes:
         click.echo(f"note: {note}", err=True)

@@ -9,7 +9,7 @@ import click
 import numpy as np
 
 from fastast_deploy.cli.commands.options import parse_sizes
-from fastast_deploy.contract import PROVIDERS
+from fastast_deploy.contract import PROVIDERS, sidecar_path
 from fastast_deploy.errors import FastASTError, VerifyUsageError
 
 
@@ -58,14 +58,18 @@ def verify(engine: str, reference: str, inputs: str, labels_csv: str | None, num
     given = {"atol": atol, "rtol": rtol, "min_cosine": min_cosine, "min_top1": min_top1}
     sizes = parse_sizes(speed_batches, "--speed-batches", VerifyUsageError)
     speed = None if no_speed else SpeedOptions(sizes, warmup, iterations, None if baseline == "none" else baseline)
-    for path in (report, save_inputs, save_outputs):
-        if path is not None:
-            from fastast_deploy.files import prepare_output
+    from fastast_deploy.files import check_outputs_apart, prepare_output
 
-            try:
+    try:
+        check_outputs_apart({"--report": report, "--save-inputs": save_inputs, "--save-outputs": save_outputs},
+                            {"ENGINE": engine, "ENGINE's sidecar": sidecar_path(engine), "--reference": reference,
+                             "--inputs": inputs if inputs != "random" else None, "--labels": labels_csv,
+                             "--baseline": baseline if baseline not in ("auto", "none") else None})
+        for path in (report, save_inputs, save_outputs):
+            if path is not None:
                 prepare_output(path)
-            except FastASTError as err:
-                raise VerifyUsageError(str(err)) from None
+    except FastASTError as err:
+        raise VerifyUsageError(str(err)) from None
     try:
         precision = _engine_precision(engine)
         base = DEFAULT_THRESHOLDS.get(precision, DEFAULT_THRESHOLDS["fp32"])
