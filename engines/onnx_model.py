@@ -14,6 +14,7 @@ from fastast_deploy.errors import error_summary
 from fastast_deploy.files import sha256_file
 
 from .base import BATCH, EngineError, Shape
+from .schema import EXPORT, check_fields
 
 # Node domains that only ONNX Runtime runs: an ORT-optimised model holds them and is no input for TensorRT.
 ORT_ONLY_DOMAINS = frozenset({"com.microsoft", "com.microsoft.nchwc", "com.microsoft.experimental"})
@@ -83,6 +84,7 @@ def read_onnx_model(path: str | os.PathLike) -> OnnxModelInfo:
         metadata = json.loads(props[METADATA_KEY])
     except json.JSONDecodeError as err:
         raise EngineError(f"{path}: its fastast-deploy metadata is not valid JSON ({err.msg}); {HINT}") from None
+    check_fields(metadata, EXPORT, f"{path} (fastast-deploy metadata)", HINT)
     recorded = metadata.get("inputs", {}).get(INPUT_NAME, {}).get("shape")
     if recorded != list(shape) or set(metadata.get("outputs", {})) != set(outputs):
         raise EngineError(f"{path}: its metadata (input {recorded}, outputs {sorted(metadata.get('outputs', {}))}) "

@@ -43,13 +43,16 @@ def check_parity(model: FastAST, onnx_bytes: bytes, options: Any, num: int = 4, 
     if options.debug_merges:
         per_block = merge_agreement(want_merges, list(got[1:]))
         result["merge_agreement"] = min(per_block) if per_block else 1.0
+    if result["non_finite_clips"] or not np.isfinite(want).all():
+        raise FastASTError(f"NaN or inf logits on {result['non_finite_clips']} of {batch} fbank-like inputs "
+                           "(PyTorch or ONNX Runtime): the graph cannot be trusted; use --no-check to write it anyway")
     if options.precision == "fp32":
         limit = ATOL + RTOL * float(np.abs(want).max())
         result["tolerance"] = limit
-        if result["max_abs_diff"] > limit:
+        if not result["max_abs_diff"] <= limit:  # written so that NaN fails too
             raise FastASTError(f"ONNX Runtime disagrees with PyTorch: max |logit diff| {result['max_abs_diff']:.3g} "
                                f"> {limit:.3g} (fp32); use --no-check to write the model anyway")
-    elif result["cosine_mean"] < FP16_MIN_COSINE:
+    elif not result["cosine_mean"] >= FP16_MIN_COSINE:
         raise FastASTError(f"fp16 graph drifts from the fp32 model: mean cosine {result['cosine_mean']:.5f} < "
                            f"{FP16_MIN_COSINE}; use --no-check to write the model anyway")
     return result

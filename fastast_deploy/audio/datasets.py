@@ -114,11 +114,22 @@ def read_esc50_csv(path: str | os.PathLike[str], labels: LabelSet | None = None,
                    folds: Callable[[int], bool] | None = None) -> Dataset:
     """ESC-50's ``meta/esc50.csv`` (filename, fold, target, category); audio in ``../audio/`` or beside the CSV."""
     path = Path(path)
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except (csv.Error, OSError) as err:
+        raise DatasetError(f"cannot read {path} as CSV ({error_summary(err)})") from None
     if not rows or not set(ESC50_COLUMNS) <= set(rows[0]):
         raise DatasetError(f"{path} has no rows with columns {', '.join(ESC50_COLUMNS)} (fold optional); "
                            f"expected an ESC-50-style CSV")
+    needed = (*ESC50_COLUMNS, "fold") if "fold" in rows[0] else ESC50_COLUMNS
+    for line, row in enumerate(rows, start=2):
+        if not all(isinstance(row.get(c), str) and row[c].strip() for c in needed):
+            raise DatasetError(f"{path} line {line}: expected a value in each of {', '.join(needed)}")
+        if "fold" in row and not row["fold"].strip().isdigit():
+            raise DatasetError(f"{path} line {line}: fold {row['fold']!r} is not a whole number")
     if folds is not None:
         if "fold" not in rows[0]:
             raise DatasetError(f"{path} has no fold column; --val-fold needs one")

@@ -91,6 +91,10 @@ def read_audio(path: str | os.PathLike[str]) -> tuple[torch.Tensor, int]:
         ) from None
     if data.shape[0] == 0:
         raise AudioError(f"audio file {path} has 0 samples; expected non-empty audio")
+    if not np.isfinite(data).all():  # float WAV / FLAC can carry them; features and scores would be NaN
+        bad = int((~np.isfinite(data)).any(axis=1).sum())
+        raise AudioError(f"audio file {path} has NaN or inf in {bad} of {data.shape[0]} samples; expected finite "
+                         "audio")
     waveform = torch.from_numpy(data).mean(dim=1)  # (samples,)
     return waveform, int(rate)
 

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastast_deploy.errors import DatasetError
+from fastast_deploy.errors import DatasetError, error_summary
 from fastast_deploy.files import atomic_path
 
 
@@ -33,11 +33,23 @@ def read_label_csv(path: str | os.PathLike[str]) -> LabelSet:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"label file {path} does not exist; expected a CSV with header index,mid,display_name")
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"label file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except (csv.Error, OSError) as err:
+        raise DatasetError(f"cannot read label file {path} as CSV ({error_summary(err)})") from None
     if not rows or not {"index", "display_name"} <= set(rows[0]):
         raise DatasetError(f"label file {path} has no rows with columns index and display_name; "
                            f"expected a CSV with header index,mid,display_name")
+    for line, row in enumerate(rows, start=2):
+        values = [row.get("index"), row.get("display_name"), row.get("mid") or ""]
+        if not all(isinstance(v, str) for v in values) or not row["display_name"].strip():
+            raise DatasetError(f"label file {path} line {line}: expected index,mid,display_name with a non-empty "
+                               "display_name")
+        if any(ch in v for v in values for ch in "\x00\r\n"):
+            raise DatasetError(f"label file {path} line {line}: a NUL byte or line break inside a field")
     try:
         by_index = {int(row["index"]): (row.get("mid") or row["display_name"], row["display_name"]) for row in rows}
     except (TypeError, ValueError):

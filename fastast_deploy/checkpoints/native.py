@@ -60,7 +60,13 @@ def load_model(
     ``feature_config`` and ``source_info`` (format, path, sha256 of every file read).
     """
     ckpt = read_checkpoint(source)
+    held = sum(v.numel() for v in ckpt.state_dict.values())
+    if ckpt.config.parameter_estimate > 2 * held + 1_000_000:  # checked before the model is allocated
+        raise CheckpointError(f"checkpoint {ckpt.info.get('path', source)}: its configuration describes about "
+                              f"{ckpt.config.parameter_estimate:,} parameters, but it holds {held:,} values; "
+                              "the configuration is damaged")
     if input_frames is not None and input_frames != ckpt.config.input_frames:
+        replace(ckpt.config, input_frames=input_frames)  # the new geometry's bounds, before anything is resized
         ckpt = change_input_frames(ckpt, input_frames)
     names, info = ckpt.labels, dict(ckpt.info)
     if labels is not None:
@@ -273,6 +279,10 @@ def load_state_dict_strict(model: torch.nn.Module, state: Mapping[str, Tensor], 
     ]
     if problems:
         raise CheckpointError(f"{source} does not match the model: {', '.join(problems)}")
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:  # NaN or inf weights give NaN outputs that no later check could trust
+        raise CheckpointError(f"{source} holds NaN or inf values in {_count(broken, 'tensor')}; it is damaged "
+                              "or diverged in training: use another checkpoint")
     model.load_state_dict(state, strict=True)
 
 

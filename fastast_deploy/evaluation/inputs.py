@@ -78,9 +78,12 @@ def _npz_array(path: Path, name: str) -> np.ndarray:
         with np.load(path, allow_pickle=False) as data:
             if name not in data.files:
                 raise VerifyUsageError(f"{path} has arrays {sorted(data.files)}; expected {name!r}")
-            return np.asarray(data[name])
-    except (OSError, ValueError) as err:
-        raise VerifyUsageError(f"{path} is not a readable .npz ({err})") from None
+            array = np.asarray(data[name])
+    except (OSError, ValueError, EOFError) as err:
+        raise VerifyUsageError(f"{path} is not a readable .npz ({error_summary(err)})") from None
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise VerifyUsageError(f"{path}: array {name!r} is of dtype {array.dtype}; expected real numbers")
+    return array
 
 
 def _polygraphy_inputs(path: Path) -> np.ndarray:

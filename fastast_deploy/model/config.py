@@ -9,6 +9,12 @@ from fastast_deploy.errors import ConfigError
 from fastast_deploy.model.schedule import PROTECTED_TOKENS, check_r, clip_schedule, pad_schedule, token_counts
 from fastast_deploy.model.tome import MERGE_IMPLS
 
+# Bounds checked before anything is allocated: a config read from a file can claim anything.
+LIMITS = {"embed_dim": 8192, "depth": 128, "num_heads": 256, "mlp_dim": 65536, "patch_size": 128, "fstride": 128,
+          "tstride": 128, "input_frames": 200_000, "num_mel_bins": 2048, "num_labels": 1_000_000}
+MAX_TOKENS = 16_384  # AST-1024 has 1214; the attention scores of one head are tokens^2 floats
+MAX_PARAMETERS = 2_000_000_000
+
 # DeiT sizes: (embed_dim, depth, num_heads)
 SIZES: dict[str, tuple[int, int, int]] = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12)}
 
@@ -33,16 +39,36 @@ class ModelConfig:
     head_norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
+        for name, limit in LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+            if not 1 <= value <= limit:
+                raise ConfigError(f"{name} must be 1 to {limit}, got {value}")
+        for name in ("layer_norm_eps", "head_norm_eps"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise ConfigError(f"{name} must be a number in (0, 1), got {value!r}")
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        for name in ("embed_dim", "depth", "num_heads", "mlp_dim", "patch_size", "fstride", "tstride", "num_labels"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.input_frames < self.patch_size or self.num_mel_bins < self.patch_size:
             raise ConfigError(
                 f"input of {self.input_frames} frames x {self.num_mel_bins} mel bins is smaller than one "
                 f"{self.patch_size}x{self.patch_size} patch; use at least {self.patch_size} of each"
             )
+        if self.num_tokens > MAX_TOKENS:
+            raise ConfigError(f"{self.input_frames} frames x {self.num_mel_bins} mel bins make {self.num_tokens} "
+                              f"tokens; at most {MAX_TOKENS} fit an attention matrix in memory (fewer --frames)")
+        if self.parameter_estimate > MAX_PARAMETERS:
+            raise ConfigError(f"this geometry has about {self.parameter_estimate / 1e9:.1f} G parameters; at most "
+                              f"{MAX_PARAMETERS / 1e9:.0f} G are supported")
+
+    @property
+    def parameter_estimate(self) -> int:
+        """Parameters of the blocks, patch embedding, positional embedding and head (biases and norms aside)."""
+        d = self.embed_dim
+        blocks = self.depth * (4 * d * d + 2 * d * self.mlp_dim)  # qkv + proj, two MLP layers
+        return blocks + d * self.patch_size**2 + self.num_tokens * d + d * self.num_labels
 
     @classmethod
     def from_size(cls, size: str, **overrides: Any) -> ModelConfig:

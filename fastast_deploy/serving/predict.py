@@ -19,7 +19,7 @@ import numpy as np
 
 from fastast_deploy.contract import INPUT_NAME, OUTPUT_NAME
 from fastast_deploy.engines.base import BatchRange, batch_chunks
-from fastast_deploy.errors import AudioError, ConfigError
+from fastast_deploy.errors import AudioError, ConfigError, FastASTError
 
 if TYPE_CHECKING:  # torch and the feature code load with the first prediction, not with the CLI
     import torch
@@ -192,17 +192,6 @@ def split_windows(features: torch.Tensor, frames: int, hop: int) -> torch.Tensor
     return torch.stack([pad_or_cut(features[i * hop :], frames) for i in range(count)])  # (W, frames, F)
 
 
-def file_windows(path: str | os.PathLike, config: FeatureConfig, hop: int) -> np.ndarray:
-    """Normalised model inputs (W, T, F) float32 for one audio file; an AudioError when it cannot be read."""
-    from fastast_deploy.audio.features import file_fbank, normalize
-
-    if Path(path).is_file() and Path(path).stat().st_size == 0:
-        raise AudioError("the file is empty (0 bytes); expected an audio file (WAV, FLAC, OGG)")
-    features = file_fbank(path, config)  # (T_total, F)
-    windows = split_windows(features, config.frames, hop)
-    return normalize(windows, config.mean, config.std).numpy().astype(np.float32, copy=False)
-
-
 def activate(logits: np.ndarray, activation: str) -> np.ndarray:
     """Scores from logits (n, labels): row-wise softmax, or elementwise sigmoid; computed in float64."""
     x = logits.astype(np.float64)
@@ -210,13 +199,6 @@ def activate(logits: np.ndarray, activation: str) -> np.ndarray:
         e = np.exp(x - x.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)
     return np.exp(-np.logaddexp(0.0, -x))  # sigmoid without overflow
-
-
-def pool_scores(scores: np.ndarray, pool: str) -> np.ndarray:
-    """(W, labels) per-window scores -> (labels,)."""
-    if pool not in POOLS:
-        raise ConfigError(f"unknown pooling {pool!r}; available: {list(POOLS)}")
-    return scores.mean(axis=0) if pool == "mean" else scores.max(axis=0)
 
 
 def batch_size(batch: BatchRange, requested: int | None) -> int:
@@ -242,40 +224,82 @@ def _reason(err: AudioError, path: str) -> str:
 
 def predict_files(classifier: Classifier, paths: Iterable[str | os.PathLike],
                   options: PredictOptions = PredictOptions()) -> Iterator[FilePrediction]:
-    """One FilePrediction per path, in order; files that cannot be read carry an error and the rest go on."""
+    """One FilePrediction per path, in order; files that cannot be read carry an error and the rest go on.
+
+    Windows stream from each file (``audio.streaming``) into batches shared across files, and each file's scores
+    are pooled as its windows come back: memory is bounded by a batch of windows, not by any file's length."""
+    from fastast_deploy.audio.streaming import stream_windows
+
     size = batch_size(classifier.batch, options.batch)
     hop = hop_frames(options.hop_s, classifier.features.frames)
-    pending: list[tuple[str, np.ndarray | str]] = []
-    queued = 0
+    pooled = _Pooled(classifier, options.pool, size)
     for raw in paths:
         path = str(raw)
+        pooled.open(path)
         try:
-            windows = file_windows(path, classifier.features, hop)
+            if Path(path).is_file() and Path(path).stat().st_size == 0:
+                raise AudioError("the file is empty (0 bytes); expected an audio file (WAV, FLAC, OGG)")
+            for window in stream_windows(path, classifier.features, hop):
+                pooled.add(window)
         except AudioError as err:
-            pending.append((path, _reason(err, path)))
-            continue
-        pending.append((path, windows))
-        queued += len(windows)
-        if queued >= size:
-            yield from _flush(classifier, pending, size, options.pool)
-            pending, queued = [], 0
-    yield from _flush(classifier, pending, size, options.pool)
+            pooled.fail(_reason(err, path))
+        yield from pooled.finished()
+    yield from pooled.finished(flush=True)
 
 
-def _flush(classifier: Classifier, pending: list[tuple[str, np.ndarray | str]], size: int,
-           pool: str) -> Iterator[FilePrediction]:
-    arrays = [item for _, item in pending if isinstance(item, np.ndarray)]
-    if arrays:
-        logits = run_windows(classifier, np.concatenate(arrays), size)  # (N, labels)
-        scores = activate(logits, classifier.activation)
-    start = 0
-    for path, item in pending:
-        if isinstance(item, str):
-            yield FilePrediction(path, error=item)
-            continue
-        count = len(item)
-        yield FilePrediction(path, count, pool_scores(scores[start : start + count], pool))
-        start += count
+class _Pooled:
+    """Windows queued for batched inference, and each file's running pooled scores (sum or max, and count)."""
+
+    def __init__(self, classifier: Classifier, pool: str, size: int) -> None:
+        if pool not in POOLS:
+            raise ConfigError(f"unknown pooling {pool!r}; available: {list(POOLS)}")
+        self.classifier, self.pool, self.size = classifier, pool, size
+        self.files: dict[int, list[Any]] = {}  # index -> [path, pooled scores or None, windows, error]
+        self.opened = self.yielded = 0
+        self.queue: list[tuple[int, np.ndarray]] = []  # (file index, window (T, F))
+
+    def open(self, path: str) -> None:
+        self.files[self.opened] = [path, None, 0, None]
+        self.opened += 1
+
+    def add(self, window: np.ndarray) -> None:
+        self.queue.append((self.opened - 1, window))
+        if len(self.queue) >= self.size:
+            self._run()
+
+    def fail(self, reason: str) -> None:
+        self.files[self.opened - 1][3] = reason
+        self.queue = [(i, w) for i, w in self.queue if i != self.opened - 1]
+
+    def _run(self) -> None:
+        if not self.queue:
+            return
+        owners = [i for i, _ in self.queue]
+        logits = run_windows(self.classifier, np.stack([w for _, w in self.queue]), self.size)  # (N, labels)
+        self.queue = []
+        if not np.isfinite(logits).all():
+            raise FastASTError(f"{self.classifier.source} gave NaN or inf logits for finite inputs "
+                               f"({int((~np.isfinite(logits)).any(axis=1).sum())} of {len(logits)} windows); the "
+                               "model or engine is broken: rebuild it")
+        for owner, row in zip(owners, activate(logits, self.classifier.activation), strict=True):
+            entry = self.files[owner]
+            entry[1] = row if entry[1] is None else (entry[1] + row if self.pool == "mean"
+                                                     else np.maximum(entry[1], row))
+            entry[2] += 1
+
+    def finished(self, flush: bool = False) -> Iterator[FilePrediction]:
+        """Files, in input order, whose windows are all scored; the newest may still be reading unless ``flush``."""
+        if flush:
+            self._run()
+        waiting = {i for i, _ in self.queue}
+        newest = self.opened - 1
+        while self.yielded < self.opened and self.yielded not in waiting and (flush or self.yielded < newest):
+            path, scores, count, error = self.files.pop(self.yielded)
+            self.yielded += 1
+            if error is not None:
+                yield FilePrediction(path, error=error)
+            else:
+                yield FilePrediction(path, count, scores / count if self.pool == "mean" else scores)
 
 
 def top_k(scores: np.ndarray, labels: Sequence[str], k: int) -> list[dict[str, Any]]:
