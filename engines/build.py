@@ -52,6 +52,23 @@ def options_like(metadata: dict[str, Any]) -> BuildOptions:
                            threads=ort.get("intra_op_threads", 0), **batches)
 
 
+def check_ready(backend: str, *, data: str | os.PathLike | None = None,
+                labels: str | os.PathLike | None = None) -> None:
+    """What a command that exports and builds first can check at once: the backend is there (TensorRT and a
+    GPU), and the data and label files it will read later exist."""
+    if backend not in BACKENDS:
+        raise EngineError(f"unknown backend {backend!r}; available: {list(BACKENDS)}")
+    if backend == "tensorrt":
+        from .gpu import query_gpu
+        from .trt_policy import import_tensorrt
+
+        import_tensorrt()
+        query_gpu()
+    for option, path in (("--data", data), ("--labels", labels)):
+        if path is not None and not Path(path).exists():
+            raise EngineError(f"{option} {path} does not exist")
+
+
 def engine_path(folder: Path, stem: str, backend: str) -> Path:
     """``folder/stem`` with the backend's engine suffix (``model.plan``, ``model.ort.onnx``)."""
     return folder / f"{stem}{ENGINE_SUFFIX[backend]}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import glob
 import hashlib
 import json
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fastast_deploy.errors import FastASTError
+from fastast_deploy.errors import FastASTError, error_summary
 
 
 def prepare_output(path: str | os.PathLike) -> Path:
@@ -99,6 +100,31 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     return Path(path)
 
 
+def read_json_object(path: str | os.PathLike, error: type[FastASTError] = FastASTError,
+                     what: str = "") -> dict[str, Any]:
+    """A JSON object from a UTF-8 file; ``error`` (naming the file, and ``what`` it is) when unreadable or not an
+    object."""
+    name = f"{what} {path}" if what else str(path)
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise error(f"{name} is not valid JSON ({error_summary(err, with_type=True)})") from None
+    if not isinstance(data, dict):
+        raise error(f"{name} holds a JSON {type(data).__name__}, expected an object")
+    return data
+
+
+def read_csv_rows(path: str | os.PathLike, error: type[FastASTError] = FastASTError) -> list[dict[str, Any]]:
+    """The rows of a UTF-8 CSV with a header (a BOM is allowed); ``error`` naming the file when it is not one."""
+    try:
+        with Path(path).open(newline="", encoding="utf-8-sig") as f:
+            return list(csv.DictReader(f))
+    except UnicodeDecodeError as err:
+        raise error(f"{path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except (csv.Error, OSError) as err:
+        raise error(f"cannot read {path} as CSV ({error_summary(err)})") from None
+
+
 def _strict(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return str(obj)  # "nan", "inf", "-inf": JSON has no such numbers
@@ -155,3 +181,23 @@ def check_outputs_apart(outputs: dict[str, str | os.PathLike | None],
         for second in names[i + 1 :]:
             if _same(given_out[first], given_out[second]):
                 raise FastASTError(f"{first} and {second} name the same file {given_out[first]}; give each its own")
+
+
+@contextlib.contextmanager
+def removed_on_failure(folder: str | os.PathLike) -> Iterator[None]:
+    """On an error inside the block, remove what the block added under ``folder`` (files, then the folders it
+    made), so that a command that fails leaves the folder as it found it."""
+    folder = Path(folder)
+    before = set(folder.rglob("*")) if folder.is_dir() else set()
+    existed = folder.exists()
+    try:
+        yield
+    except BaseException:
+        added = sorted((set(folder.rglob("*")) if folder.is_dir() else set()) - before, reverse=True)
+        for path in added:  # deepest first: files, then their now-empty folders
+            with contextlib.suppress(OSError):
+                path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+        if not existed:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise

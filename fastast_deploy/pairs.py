@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from fastast_deploy.contract import sidecar_path
-from fastast_deploy.errors import FastASTError, error_summary
-from fastast_deploy.files import sha256_file, write_json_atomic, written_temp
+from fastast_deploy.errors import FastASTError
+from fastast_deploy.files import read_json_object, sha256_file, write_json_atomic, written_temp
 
 SHA_KEY = "file_sha256"  # the sidecar's record of the file it belongs to
 # Test hook: called with the step name ("pending", "file", "sidecar") after each commit step.
@@ -107,13 +107,7 @@ def read_pair_sidecar(path: str | os.PathLike) -> dict[str, Any] | None:
                     pending.unlink()
     if not side.is_file():
         return None
-    try:
-        data = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise FastASTError(f"sidecar {side} is not valid JSON ({error_summary(err)})") from None
-    if not isinstance(data, dict):
-        raise FastASTError(f"sidecar {side} holds a JSON {type(data).__name__}, not an object")
-    return data
+    return read_json_object(side, what="sidecar")
 
 
 def _load(path: Path) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -65,8 +66,20 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         meta = f.metadata()
     nan_ckpt = root / "nan.safetensors"
     save_file(tensors, nan_ckpt, metadata=meta)
-    return {"root": root, "ckpt": ckpt, "onnx": onnx, "engine": engine, "wav": wav, "nan_wav": nan_wav,
+    evil = root / "evil.pth"
+    torch.save({"w": torch.zeros(1), "payload": _Payload(str(root / "pwned"))}, evil)
+    return {"root": root, "evil": evil, "ckpt": ckpt, "onnx": onnx, "engine": engine, "wav": wav, "nan_wav": nan_wav,
             "labels": labels, "latin": latin, "nameless": nameless, "nan_ckpt": nan_ckpt}
+
+
+class _Payload:
+    """A pickle that would run a command when unpickled as code."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -84,6 +97,7 @@ def invoke(args: list[str]) -> tuple[int, str, BaseException | None]:
 BAD = [
     ("export onto its checkpoint", ["export", "{ckpt}", "-o", "{ckpt}"], "would destroy an input"),
     ("export onto its label csv", ["export", "{ckpt}", "-o", "{labels}", "--labels", "{labels}"], "would destroy"),
+    ("a pickle that runs code", ["export", "{evil}", "-o", "{root}/evil.onnx"], "could run code"),
     ("export of NaN weights", ["export", "{nan_ckpt}", "-o", "{root}/nan.onnx"], "NaN or inf"),
     ("export with absurd frames", ["export", "{ckpt}", "-o", "{root}/big.onnx", "--frames", "1000000000"],
      "frames"),
@@ -100,6 +114,9 @@ BAD = [
      "name the same file"),
     ("triton repo replacing the engine", ["triton", "{engine}", "-o", "{root}/..", "--name", "{root_name}",
                                           "--force"], "lies inside"),
+    ("bench with missing data", ["bench", "{ckpt}", "--tome-r", "0,4", "--data", "{root}/absent",
+                                 "-o", "{root}/bench"], "--data"),
+    ("quickstart on an absent backend", ["quickstart", "-o", "{root}/qs", "--backend", "tensorrt"], "TensorRT"),
     ("a latin-1 label csv", ["export", "{ckpt}", "-o", "{root}/l1.onnx", "--labels", "{latin}"],
      "UTF-8"),
     ("label row without a name", ["export", "{ckpt}", "-o", "{root}/nl.onnx", "--labels", "{nameless}"],
@@ -121,6 +138,7 @@ def test_bad_input_fails_cleanly_and_changes_nothing(world: dict[str, Path], cas
     assert 1 <= len(lines) <= 3 and "Traceback" not in output, output
     assert fragment in output, output
     assert snapshot(world["root"]) == before  # no input changed, no file left
+    assert not (world["root"] / "pwned").exists()  # and no pickle payload ran
 
 
 def test_predict_json_stays_valid_with_nan_audio(world: dict[str, Path]) -> None:

@@ -7,7 +7,6 @@ label set. Clip ids are what a teacher-logits file names its rows by: the ``wav`
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -19,6 +18,7 @@ import torch
 from fastast_deploy.audio.features import FeatureConfig, file_fbank, normalize, pad_or_cut
 from fastast_deploy.audio.labels import LabelSet
 from fastast_deploy.errors import DatasetError, error_summary
+from fastast_deploy.files import read_csv_rows
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 ESC50_COLUMNS = ("filename", "target", "category")
@@ -114,13 +114,7 @@ def read_esc50_csv(path: str | os.PathLike[str], labels: LabelSet | None = None,
                    folds: Callable[[int], bool] | None = None) -> Dataset:
     """ESC-50's ``meta/esc50.csv`` (filename, fold, target, category); audio in ``../audio/`` or beside the CSV."""
     path = Path(path)
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    except UnicodeDecodeError as err:
-        raise DatasetError(f"{path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
-    except (csv.Error, OSError) as err:
-        raise DatasetError(f"cannot read {path} as CSV ({error_summary(err)})") from None
+    rows = read_csv_rows(path, DatasetError)
     if not rows or not set(ESC50_COLUMNS) <= set(rows[0]):
         raise DatasetError(f"{path} has no rows with columns {', '.join(ESC50_COLUMNS)} (fold optional); "
                            f"expected an ESC-50-style CSV")

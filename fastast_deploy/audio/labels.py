@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastast_deploy.errors import DatasetError, error_summary
-from fastast_deploy.files import atomic_path
+from fastast_deploy.errors import DatasetError
+from fastast_deploy.files import atomic_path, read_csv_rows
 
 
 @dataclass(frozen=True)
@@ -33,13 +33,7 @@ def read_label_csv(path: str | os.PathLike[str]) -> LabelSet:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"label file {path} does not exist; expected a CSV with header index,mid,display_name")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    except UnicodeDecodeError as err:
-        raise DatasetError(f"label file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
-    except (csv.Error, OSError) as err:
-        raise DatasetError(f"cannot read label file {path} as CSV ({error_summary(err)})") from None
+    rows = read_csv_rows(path, DatasetError)
     if not rows or not {"index", "display_name"} <= set(rows[0]):
         raise DatasetError(f"label file {path} has no rows with columns index and display_name; "
                            f"expected a CSV with header index,mid,display_name")

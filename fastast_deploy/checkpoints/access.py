@@ -17,7 +17,7 @@ from torch import Tensor
 
 from fastast_deploy.audio.features import FeatureConfig
 from fastast_deploy.errors import CheckpointError, ConfigError, error_summary
-from fastast_deploy.files import sha256_file
+from fastast_deploy.files import read_json_object, sha256_file
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 
 ACCEPTED_FORMATS = (
@@ -73,14 +73,20 @@ def _torch_load(path: Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # an untrusted file fails in many ways; each means "not a checkpoint"
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        text = str(err)
+        unsafe = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
         if unsafe:
             raise CheckpointError(
                 f"refusing to load {path}: its pickle calls {unsafe[1]}, which could run code; "
                 f"expected a plain state dict of tensors (re-save it with torch.save(model.state_dict()))"
             ) from None
-        reason = re.search(r"WeightsUnpickler error: \s*(.+)", str(err))
-        reason = reason[1].strip() if reason else error_summary(err, with_type=True)
+        reason = re.search(r"WeightsUnpickler error: \s*(.+)", text)
+        if reason:
+            reason = reason[1].strip()
+        elif "Weights only load failed" in text:  # torch's text goes on to advise an unsafe load: never relay it
+            reason = "it holds objects other than tensors, which only a load that can run code would rebuild"
+        else:
+            reason = error_summary(err, with_type=True)
         raise CheckpointError(f"cannot read {path} with torch.load ({reason}); {_EXPECTED}") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
@@ -103,13 +109,7 @@ def _checked(path: Path, make: Callable[[], _T]) -> _T:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"cannot read {path} as JSON ({error_summary(err, with_type=True)})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} holds a JSON {type(data).__name__}, expected an object")
-    return data
+    return read_json_object(path, CheckpointError)
 
 
 def _count(items: Sequence[str], what: str) -> str:

@@ -57,7 +57,7 @@ def write_clips(model: FastAST, folder: Path, per_class: int, seed: int) -> int:
 def quickstart(output: Path, source: str = "default", backend: str = "auto", per_class: int = 4,
                iterations: int = 10, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every step, reporting each through ``say``; returns the verify report plus the files written."""
-    from fastast_deploy.engines.build import build_engine, engine_path
+    from fastast_deploy.engines.build import build_engine, check_ready, engine_path
     from fastast_deploy.evaluation.verify import SpeedOptions, verify
     from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
     from fastast_deploy.files import check_outputs_apart, prepare_output, write_json_atomic
@@ -67,6 +67,8 @@ def quickstart(output: Path, source: str = "default", backend: str = "auto", per
                                                           "verify.json", "summary.json")}
     check_outputs_apart({**written, "-o's clips": output / "clips"},
                         {"--source": source if Path(source).exists() else None}, replaced_folders=("-o's clips",))
+    if backend != "auto":
+        check_ready(backend)  # before the slow export
     prepare_output(output / "summary.json")
     started = time.perf_counter()
 

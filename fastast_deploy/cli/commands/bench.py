@@ -32,9 +32,10 @@ from fastast_deploy.errors import ConfigError
 def bench(source: str, tome_r: str, backend: str, provider: str, batch: int, rounds: int, warmup: int,
           frames: int | None, data: str | None, labels: str | None, output: Path) -> None:
     """Export and build SOURCE at each r, then time them side by side (and score them on --data)."""
+    from fastast_deploy.engines.build import check_ready
     from fastast_deploy.evaluation.bench import BenchOptions, format_table, plot
     from fastast_deploy.evaluation.bench import bench as run_bench
-    from fastast_deploy.files import check_outputs_apart, prepare_output, write_json_atomic
+    from fastast_deploy.files import check_outputs_apart, prepare_output, removed_on_failure, write_json_atomic
 
     rs = parse_r(tome_r)
     rs = tuple(rs) if isinstance(rs, list) else (rs,)
@@ -48,9 +49,11 @@ def bench(source: str, tome_r: str, backend: str, provider: str, batch: int, rou
             written.update({f"-o's {name}": output / name, f"-o's {name}.json": output / f"{name}.json"})
     check_outputs_apart(written, {"SOURCE": source if Path(source).exists() else None, "--data": data,
                                   "--labels": labels})
+    check_ready(options.backend, data=data, labels=labels)  # before the slow exports
     prepare_output(output / "bench.json")
-    report = run_bench(source, options, output, data, labels)
-    write_json_atomic(output / "bench.json", report)
+    with removed_on_failure(output):
+        report = run_bench(source, options, output, data, labels)
+        write_json_atomic(output / "bench.json", report)
     click.echo(format_table(report))
     png = plot(report, output / "bench.png")
     click.echo(f"\nwrote {output / 'bench.json'}" + (f" and {png}" if png else

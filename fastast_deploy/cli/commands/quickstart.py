@@ -21,8 +21,10 @@ def quickstart(output: Path, source: str, backend: str, clips_per_class: int, it
     """Export -> build-engine -> verify (parity and speed) on the built-in FastAST, then a summary."""
     from fastast_deploy.cli.quickstart import format_summary
     from fastast_deploy.cli.quickstart import quickstart as run
+    from fastast_deploy.files import removed_on_failure
 
-    report = run(output, source, backend, clips_per_class, iterations, say=click.echo)
+    with removed_on_failure(output):  # a run that breaks leaves no half a quickstart folder behind
+        report = run(output, source, backend, clips_per_class, iterations, say=click.echo)
     click.echo(format_summary(report))
     if not report["passed"]:
         raise SystemExit(1)
