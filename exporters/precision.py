@@ -68,6 +68,9 @@ def compute_in_fp32(proto: onnx.ModelProto, ops: frozenset[str] = FP32_COMPUTE_O
                                          to=TensorProto.FLOAT16)]
     del graph.node[:]
     graph.node.extend(nodes)
+    for vi in graph.value_info:  # the exporter also lists initializers there: keep their types in step
+        if vi.name in inits and vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.elem_type = inits[vi.name].data_type
     return len(chosen)
 
 
