@@ -22,8 +22,7 @@ from typing import Any
 from .base import BackendUnavailableError, EngineError, EngineMismatchError
 from .gpu import GpuInfo
 
-INSTALL_HINT = ('pip install "fastast-deploy[tensorrt-cu12]" (CUDA 12 driver) or "fastast-deploy[tensorrt-cu13]" '
-                '(CUDA 13)')
+INSTALL_HINT = 'pip install "fastast-deploy[tensorrt]" (CUDA 13; "fastast-deploy[tensorrt-cu12]" for a CUDA 12 driver)'
 MIN_MAJOR = 10  # strongly typed networks, INT64 tensors and the opset-18+ parser fixes this exporter relies on
 # The first TensorRT 10 minor whose ONNX parser leaves LayerNorm's compute precision alone in a strongly typed
 # network. onnx-tensorrt's LayerNormalization importer: in 10.1 GA (onnx-tensorrt@96e7811, the parsers/onnx of
