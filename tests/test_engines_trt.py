@@ -501,3 +501,31 @@ def test_verbose_shows_tensorrts_verbose_log_and_default_shows_warnings() -> Non
         assert G_LOGGER.module_severity.get() == G_LOGGER.EXTRA_VERBOSE  # where TensorRT's VERBOSE goes
     with trt_engine._polygraphy_logging(False):
         assert G_LOGGER.module_severity.get() == G_LOGGER.WARNING
+
+
+def test_gpu_check_script_and_its_benchmark_run_on_cpu(tmp_path: Path) -> None:
+    """A smoke run of benchmarks/bench_gpu.py on the CPU with a tiny geometry: the code paths and the JSON, not
+    GPU figures (scripts/gpu_check.sh runs it with --device cuda on a GPU machine)."""
+    import importlib.util
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    assert subprocess.run(["bash", "-n", str(root / "scripts" / "gpu_check.sh")]).returncode == 0
+    spec = importlib.util.spec_from_file_location("bench_gpu", root / "benchmarks" / "bench_gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "gpu.json"
+    args = ["--device", "cpu", "--size", "tiny", "--depth", "2", "--frames", "128", "--batch", "1", "--r", "0,8",
+            "--repeats", "1", "--warmup", "0", "--parity-clips", "2", "--parity-batch", "2", "--parity-r", "8",
+            "--json", str(out)]
+    report = bench.main(args)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert report["machine"]["device"] == "cpu" and report["tests"] is None
+    same = report["parity"]["float32"]  # the CPU against itself: identical
+    assert same["max_abs_diff"] == 0 and same["merge_agreement_per_block"] == [1.0, 1.0]
+    assert report["parity"]["float16"]["cosine_min"] > 0.99
+    rows = {row["r"]: row for row in report["speed"]}
+    assert rows[0]["speedup"] == 1.0 and rows[0]["flop_ratio"] == 1.0 and rows[8]["flop_ratio"] > 1.0
+    assert rows[8]["tokens_out"] < rows[0]["tokens_out"] and rows[0]["timing"] == "wall clock"
+    with pytest.raises(SystemExit):
+        bench.main([*args, "--modes", "eager,graph"])  # CUDA graphs need CUDA

@@ -256,3 +256,27 @@ def test_export_checks_read_the_one_static_contract_table() -> None:
     assert "NonMaxSuppression" in trt_ops.STATIC_CONTRACT
     with pytest.raises(FastASTError, match=r"static-shape contract with \['NonMaxSuppression'\]"):
         onnx_export.check_graph(proto, "matmul", 0)
+
+
+@pytest.mark.gpu
+def test_pytorch_on_cuda_matches_the_cpu_at_fp32_and_fp16() -> None:
+    import copy
+
+    torch.backends.cuda.matmul.allow_tf32 = False  # real fp32 on the GPU
+    torch.backends.cudnn.allow_tf32 = False
+    model = tiny_model(8)
+    x = fbank_like(8, TINY.input_frames, TINY.num_mel_bins, seed=3)
+    want, merges = torch_outputs(model, x)
+    for dtype, cosine in ((torch.float32, 0.99999), (torch.float16, 0.999)):
+        gpu = copy.deepcopy(model).to("cuda", dtype).eval()
+        with torch.inference_mode():
+            logits, got = gpu.forward_with_merges(torch.from_numpy(x).to("cuda", dtype))
+        from fastast_deploy.evaluation.metrics import compare_logits
+
+        figures = compare_logits(want, logits.float().cpu().numpy())
+        print(f"PyTorch CUDA {dtype} vs CPU fp32: {figures}")
+        assert figures["non_finite_clips"] == 0 and figures["cosine_min"] >= cosine
+        if dtype == torch.float32:
+            assert figures["max_abs_diff"] <= 1e-3
+            positions = [p for m in got for p in ((2 * m.src_idx).cpu().numpy(), (2 * m.dst_idx + 1).cpu().numpy())]
+            assert all((a == b).all() for a, b in zip(merges, positions, strict=True))
