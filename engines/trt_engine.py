@@ -9,7 +9,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -130,12 +130,13 @@ def _polygraphy_logging(verbose: bool) -> Iterator[None]:
 
 def checked_timing_cache(config_loader: Any, cache: Path | None, engine_loader: Callable[[], Any],
                          notes: list[str]) -> Any:
-    """Wrap Polygraphy's config loader: after it has built the config, attach the timing cache file again and read
-    TensorRT's answer, which Polygraphy ignores (CreateConfig calls ``config.set_timing_cache(cache,
-    ignore_mismatch=False)`` and drops the bool, polygraphy 0.53.6 backend/trt/config.py). TensorRT refuses a cache
-    whose CUDA device properties differ ("A failure will be reported if the CUDA device property in the provided
-    cache is different", IBuilderConfig::setTimingCache, NvInfer.h 11.1). A refused cache is then neither used nor
-    rewritten: ``engine_loader().timing_cache_path`` (EngineBytesFromNetwork's save path) is cleared."""
+    """Wrap Polygraphy's config loader (built without ``load_timing_cache``, so it attaches an empty cache): attach
+    the timing cache file here and read TensorRT's answer, which Polygraphy's own loading ignores (CreateConfig calls
+    ``config.set_timing_cache(cache, ignore_mismatch=False)`` and drops the bool, and lets a corrupt file raise;
+    polygraphy 0.53.6 backend/trt/config.py). TensorRT refuses a cache whose CUDA device properties differ ("A
+    failure will be reported if the CUDA device property in the provided cache is different",
+    IBuilderConfig::setTimingCache, NvInfer.h 11.1). A refused cache is then neither used nor rewritten:
+    ``engine_loader().timing_cache_path`` (EngineBytesFromNetwork's save path) is cleared."""
 
     def load(builder: Any, network: Any) -> Any:
         config = config_loader(builder, network)
@@ -190,8 +191,8 @@ def build_tensorrt_engine(model: str | os.PathLike, output: str | os.PathLike,
     stale_lock = lock is not None and lock.exists()
     try:
         with _polygraphy_logging(options.verbose):
-            network, config = polygraphy_loaders(backend, info.path, plan, options, shapes if dynamic else None,
-                                                 trt.MemoryPoolType.WORKSPACE)
+            network, config = polygraphy_loaders(backend, info.path, plan, replace(options, timing_cache=None),
+                                                 shapes if dynamic else None, trt.MemoryPoolType.WORKSPACE)
             # EngineBytesFromNetwork is EngineFromNetwork without the deserialisation: the plan's bytes are what
             # gets written. It merges this build's timings into the cache file under a lock.
             cache = str(options.timing_cache) if options.timing_cache else None

@@ -446,8 +446,14 @@ def test_build_removes_polygraphys_lock_file(exported_cpu: Path, tmp_path: Path,
             self.config("builder", "network")
             return b"bytes standing in for a plan"
 
+    created: list[dict[str, Any]] = []
+
+    def create_config(**kwargs: Any) -> Any:
+        created.append(kwargs)
+        return lambda builder, network: FakeConfig(False)
+
     backend = types.SimpleNamespace(NetworkFromOnnxPath=lambda path, strongly_typed=None: "network",
-                                    CreateConfig=lambda **kwargs: lambda builder, network: FakeConfig(False),
+                                    CreateConfig=create_config,
                                     Profile=lambda: types.SimpleNamespace(add=lambda *a: {}),
                                     EngineBytesFromNetwork=FakeEngineBytes)
     fake_trt = types.SimpleNamespace(__version__="10.13.0.35", MemoryPoolType=types.SimpleNamespace(WORKSPACE=0))
@@ -457,6 +463,7 @@ def test_build_removes_polygraphys_lock_file(exported_cpu: Path, tmp_path: Path,
     options = trt_engine.TrtBuildOptions(max_batch=2, timing_cache=cache)
     result = trt_engine.build_tensorrt_engine(exported_cpu, tmp_path / "x.plan", options)
     assert not Path(f"{cache}.lock").exists()
+    assert created[0]["load_timing_cache"] is None  # loaded by checked_timing_cache, which reads the answer
     assert any("refused the timing cache" in n for n in result.notes)
     assert cache.read_bytes() == b"from another GPU"
 
