@@ -1,4 +1,4 @@
-"""TensorRT engines through Polygraphy's loaders (polygraphy >= 0.49, TensorRT 10.x and 11.x): build a plan from
+"""TensorRT engines through Polygraphy's loaders (polygraphy >= 0.50.3, TensorRT 10.11+ and 11.x): build a plan from
 an exported model, run one with ``TrtRunner``. tensorrt and polygraphy's TensorRT backend are imported inside the
 functions that need them; everything decided before the build lives in trt_policy / profiles / sidecar."""
 
@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,8 +21,16 @@ from fastast_deploy.errors import error_summary
 from fastast_deploy.files import prepare_output, sha256_file
 from fastast_deploy.pairs import atomic_pair
 
-from .base import BATCH, BackendUnavailableError, BuildResult, Engine, EngineError, EngineMismatchError
-from .gpu import GpuInfo, query_gpu
+from .base import (
+    BATCH,
+    BackendUnavailableError,
+    BuildResult,
+    Engine,
+    EngineError,
+    EngineMismatchError,
+    check_feed,
+)
+from .gpu import DeviceTiming, GpuInfo, query_gpu, summarize_device_times
 from .onnx_model import read_onnx_model
 from .profiles import ProfileShapes, profile_shapes, resolve_batch_range
 from .sidecar import check_engine_file, engine_sidecar
@@ -31,8 +40,10 @@ from .trt_policy import (
     PrecisionPlan,
     TrtVersion,
     check_plan_compatible,
+    check_polygraphy,
     import_tensorrt,
     parse_trt_version,
+    parser_precision_plan,
     precision_plan,
 )
 
@@ -110,10 +121,42 @@ def _polygraphy() -> tuple[ModuleType, type[Exception], str]:
 
 @contextlib.contextmanager
 def _polygraphy_logging(verbose: bool) -> Iterator[None]:
+    """Polygraphy's TensorRT logger sends TensorRT's VERBOSE messages to EXTRA_VERBOSE, INFO to VERBOSE and
+    WARNING to warning (polygraphy 0.53.6 backend/trt/util.py get_trt_logger): ``verbose`` shows all of it, the
+    default shows TensorRT's warnings and errors."""
     from polygraphy.logger import G_LOGGER
 
-    with G_LOGGER.verbosity(G_LOGGER.VERBOSE if verbose else G_LOGGER.ERROR):
+    with G_LOGGER.verbosity(G_LOGGER.EXTRA_VERBOSE if verbose else G_LOGGER.WARNING):
         yield
+
+
+def checked_timing_cache(config_loader: Any, cache: Path | None, engine_loader: Callable[[], Any],
+                         notes: list[str]) -> Any:
+    """Wrap Polygraphy's config loader (built without ``load_timing_cache``, so it attaches an empty cache): attach
+    the timing cache file here and read TensorRT's answer, which Polygraphy's own loading ignores (CreateConfig calls
+    ``config.set_timing_cache(cache, ignore_mismatch=False)`` and drops the bool, and lets a corrupt file raise;
+    polygraphy 0.53.6 backend/trt/config.py). TensorRT refuses a cache whose CUDA device properties differ ("A
+    failure will be reported if the CUDA device property in the provided cache is different",
+    IBuilderConfig::setTimingCache, NvInfer.h 11.1). A refused cache is then neither used nor rewritten:
+    ``engine_loader().timing_cache_path`` (EngineBytesFromNetwork's save path) is cleared."""
+
+    def load(builder: Any, network: Any) -> Any:
+        config = config_loader(builder, network)
+        if cache is None or not cache.is_file() or cache.stat().st_size == 0:
+            return config
+        try:
+            timing = config.create_timing_cache(cache.read_bytes())
+            accepted = bool(timing) and bool(config.set_timing_cache(timing, ignore_mismatch=False))
+        except Exception:  # noqa: BLE001 - the bindings raise RuntimeError/TypeError on a corrupt cache
+            accepted = False
+        if not accepted:
+            engine_loader().timing_cache_path = None
+            notes.append(f"TensorRT refused the timing cache {cache} (made on another GPU or by another TensorRT "
+                         "version): tactics were timed afresh and the file was left as it was; keep one cache per "
+                         "GPU model and TensorRT version")
+        return config
+
+    return load
 
 
 def build_tensorrt_engine(model: str | os.PathLike, output: str | os.PathLike,
@@ -129,9 +172,10 @@ def build_tensorrt_engine(model: str | os.PathLike, output: str | os.PathLike,
 
     trt = import_tensorrt()
     version = parse_trt_version(trt.__version__)
-    plan = precision_plan(version, info.precision, options.precision)
+    plan = parser_precision_plan(version, precision_plan(version, info.precision, options.precision))
     gpu = query_gpu()
     backend, PolygraphyException, polygraphy_version = _polygraphy()
+    check_polygraphy(polygraphy_version, version)
     output = prepare_output(output)  # creates missing directories: only once the build can start
     if output.resolve() == info.path.resolve():
         raise EngineError(f"output {output} is the model itself; write the engine to another file")
@@ -139,17 +183,26 @@ def build_tensorrt_engine(model: str | os.PathLike, output: str | os.PathLike,
         prepare_output(options.timing_cache)
 
     dynamic = info.batch_dim == BATCH  # a static graph needs no profile
+    notes = list(plan.notes)
+    lock = Path(f"{options.timing_cache}.lock") if options.timing_cache else None  # polygraphy util.LockFile's name
+    stale_lock = lock is not None and lock.exists()
     try:
         with _polygraphy_logging(options.verbose):
-            network, config = polygraphy_loaders(backend, info.path, plan, options, shapes if dynamic else None,
-                                                 trt.MemoryPoolType.WORKSPACE)
+            network, config = polygraphy_loaders(backend, info.path, plan, replace(options, timing_cache=None),
+                                                 shapes if dynamic else None, trt.MemoryPoolType.WORKSPACE)
             # EngineBytesFromNetwork is EngineFromNetwork without the deserialisation: the plan's bytes are what
             # gets written. It merges this build's timings into the cache file under a lock.
             cache = str(options.timing_cache) if options.timing_cache else None
-            serialized = backend.engine_bytes_from_network(network, config=config, save_timing_cache=cache)
+            checked = checked_timing_cache(config, options.timing_cache, lambda: loader, notes)
+            loader = backend.EngineBytesFromNetwork(network, config=checked, save_timing_cache=cache)
+            serialized = loader()
     except PolygraphyException as err:
         raise EngineError(f"TensorRT {version} could not build {info.path}: {error_summary(err)} "
                           "(--verbose shows TensorRT's log)") from None
+    finally:
+        if lock is not None and not stale_lock:  # Polygraphy's LockFile leaves CACHE.lock behind
+            with contextlib.suppress(OSError):
+                lock.unlink()
     with atomic_pair(output) as pair:
         tmp = pair.tmp
         tmp.write_bytes(serialized)
@@ -158,7 +211,7 @@ def build_tensorrt_engine(model: str | os.PathLike, output: str | os.PathLike,
                                   batch=batch, precision=plan.precision, details=details,
                                   versions={"tensorrt": version.text, "polygraphy": polygraphy_version})
         pair.sidecar = metadata
-    return BuildResult(output, sidecar_path(output), metadata, plan.notes)
+    return BuildResult(output, sidecar_path(output), metadata, tuple(notes))
 
 
 class TensorRTEngine(Engine):
@@ -170,14 +223,17 @@ class TensorRTEngine(Engine):
 
     def __init__(self, path: Path, metadata: dict[str, Any], verbose: bool = False) -> None:
         super().__init__(path, metadata)
-        backend, PolygraphyException, _ = _polygraphy()
-        self._runner = None
+        backend, self._polygraphy_error, _ = _polygraphy()
+        self._runner: Any = None
+        self._engine: Any = None
+        self._verbose = verbose
         try:
             with _polygraphy_logging(verbose):
                 self._engine = backend.engine_from_bytes(self.path.read_bytes())
                 runner = backend.TrtRunner(self._engine, name=self.path.name)
                 runner.activate()
-        except PolygraphyException as err:
+        except self._polygraphy_error as err:
+            self._engine = None
             raise EngineError(f"TensorRT cannot load {path}: {error_summary(err)}; the plan is corrupt or was not "
                               "built by this TensorRT; rebuild it") from None
         self._runner = runner
@@ -187,17 +243,69 @@ class TensorRTEngine(Engine):
             raise EngineMismatchError(f"{path} has tensors {sorted(names)}; its sidecar says "
                                       f"{sorted(set(self._inputs) | set(self._outputs))}; rebuild it")
 
-    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _active_runner(self) -> Any:
         if self._runner is None:
             raise EngineError(f"{self.path.name} is closed")
-        outputs = self._runner.infer(feed)
+        return self._runner
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        runner = self._active_runner()
+        try:
+            with _polygraphy_logging(self._verbose):
+                outputs = runner.infer(feed)
+        except self._polygraphy_error as err:  # e.g. execute_async_v3() failed: one line, not a traceback
+            raise EngineError(f"TensorRT could not run {self.path.name}: {error_summary(err)}") from None
         # TrtRunner reuses its host output buffers between calls: hand out copies.
         return {name: np.array(outputs[name], copy=True) for name in self._outputs}
 
+    def time_device(self, feed: dict[str, Any], warmup: int = 3, iterations: int = 20) -> DeviceTiming:
+        """Time one batch as trtexec reports it: host-to-device copies, GPU compute, device-to-host copies apart.
+        Compute is TrtRunner's own inference time with inputs already on the GPU and outputs left there
+        (``copy_outputs_to_host=False``): its ``_infer_impl`` then makes no copy and ends with a stream
+        synchronise (polygraphy 0.53.6 backend/trt/runner.py), so it is enqueue + execution. Copies are synchronous
+        cudaMemcpy calls timed on the host."""
+        from polygraphy import cuda
+        from polygraphy.datatype import DataType
+
+        runner = self._active_runner()
+        arrays = check_feed(feed, self._inputs, self._batch, self.path.name)
+        device = {name: cuda.DeviceArray(shape=a.shape, dtype=DataType.from_dtype(a.dtype))
+                  for name, a in arrays.items()}
+        h2d, compute, d2h = [], [], []
+        try:
+            for step in range(warmup + iterations):
+                start = time.perf_counter()
+                for name, array in arrays.items():
+                    device[name].copy_from(array)
+                copied = time.perf_counter()
+                try:
+                    outputs = runner.infer(device, copy_outputs_to_host=False)
+                except self._polygraphy_error as err:
+                    raise EngineError(f"TensorRT could not run {self.path.name}: {error_summary(err)}") from None
+                ran = runner.last_inference_time()
+                back = time.perf_counter()
+                for name in self._outputs:
+                    outputs[name].numpy()
+                done = time.perf_counter()
+                if step >= warmup:
+                    h2d.append(copied - start)
+                    compute.append(ran)
+                    d2h.append(done - back)
+        finally:
+            for array in device.values():
+                array.free()
+        return summarize_device_times(h2d, compute, d2h, source="TrtRunner inference time, inputs on the GPU")
+
     def close(self) -> None:
-        if self._runner is not None and self._runner.is_active:
-            self._runner.deactivate()
-        self._runner = None
+        """Deactivate the runner (which frees its buffers, stream and execution context) and drop this object's
+        reference to the deserialised engine, so TensorRT frees the engine's GPU memory now rather than when this
+        object is collected (TrtRunner.deactivate_impl deletes its own engine and context references)."""
+        runner, self._runner = self._runner, None
+        try:
+            if runner is not None and runner.is_active:
+                runner.deactivate()
+        finally:
+            self._engine = None
 
 
 def open_tensorrt_engine(path: Path, data: dict[str, Any], verbose: bool = False) -> TensorRTEngine:

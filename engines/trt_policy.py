@@ -6,12 +6,16 @@ Facts (NVIDIA/TensorRT include/NvInfer.h): TensorRT 10 still has BuilderFlag::kF
 networks, so precision comes from the ONNX graph (Polygraphy's ``CreateConfig(fp16=True)`` fails there).
 Plans only run on the TensorRT version and GPU compute capability that built them (unless built version- or
 hardware-compatible, which fastast-deploy does not do).
+
+PyPI (checked with pip): ``tensorrt`` 11.4.0.106 is a metapackage requiring ``tensorrt_cu13==11.4.0.106``, so
+``pip install tensorrt`` brings the CUDA 13 build; ``tensorrt-cu12`` (10.0.1 to 11.4) is the CUDA 12 build and
+``tensorrt-cu13`` starts at 10.13.2.6. All three install the ``tensorrt`` module.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
 
@@ -21,8 +25,21 @@ from fastast_deploy.errors import error_summary
 from .base import BackendUnavailableError, EngineError, EngineMismatchError
 from .gpu import GpuInfo
 
-INSTALL_HINT = 'pip install "fastast-deploy[tensorrt]"'
+INSTALL_HINT = 'pip install "fastast-deploy[tensorrt]" (CUDA 13; "fastast-deploy[tensorrt-cu12]" for a CUDA 12 driver)'
 MIN_MAJOR = 10  # strongly typed networks, INT64 tensors and the opset-18+ parser fixes this exporter relies on
+# The first TensorRT 10 minor whose ONNX parser leaves LayerNorm's compute precision alone in a strongly typed
+# network. onnx-tensorrt's LayerNormalization importer: in 10.1 GA (onnx-tensorrt@96e7811, the parsers/onnx of
+# NVIDIA/TensorRT release/10.1) `layer->setComputePrecision(computeType)` unconditionally; in 10.11
+# (onnx-tensorrt@745bde2, release/10.11's parsers/onnx) only `if (!ctx->isStronglyTyped())`. NvInfer.h: "Strongly
+# typed network rejects calls to this method". The parsers of 10.2 to 10.10 could not be read, so 10.11 is the
+# first minor this project relies on; before it, fp32 graphs build weakly typed (the same fp32 engine) and fp16
+# graphs are refused.
+STRONGLY_TYPED_LAYERNORM = (10, 11)
+# Polygraphy 0.49.x's CreateConfig reads `layer.precision_is_set` on every layer; TensorRT 11's bindings dropped it
+# (in NVIDIA/TensorRT release/10.16 python/src/infer/pyGraph.cpp, not in release/11.0 or 11.1), so 0.49.x ends in an
+# AttributeError. 0.50.3, 0.53.4 and 0.53.6 (the PyPI wheels) wrap that read in `except AttributeError`; 0.49.27
+# (tools/Polygraphy in NVIDIA/TensorRT main) does not. pyproject.toml pins the same bound.
+MIN_POLYGRAPHY_FOR_11 = (0, 50, 3)
 FP16_FLAG_DEPRECATED = (10, 12)
 STRONGLY_TYPED_ONLY_MAJOR = 11
 
@@ -105,6 +122,33 @@ def precision_plan(version: TrtVersion, graph_precision: str, requested: str | N
         notes.insert(0, f"the fp16 builder flag is deprecated since TensorRT 10.12 and removed in 11 "
                         f"(this is {version})")
     return PrecisionPlan("fp16", strongly_typed=False, fp16_flag=True, notes=tuple(notes))
+
+
+def parser_precision_plan(version: TrtVersion, plan: PrecisionPlan) -> PrecisionPlan:
+    """``plan`` adjusted to what TensorRT ``version``'s ONNX parser can build from a FastAST graph (which always
+    holds LayerNormalization): before 10.11 a strongly typed network rejects the parser's setComputePrecision call
+    (STRONGLY_TYPED_LAYERNORM), so an fp32 graph builds weakly typed without precision flags (every layer stays
+    fp32) and an fp16 graph is refused with the versions that work."""
+    if not plan.strongly_typed or version.major != 10 or (version.major, version.minor) >= STRONGLY_TYPED_LAYERNORM:
+        return plan
+    low = ".".join(str(n) for n in STRONGLY_TYPED_LAYERNORM)
+    if plan.precision != "fp32":
+        raise EngineError(f"TensorRT {version}'s ONNX parser sets LayerNorm's compute precision, which strongly typed "
+                          f"networks reject, and an fp16 graph needs strong typing; use TensorRT >= {low} "
+                          f'(pip install "tensorrt-cu12>={low}") or build the fp32 export')
+    note = (f"TensorRT {version}'s ONNX parser cannot build LayerNorm in a strongly typed network (fixed by {low}): "
+            "built weakly typed without precision flags, so every layer is fp32 as in the graph")
+    return replace(plan, strongly_typed=False, network_flag=False, notes=(*plan.notes, note))
+
+
+def check_polygraphy(polygraphy_version: str, version: TrtVersion) -> None:
+    """Refuse a Polygraphy too old for TensorRT ``version`` (MIN_POLYGRAPHY_FOR_11) before it fails mid-build."""
+    numbers = tuple(int(n) for n in re.findall(r"\d+", str(polygraphy_version))[:3])
+    if version.major >= STRONGLY_TYPED_ONLY_MAJOR and numbers < MIN_POLYGRAPHY_FOR_11:
+        low = ".".join(str(n) for n in MIN_POLYGRAPHY_FOR_11)
+        raise BackendUnavailableError(f"Polygraphy {polygraphy_version} cannot build with TensorRT {version} (it reads "
+                                      f"layer.precision_is_set, which TensorRT 11 removed); upgrade it: "
+                                      f'pip install "polygraphy>={low}"')
 
 
 def check_plan_compatible(recorded: dict[str, Any], installed: str, gpu: GpuInfo, engine: str) -> list[str]:

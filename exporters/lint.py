@@ -2,17 +2,16 @@
 
 It answers: does every node run natively (no plugin), is every dim but the batch fixed, are TopK's K and the
 reduce axes build-time constants, and is anything typed in a way TensorRT lacks (fp64) or that makes merge
-decisions fragile (fp16 comparisons in the matching subgraph)? The facts come from onnx-tensorrt's
-``docs/operators.md`` for TensorRT 10.15 unless a comment names another source. TensorRT itself is never imported.
+decisions fragile (fp16 comparisons in the matching subgraph, LayerNorm / Softmax computing in fp16)? The facts
+come from exporters/trt_ops.py, whose tables cite their sources per TensorRT major (operators.md for 10.15 and
+11.1, plugin/README.md for 10.16 and 11.1). TensorRT itself is never imported.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import onnx
@@ -20,11 +19,15 @@ from onnx import TensorProto
 
 from fastast_deploy.errors import FastASTError, error_summary
 
+from .lint_report import Finding, LintReport, format_report
 from .onnx_graph import GraphIndex, default_opset, load_onnx
+from .precision import half_compute, half_decisions, has_half
 from .trt_ops import (
+    DOUBLE_NOTE,
     NOT_SUPPORTED_TRT10,
     OPSET_OLD_TRT10_MAX,
     OPSET_RANGE,
+    PLUGIN_SOURCES,
     RESTRICTIONS,
     SINCE_TRT10,
     STATIC_CONTRACT,
@@ -35,9 +38,6 @@ from .trt_ops import (
     Restriction,
 )
 
-Severity = Literal["error", "warning", "info"]
-Kind = Literal["unsupported", "plugin", "restriction", "static", "dtype", "precision", "opset", "note"]
-
 # ONNX element types by the names the table uses; types TensorRT has no form of at all.
 _TYPE_NAMES: dict[int, str] = {
     TensorProto.FLOAT: "FP32", TensorProto.FLOAT16: "FP16", TensorProto.BFLOAT16: "BF16",
@@ -47,49 +47,7 @@ _TYPE_NAMES: dict[int, str] = {
     TensorProto.FLOAT8E5M2FNUZ: "FP8", TensorProto.DOUBLE: "DOUBLE",
 }
 _QUANTIZED = frozenset({"INT8", "INT4", "FP8", "FP4"})  # only between Q/DQ; their placement is TensorRT's concern
-_HALF = frozenset({TensorProto.FLOAT16, TensorProto.BFLOAT16})
-_DECISION_OPS = frozenset({"TopK", "ArgMax", "ArgMin"})
-_COMPARE_OPS = frozenset({"ReduceMax", "ReduceMin", "Equal"})
-@dataclass(frozen=True)
-class Finding:
-    """One problem (or note). ``node`` is the node's name (a tensor's producer; the tensor itself for inputs and
-    initializers; "(graph)" for the model), ``op`` its op type ("input"/"output" for graph I/O dims, "" for the
-    model); ``detail`` holds what differs between repeats of the same message."""
-
-    severity: Severity
-    node: str
-    op: str
-    message: str
-    detail: str = ""
-    kind: Kind = "restriction"
-
-
-@dataclass
-class LintReport:
-    """All findings for one graph and one TensorRT major version."""
-
-    tensorrt: int
-    source: str
-    opset: int | None
-    node_count: int
-    findings: list[Finding] = field(default_factory=list)
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "warning"]
-
-    @property
-    def plugin_nodes(self) -> list[Finding]:
-        """One finding per node that runs only as a TensorRT plugin."""
-        return [f for f in self.findings if f.kind == "plugin"]
-
-    @property
-    def failed(self) -> bool:
-        return any(f.severity == "error" for f in self.findings)
+__all__ = ["Finding", "LintReport", "format_report", "lint_model"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -114,43 +72,6 @@ def lint_model(model: onnx.ModelProto | str | Path, tensorrt: int = 10, *, allow
     findings += _check_dtypes(graph)
     findings += _check_precision(graph, tensorrt)
     return LintReport(tensorrt, source, opset, len(graph.nodes), findings)
-
-
-def format_report(report: LintReport) -> str:
-    """Counts by op type per severity, each error/warning once per (op, message), then a one-line verdict."""
-    lines = [f"TensorRT {report.tensorrt} lint of {report.source} (opset {report.opset}, {report.node_count} nodes)"]
-    for severity in ("error", "warning", "info"):
-        counts = Counter(f.op or "(graph)" for f in report.findings if f.severity == severity)
-        if counts:
-            lines.append(f"  {severity}s by op: " + ", ".join(f"{op} {n}" for op, n in counts.most_common()))
-    groups: dict[tuple[str, str, str], list[Finding]] = {}
-    for f in report.findings:
-        if f.severity != "info":
-            groups.setdefault((f.severity, f.op or "(graph)", f.message), []).append(f)
-    for (severity, op, message), found in sorted(groups.items(), key=lambda kv: kv[0][0] != "error"):
-        first = found[0]
-        example = f"{first.node}: {first.detail}" if first.detail else first.node
-        lines.append(f"  {severity.upper():<7} {op} x{len(found)}: {message} (e.g. {example})")
-    lines.append(_verdict(report))
-    return "\n".join(lines)
-
-
-def _verdict(report: LintReport) -> str:
-    head = (f"TensorRT {report.tensorrt}: {_count(len(report.errors), 'error')}, "
-            f"{_count(len(report.warnings), 'warning')}, {_count(len(report.plugin_nodes), 'plugin node')}")
-    plugins = Counter(f.op for f in report.plugin_nodes)
-    plugin_text = [f"{_count(n, op + ' node')} need{'' if n > 1 else 's'} a plugin" for op, n in plugins.most_common()]
-    if not report.failed:
-        return f"{head} — " + ("builds with plugins: " + ", ".join(plugin_text) if plugins else "builds natively")
-    others = Counter(f.op or "(graph)" for f in report.errors if f.kind != "plugin")
-    reasons = (plugin_text if any(f.severity == "error" for f in report.plugin_nodes) else []) + [
-        _count(n, f"{op} error") for op, n in others.most_common()]
-    shown = ", ".join(reasons[:4]) + (f" and {len(reasons) - 4} more" if len(reasons) > 4 else "")
-    return f"{head} — would fail: {shown}"
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _infer_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Finding]]:
@@ -211,9 +132,15 @@ def _check_custom(name: str, node: onnx.NodeProto, tensorrt: int, allow_plugins:
     op, domain = node.op_type, node.domain
     if domain == "trt" and op in TRT_DOMAIN_OPS[tensorrt]:
         return []
-    if op in TRT_PLUGINS:
+    if op in TRT_PLUGINS[tensorrt]:
         return [_plugin(name, op, f"custom op {domain}::{op} runs only as the TensorRT plugin {op!r} "
                         "(libnvinfer_plugin)", allow_plugins)]
+    if gone := [m for m, names in TRT_PLUGINS.items() if op in names and m != tensorrt]:
+        # e.g. BatchedNMS_TRT, NMS_TRT, ProposalDynamic, CustomGeluPluginDynamic: in 10.16's plugin/README.md, not in
+        # 11.1's (trt_ops.PLUGIN_SOURCES); not buildable there, plugins allowed or not.
+        return [Finding("error", name, op, f"the TensorRT plugin {op!r} is not shipped with TensorRT {tensorrt} "
+                        f"(only with {', '.join(str(m) for m in gone)}; {PLUGIN_SOURCES[tensorrt]})",
+                        kind="unsupported")]
     hint = " (an ONNX Runtime contrib op: never feed an ORT-optimised model to TensorRT)" \
         if domain == "com.microsoft" else ""
     return [Finding("error", name, op, f"unsupported: custom op of domain {domain!r}, not a TensorRT op or "
@@ -287,7 +214,16 @@ def _check_constant_input(g: GraphIndex, name: str, node: onnx.NodeProto, index:
 
 
 def _check_topk_k(g: GraphIndex, name: str, node: onnx.NodeProto) -> list[Finding]:
-    k = g.resolve(node.input[1]).value if len(node.input) > 1 else np.array(_attr_int(node, "k", 0))  # opset < 10
+    const = g.resolve(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    if const is not None and const.kind == "runtime":
+        # The 10.x importer passes K as a tensor (trt_ops.RESTRICTIONS["TopK"]); TensorRT checks K < 3840 only when
+        # it runs (ITopKLayer, NvInfer.h: a larger dynamic K is "a runtime error").
+        return [Finding("warning", name, "TopK", f"K is computed at run time: TensorRT accepts it, but checks K < "
+                        f"{TOPK_MAX_K} only when it runs", f"K comes from {node.input[1]!r}", "static")]
+    if const is not None and const.kind == "literal" and const.value is None:
+        return [Finding("warning", name, "TopK", "K is stored in external data that could not be read",
+                        f"tensor {node.input[1]!r}", "static")]
+    k = const.value if const is not None else np.array(_attr_int(node, "k", 0))  # opset < 10: an attribute
     if k is None or k.size != 1 or int(k.reshape(-1)[0]) < TOPK_MAX_K:
         return []
     return [Finding("error", name, "TopK", f"K={int(k.reshape(-1)[0])}: TensorRT's TopK needs K < {TOPK_MAX_K}",
@@ -382,9 +318,8 @@ def _check_dtypes(g: GraphIndex) -> list[Finding]:
         node, op = g.where(name)
         if elem == TensorProto.INT64:
             int64[op] += 1
-        elif elem == TensorProto.DOUBLE:
-            findings.append(Finding("error", node, op, "DOUBLE tensor: TensorRT has no fp64 (the parser clamps it to "
-                                    "fp32); cast to float32 in the model", f"tensor {name!r}", "dtype"))
+        elif elem == TensorProto.DOUBLE:  # trt_ops.DOUBLE_NOTE: cast down, so it builds
+            findings.append(Finding("warning", node, op, f"DOUBLE tensor: {DOUBLE_NOTE}", f"tensor {name!r}", "dtype"))
         elif elem not in _TYPE_NAMES and elem != TensorProto.UNDEFINED:
             type_name = TensorProto.DataType.Name(elem)
             findings.append(Finding("error", node, op, f"{type_name} tensor: TensorRT has no such type",
@@ -399,43 +334,21 @@ def _check_dtypes(g: GraphIndex) -> list[Finding]:
 
 
 def _check_precision(g: GraphIndex, tensorrt: int) -> list[Finding]:
-    """fp16/bf16 values reaching the comparisons that pick merges (design.md section 5: keep them fp32)."""
-    findings = []
-    for i, node in enumerate(g.nodes):
-        if node.input and _half_before(g, node.input[0]) and _in_matching_subgraph(g, i, node):
-            findings.append(Finding("warning", g.names[i], node.op_type, "merge decisions computed in fp16 may flip "
-                                    "near-ties; keep the matching subgraph in fp32", f"input {node.input[0]!r}",
-                                    "precision"))
+    """fp16/bf16 values reaching the comparisons that pick merges (design.md section 5: keep them fp32), and
+    LayerNorm / Softmax computing in fp16 (trt_ops.FP32_COMPUTE_OPS: strongly typed TensorRT computes them in
+    their input type; the fp16 export casts their inputs to fp32)."""
+    findings = [Finding("warning", g.names[i], g.nodes[i].op_type, "merge decisions computed in fp16 may flip "
+                        "near-ties; keep the matching subgraph in fp32", f"input {tensor!r}", "precision")
+                for i, tensor in half_decisions(g)]
+    findings += [Finding("warning", g.names[i], g.nodes[i].op_type, "computes in fp16 under strong typing (TensorRT "
+                         "takes its compute precision from the input type); cast its inputs to fp32 as "
+                         "`fastast-deploy export --precision fp16` does", f"input {tensor!r}", "precision")
+                 for i, tensor in half_compute(g)]
     if tensorrt >= 11:
-        has_half = any(elem in _HALF for elem in g.elem_types.values())
         findings.append(Finding("info", "(graph)", "", "TensorRT 11 is strongly typed: precision comes from this "
-                                "graph's types" + ("" if has_half else " (all fp32 here: for fp16, export an fp16 "
-                                                   "ONNX; there is no builder flag)"), kind="note"))
+                                "graph's types" + ("" if has_half(g) else " (all fp32 here: for fp16, export an "
+                                                   "fp16 ONNX; there is no builder flag)"), kind="note"))
     return findings
-
-
-def _half_before(g: GraphIndex, name: str) -> bool:
-    """fp16/bf16 itself, or a Cast up from fp16/bf16 (the values were already rounded)."""
-    if g.elem_types.get(name) in _HALF:
-        return True
-    producer = g.nodes[g.producer[name]] if name in g.producer else None
-    return producer is not None and producer.op_type == "Cast" and g.elem_types.get(producer.input[0]) in _HALF
-
-
-def _in_matching_subgraph(g: GraphIndex, i: int, node: onnx.NodeProto, max_hops: int = 8) -> bool:
-    """TopK/ArgMax/ArgMin, or a ReduceMax/ReduceMin/Equal whose result reaches one within a few nodes."""
-    if node.domain not in ("", "ai.onnx") or node.op_type not in _DECISION_OPS | _COMPARE_OPS:
-        return False
-    if node.op_type in _DECISION_OPS:
-        return True
-    frontier, seen = [i], {i}
-    for _ in range(max_hops):
-        nxt = [c for j in frontier for out in g.nodes[j].output for c in g.consumers.get(out, []) if c not in seen]
-        if any(g.nodes[c].op_type in _DECISION_OPS for c in nxt):
-            return True
-        seen.update(nxt)
-        frontier = nxt
-    return False
 
 
 def _attr_int(node: onnx.NodeProto, name: str, default: int) -> int:

@@ -38,16 +38,15 @@ from fastast_deploy.model.fastast import FastAST
 from fastast_deploy.pairs import atomic_pair
 
 from .metadata import read_metadata
+from .precision import compute_in_fp32
+from .trt_ops import CONTRACT_CONSTANT_INPUTS, STATIC_CONTRACT, TOPK_MAX_K
 
 __all__ = ["ExportOptions", "ExportResult", "export_onnx", "read_metadata", "sidecar_path"]
 
-# Ops whose presence breaks the static, plugin-free contract (control flow, data-dependent shapes).
-FORBIDDEN_OPS = frozenset({"If", "Loop", "Scan", "NonZero", "Unique", "Compress"})
 STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
 PART_KEY = "fastast_deploy.part"
 # The exporter's stack traces stop at the calling module's forward: merge ops show the call into model.tome.
 MERGE_SOURCE = re.compile(r"\b(bipartite_match|merge_wavg)\(")
-TOPK_LIMIT = 3840  # TensorRT: K must be < 3840 (onnx-tensorrt operators.md, TensorRT 10.x)
 BATCH_DIM = re.compile(r"batch|\d+\*batch|batch\*\d+")  # the batch, or a flattened batch x tokens
 
 
@@ -122,6 +121,8 @@ def to_onnx(model: FastAST, options: ExportOptions) -> onnx.ModelProto:
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset != options.opset:
         raise FastASTError(f"the exporter produced opset {opset}, not the requested {options.opset}")
+    if options.precision == "fp16":  # LayerNorm / Softmax compute in fp32 between Casts (trt_ops.FP32_COMPUTE_OPS)
+        compute_in_fp32(proto)
     if options.batch is None:  # name the symbolic dim "batch" on every graph input and output
         for value in list(proto.graph.input) + list(proto.graph.output):
             dim = value.type.tensor_type.shape.dim[0]
@@ -139,9 +140,10 @@ def check_graph(proto: onnx.ModelProto, merge_impl: str, merging_blocks: int) ->
     ops: dict[str, int] = {}
     for node in proto.graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
-    bad = sorted(FORBIDDEN_OPS & ops.keys())
+    bad = sorted(STATIC_CONTRACT.keys() & ops.keys())  # the one table lint also applies
     if bad:
-        raise FastASTError(f"exported graph has control flow or data-dependent ops {bad}; expected none")
+        raise FastASTError(f"exported graph breaks the static-shape contract with {bad} "
+                           f"({STATIC_CONTRACT[bad[0]]}); expected none")
     scatters = {op: n for op, n in ops.items() if op.startswith("Scatter")}
     if merge_impl == "matmul" and scatters:
         raise FastASTError(f"matmul merge export still has scatter nodes {scatters}; expected none")
@@ -168,14 +170,16 @@ def check_graph(proto: onnx.ModelProto, merge_impl: str, merging_blocks: int) ->
     constants.update({n.output[0]: a.t for n in inferred.graph.node if n.op_type == "Constant" for a in n.attribute
                       if a.name == "value"})
     for node in inferred.graph.node:
-        if node.op_type != "TopK":
+        if node.op_type not in CONTRACT_CONSTANT_INPUTS:
             continue
-        k = constants.get(node.input[1])
+        index, label = CONTRACT_CONSTANT_INPUTS[node.op_type]
+        k = constants.get(node.input[index])
         if k is None:
-            raise FastASTError(f"TopK {node.name} has a K computed at run time; expected a folded constant")
+            raise FastASTError(f"{node.op_type} {node.name} has a {label} computed at run time; expected a folded "
+                               "constant")
         value = int(onnx.numpy_helper.to_array(k).reshape(-1)[0])
-        if value >= TOPK_LIMIT:
-            raise FastASTError(f"TopK {node.name} has K = {value}; TensorRT needs K < {TOPK_LIMIT}")
+        if value >= TOPK_MAX_K:
+            raise FastASTError(f"TopK {node.name} has K = {value}; TensorRT needs K < {TOPK_MAX_K}")
 
 
 def build_metadata(model: FastAST, options: ExportOptions, source_info: dict[str, Any] | None) -> dict[str, Any]:
@@ -259,11 +263,25 @@ def export_onnx(
     data = serialize(proto, metadata)
     if len(data) >= 2**31:
         raise FastASTError(f"exported model is {len(data) / 2**30:.1f} GiB; one self-contained file must be < 2 GiB")
+    if check:
+        check_lint(proto, allow_plugins=model.tome.merge_impl == "scatter")
     parity = check_parity(model, data, options, num=parity_inputs) if check else None
     with atomic_pair(output) as pair:
         pair.tmp.write_bytes(data)
         pair.sidecar = {**metadata, "sha256": _sha256(data), "parity": parity}
     return ExportResult(output, sidecar_path(output), metadata, parity)
+
+
+def check_lint(proto: onnx.ModelProto, allow_plugins: bool = False) -> None:
+    """The TensorRT lint of both majors on the exported graph; its errors fail the export (FastASTError)."""
+    from .lint import lint_model
+    from .lint_report import verdict
+
+    for major in (10, 11):
+        report = lint_model(proto, tensorrt=major, allow_plugins=allow_plugins)
+        if report.failed:
+            raise FastASTError(f"the exported graph fails the TensorRT lint: {verdict(report)}; export with "
+                               "--no-check and run `fastast-deploy lint` on it for the details")
 
 
 def _sha256(data: bytes) -> str:

@@ -1,15 +1,21 @@
 """What TensorRT's ONNX parser runs natively, as data: ops and types per TensorRT major version, restrictions that
-can be checked statically, plugin names. Sources are cited beside each table; ``lint`` applies them."""
+can be checked statically, plugin names per major, and this project's static-shape contract. Sources are cited
+beside each table; ``lint`` and the exporter's own checks (exporters/onnx_export.check_graph) both apply them.
+
+Sources, by the version each fact comes from:
+- TensorRT 10: onnx/onnx-tensorrt docs/operators.md, TensorRT 10.15 version ("TensorRT 10.15 supports operators in
+  the inclusive range of opset 9 to opset 24"), column "Supported Types"; ops added during 10.x carry the 10.x
+  release that added them (onnx-tensorrt docs/Changelog.md, 10.1 to 10.15 GA).
+- TensorRT 11: onnx/onnx-tensorrt@7c51a63 docs/operators.md, the parser NVIDIA/TensorRT release/11.1 pins in
+  parsers/onnx ("TensorRT 11.1 supports operators in the inclusive range of opset 9 to opset 24"): the 10.15 rows
+  plus Swish, same types and restrictions.
+- Plugins: NVIDIA/TensorRT plugin/README.md on release/10.16 and on release/11.1 (the plugin/ trees).
+"""
 
 from __future__ import annotations
 
 from typing import Literal, TypedDict
 
-# ---------------------------------------------------------------------------------------------------------------
-# The table. Source: onnx/onnx-tensorrt docs/operators.md, TensorRT 10.15 version ("TensorRT 10.15 supports
-# operators in the inclusive range of opset 9 to opset 24"), column "Supported Types". Ops added during 10.x carry
-# the 10.x release that added them (onnx-tensorrt docs/Changelog.md, 10.1 to 10.15 GA).
-# ---------------------------------------------------------------------------------------------------------------
 _F = ("FP32", "FP16", "BF16")
 _F16 = ("FP32", "FP16")
 _FI = (*_F, "INT32", "INT64")
@@ -80,8 +86,10 @@ class Restriction(TypedDict, total=False):
 
 _AXES: Restriction = {"initializer": {1: "axes"}}  # Reduce*: "`axes` must be an initializer"
 RESTRICTIONS: dict[str, Restriction] = {
-    "TopK": {"attrs": {"sorted": 1}, "build_time": {1: "K"}},  # "`sorted` must be 1. `K` input must be less than
-    # 3840." Known at build time for our static graphs (8.4 required an initializer; 10.x takes a tensor K).
+    # "`sorted` must be 1. `K` input must be less than 3840." K may be a run-time tensor: since 10.x the importer
+    # hands K to the layer as a tensor (onnx-tensorrt@96e7811, 10.1 GA, onnxOpImporters.cpp TopK:
+    # `layer->setInput(1, *kPtr)`); 8.4 required an initializer. lint checks K's value where it is known.
+    "TopK": {"attrs": {"sorted": 1}},
     "OneHot": {"build_time": {1: "depth"}},  # "`depth` must be a build-time constant"
     "CumSum": {"build_time": {1: "axis"}},  # "`axis` must be a build-time constant"
     "Squeeze": {"build_time": {1: "axes"}},  # "`axes` must be resolvable to a constant."
@@ -105,22 +113,40 @@ RESTRICTIONS: dict[str, Restriction] = {
         "unsupported_attrs": ("qk_matmul_output_mode", "softcap"),
     },
 }
-TOPK_MAX_K = 3840  # K < 3840: operators.md (10.15) and ITopKLayer in NvInfer.h ("values of K up to 3840").
+# K < 3840: operators.md (10.15 and 11.1) and ITopKLayer in NvInfer.h ("values of K up to 3840"; a larger run-time
+# K is "a runtime error"). The exporter's own check and lint both read this one constant.
+TOPK_MAX_K = 3840
 
-# TensorRT 11: no operators.md for 11.x was found. Derived from 10.15 with the known differences: the 11.0 release
-# notes (NVIDIA/TensorRT CHANGELOG.md, 11.0) add `Swish` and the custom ops TRT_Attention, TRT_MoE and
-# TRT_KVCacheUpdate (domain "trt"); 11 is always strongly typed, so precision comes only from the graph.
+# DOUBLE: "There is limited support for DOUBLE type. TensorRT will attempt to cast DOUBLE down to FLOAT, clamping
+# values to `+-FLT_MAX` if necessary." (operators.md, 11.1 and 10.15); added in onnx-tensorrt 21.05 ("support for
+# DOUBLE-typed inputs and weights through downcast to float", PR #674). So a DOUBLE tensor builds: a warning.
+DOUBLE_NOTE = "the parser casts DOUBLE down to FLOAT (clamped to +-FLT_MAX): cast to float32 in the model"
+
+# TensorRT 11.1 (onnx-tensorrt@7c51a63 operators.md): the 10.15 rows plus Swish. The trt-domain ops TRT_Attention,
+# TRT_MoE and TRT_KVCacheUpdate come from the 11.0 release notes (NVIDIA/TensorRT CHANGELOG.md, 11.0 GA).
 NATIVE_OPS_TRT11: dict[str, tuple[str, ...]] = {**NATIVE_OPS_TRT10, "Swish": _F}
 TRT_DOMAIN_OPS: dict[int, frozenset[str]] = {10: frozenset(), 11: frozenset({"TRT_Attention", "TRT_MoE",
                                                                               "TRT_KVCacheUpdate"})}
 
 TENSORRT_OPS: dict[int, dict[str, tuple[str, ...]]] = {10: NATIVE_OPS_TRT10, 11: NATIVE_OPS_TRT11}
-# Inclusive opset range of the default domain. 10.15: 9-24; 10.0 and 10.1 GA: 9-20 (onnx-tensorrt@96e7811).
-# 11.x: assumed equal to 10.15 until an 11.x operators.md says otherwise.
+TABLE_SOURCES: dict[int, str] = {10: "onnx-tensorrt operators.md for TensorRT 10.15",
+                                 11: "onnx-tensorrt@7c51a63 operators.md for TensorRT 11.1"}
+# Inclusive opset range of the default domain. 10.15 and 11.1: 9-24; 10.0 and 10.1 GA: 9-20 (onnx-tensorrt@96e7811).
 OPSET_RANGE: dict[int, tuple[int, int]] = {10: (9, 24), 11: (9, 24)}
 OPSET_OLD_TRT10_MAX = 20
 
+# Ops an fp16 graph computes in float32 between explicit Casts. Under strong typing (always on in TensorRT 11) a
+# layer computes in its input type: INormalizationLayer::setComputePrecision is deprecated since 10.16 ("Superseded
+# by strong typing") and "Strongly typed network rejects calls to this method since the compute precision is
+# typically controlled by casting the input tensors to the desired type" (NvInfer.h, release/10.1 and 10.16); the
+# parser sets it only for weakly typed networks (onnx-tensorrt@745bde2, TensorRT 10.11, LayerNormalization
+# importer). ONNX Runtime and PyTorch accumulate LayerNorm statistics in float32 (stash_type=1), so fp16 inputs
+# would make TensorRT the odd one out: x**2 overflows fp16 above |x| = 256. Softmax gets the same treatment: its sum
+# runs over every key token (up to 1214 for AST at 1024 frames).
+FP32_COMPUTE_OPS: frozenset[str] = frozenset({"LayerNormalization", "Softmax"})
+
 # Valid ONNX that breaks the static-shape contract (design.md section 5), even where TensorRT has some support.
+# The one table: exporters/onnx_export.check_graph refuses these at export, lint reports them.
 STATIC_CONTRACT: dict[str, str] = {
     "NonZero": "output shape depends on the data",
     "Unique": "output shape depends on the data",
@@ -133,16 +159,34 @@ STATIC_CONTRACT: dict[str, str] = {
         "SequenceAt", "SequenceConstruct", "SequenceEmpty", "SequenceErase", "SequenceInsert", "SequenceLength",
         "SequenceMap", "SplitToSequence", "ConcatFromSequence")},
 }
+# Inputs the static contract wants written as constants in an exported graph (so their values are checked before
+# any build): TopK's K. TensorRT itself would take a run-time K (see RESTRICTIONS["TopK"]).
+CONTRACT_CONSTANT_INPUTS: dict[str, tuple[int, str]] = {"TopK": (1, "K")}
 
-# Plugins in libnvinfer_plugin that the parser's plugin fallback can resolve by op name (NVIDIA/TensorRT
-# plugin/README.md, 10.x); a custom-domain node with one of these names runs as that plugin, not natively.
-TRT_PLUGINS: frozenset[str] = frozenset({
-    "BatchedNMS_TRT", "BatchedNMSDynamic_TRT", "CustomQKVToContextPluginDynamic", "CropAndResizeDynamic",
-    "DecodeBbox3DPlugin", "DetectionLayer_TRT", "DisentangledAttention_TRT", "EfficientNMS_TRT",
-    "CustomEmbLayerNormPluginDynamic", "CustomFCPluginDynamic", "FlattenConcat_TRT", "CustomGeluPluginDynamic",
-    "GenerateDetection_TRT", "GridAnchor_TRT", "GridAnchorRect_TRT", "GroupNormalizationPlugin",
-    "InstanceNormalization_TRT", "ModulatedDeformConv2d", "MultilevelCropAndResize_TRT", "MultilevelProposeROI_TRT",
-    "MultiscaleDeformableAttnPlugin_TRT", "NMS_TRT", "NMSDynamic_TRT", "PillarScatterPlugin", "PriorBox_TRT",
-    "ProposalLayer_TRT", "ProposalDynamic", "PyramidROIAlign_TRT", "Region_TRT", "Reorg_TRT", "ROIAlign_TRT",
-    "ResizeNearest_TRT", "ScatterElements", "ScatterND", "CustomSkipLayerNormPluginDynamic", "VoxelGeneratorPlugin",
+# Plugins in libnvinfer_plugin that the parser's plugin fallback can resolve by op name; a custom-domain node with
+# one of these names runs as that plugin, not natively. Per major, from the "Name" column of plugin/README.md.
+TRT_PLUGINS_10: frozenset[str] = frozenset({  # NVIDIA/TensorRT release/10.16 plugin/README.md
+    "BatchTilePlugin_TRT", "BatchedNMSDynamic_TRT", "BatchedNMS_TRT", "Clip_TRT", "CoordConvAC", "CropAndResize",
+    "CropAndResizeDynamic", "CustomEmbLayerNormPluginDynamic", "CustomFCPluginDynamic", "CustomGeluPluginDynamic",
+    "CustomQKVToContextPluginDynamic", "CustomSkipLayerNormPluginDynamic", "DecodeBbox3DPlugin",
+    "DetectionLayer_TRT", "DisentangledAttention_TRT", "EfficientNMS_ONNX_TRT", "EfficientNMS_TRT",
+    "FlattenConcat_TRT", "GenerateDetection_TRT", "GridAnchorRect_TRT", "GridAnchor_TRT", "GroupNormalizationPlugin",
+    "InstanceNormalization_TRT", "LReLU_TRT", "ModulatedDeformConv2d", "MultilevelCropAndResize_TRT",
+    "MultilevelProposeROI_TRT", "MultiscaleDeformableAttnPlugin_TRT", "NMSDynamic_TRT", "NMS_TRT", "Normalize_TRT",
+    "PillarScatterPlugin", "PriorBox_TRT", "Proposal", "ProposalDynamic", "ProposalLayer_TRT", "PyramidROIAlign_TRT",
+    "ROIAlign_TRT", "RPROI_TRT", "Region_TRT", "Reorg_TRT", "ResizeNearest_TRT", "ScatterElements", "ScatterND",
+    "SpecialSlice_TRT", "Split", "VoxelGeneratorPlugin",
 })
+TRT_PLUGINS_11: frozenset[str] = frozenset({  # NVIDIA/TensorRT release/11.1 plugin/README.md
+    "CropAndResizeDynamic", "CustomEmbLayerNormPluginDynamic", "CustomFCPluginDynamic",
+    "CustomQKVToContextPluginDynamic", "CustomSkipLayerNormPluginDynamic", "DecodeBbox3DPlugin",
+    "DetectionLayer_TRT", "DisentangledAttention_TRT", "EfficientNMS_Explicit_TF_TRT", "EfficientNMS_Implicit_TF_TRT",
+    "EfficientNMS_TRT", "FlattenConcat_TRT", "GenerateDetection_TRT", "GridAnchorRect_TRT", "GridAnchor_TRT",
+    "GroupNormalizationPlugin", "InstanceNormalization_TRT", "ModulatedDeformConv2d", "MultilevelCropAndResize_TRT",
+    "MultilevelProposeROI_TRT", "MultiscaleDeformableAttnPlugin_TRT", "PillarScatterPlugin", "PriorBox_TRT",
+    "ProposalLayer_TRT", "PyramidROIAlign_TRT", "ROIAlign_TRT", "RPROI_TRT", "Region_TRT", "Reorg_TRT",
+    "ResizeNearest_TRT", "ScatterElements", "ScatterND", "TopkLastDim", "VoxelGeneratorPlugin",
+})
+TRT_PLUGINS: dict[int, frozenset[str]] = {10: TRT_PLUGINS_10, 11: TRT_PLUGINS_11}
+PLUGIN_SOURCES: dict[int, str] = {10: "NVIDIA/TensorRT release/10.16 plugin/README.md",
+                                  11: "NVIDIA/TensorRT release/11.1 plugin/README.md"}

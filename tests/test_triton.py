@@ -179,7 +179,7 @@ def plan_sidecar(files: dict[str, Path], batch: BatchRange, gpu: GpuInfo) -> dic
 def test_plan_config_from_a_sidecar(pb2: Any, files: dict[str, Path]) -> None:
     gpu = GpuInfo('NVIDIA "L4" \u00e9dition', "8.9")  # quotes and non-ASCII survive the text format
     model = model_from_sidecar(Path("fast.plan"), plan_sidecar(files, BatchRange(1, 8, 32), gpu))
-    assert model.platform == "tensorrt_plan" and model.filename == "model.plan"
+    assert model.platform == "tensorrt_plan" and model.filename == "model_cc8.9.plan"
     result = model_config(model, "fast", TritonOptions(preferred_batch=(4, 8), instances=3))
     config = parse(result.text)
     assert config.platform == "tensorrt_plan" and config.max_batch_size == 32
@@ -192,6 +192,11 @@ def test_plan_config_from_a_sidecar(pb2: Any, files: dict[str, Path]) -> None:
                       "fastast_deploy.gpu": gpu.name}
     comments = [line for line in result.text.splitlines() if line.startswith("#")]
     assert any("TensorRT 10.13.0.35" in c and "compute capability 8.9" in c for c in comments)
+    # model_configuration.md "CUDA Compute Capability": the plan is the file for 8.9 GPUs only, no default file
+    assert dict(config.cc_model_filenames) == {"8.9": "model_cc8.9.plan"} and not config.default_model_filename
+    assert not config.instance_group[0].gpus and any("--gpus" in n for n in result.notes)
+    placed = parse(model_config(model, "fast", TritonOptions(gpus=(0, 2))).text)
+    assert list(placed.instance_group[0].gpus) == [0, 2]
     with pytest.raises(ConfigError, match="runs on GPUs only"):
         model_config(model, "fast", TritonOptions(kind="cpu"))
     with pytest.raises(ConfigError, match="exceeds the engine's batch range"):
@@ -248,3 +253,29 @@ def test_a_failed_copy_leaves_nothing(files: dict[str, Path], tmp_path: Path, mo
     with pytest.raises(FastASTError, match="No space left on device"):
         write_repository(read_served_model(files["dynamic"]), tmp_path / "repo")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_gpu_placement_options_are_checked(files: dict[str, Path]) -> None:
+    with pytest.raises(ConfigError, match="distinct GPU indices"):
+        TritonOptions(gpus=(0, 0))
+    with pytest.raises(ConfigError, match="distinct GPU indices"):
+        TritonOptions(gpus=(-1,))
+    with pytest.raises(ConfigError, match="does not apply with --kind cpu"):
+        TritonOptions(gpus=(0,), kind="cpu")
+    onnx_model = read_served_model(files["dynamic"])
+    with pytest.raises(ConfigError, match="add --kind gpu"):
+        model_config(onnx_model, "fast", TritonOptions(gpus=(1,)))
+    placed = parse(model_config(onnx_model, "fast", TritonOptions(gpus=(1,), kind="gpu")).text)
+    assert list(placed.instance_group[0].gpus) == [1] and not placed.cc_model_filenames  # ONNX: any GPU
+
+
+def test_no_label_names_no_labels_file(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model(TINY, TomeConfig(make_schedule(8, TINY.depth)))  # no label names
+    onnx_path = export_onnx(model, tmp_path / "plain.onnx", check=False).path
+    served = read_served_model(onnx_path)
+    assert served.labels == []
+    result = write_repository(served, tmp_path / "repo")
+    config = parse((result.path / "config.pbtxt").read_text())
+    assert not config.output[0].label_filename
+    assert not (result.path / "labels.txt").exists() and "labels.txt" not in result.files

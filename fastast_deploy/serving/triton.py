@@ -1,12 +1,19 @@
 """A Triton Inference Server model repository for an engine or an exported model:
-``REPO/NAME/config.pbtxt``, ``REPO/NAME/1/model.plan`` (platform ``tensorrt_plan``) or ``REPO/NAME/1/model.onnx``
-(``onnxruntime_onnx``) with its JSON sidecar beside it, and ``REPO/NAME/labels.txt`` for Triton's
-classification extension. config.pbtxt is written as protobuf text by hand: tritonclient is not needed.
+``REPO/NAME/config.pbtxt``, ``REPO/NAME/1/model_ccX.Y.plan`` (platform ``tensorrt_plan``, named by the compute
+capability it was built for) or ``REPO/NAME/1/model.onnx`` (``onnxruntime_onnx``) with its JSON sidecar beside it,
+and, where the model has label names, ``REPO/NAME/labels.txt`` for Triton's classification extension.
+config.pbtxt is written as protobuf text by hand: tritonclient is not needed.
 
 Facts (triton-inference-server/server docs/user_guide/model_configuration.md, model_repository.md): with
 ``max_batch_size > 0`` the dims leave out the batch, which Triton adds and fills from 1 to max_batch_size;
 ``max_batch_size: 0`` serves a model whose dims include a fixed batch, and such a model cannot use the dynamic
 batcher. A TensorRT plan runs only with the TensorRT version and on GPUs of the compute capability that built it.
+model_configuration.md, "Instance Groups": "By default, a single execution instance of the model is created for each
+GPU available in the system", and `gpus: [ ... ]` places instances on the GPUs listed; "CUDA Compute Capability":
+`cc_model_filenames` maps a GPU's compute capability to the model file loaded on it, else `default_model_filename`
+("model.plan" for TensorRT). So a plan is written as model_ccX.Y.plan with a cc_model_filenames entry and no
+model.plan: an instance on a GPU of another compute capability fails to load by name instead of deserialising a plan
+that cannot run there, and more plans (one per compute capability) can be added beside it.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ class TritonOptions:
     preferred_batch: tuple[int, ...] = ()
     max_queue_delay_us: int = 100
     kind: str | None = None
+    gpus: tuple[int, ...] = ()  # GPU indices for the instances; () = every GPU Triton sees
 
     def __post_init__(self) -> None:
         if self.kind is not None and self.kind not in KINDS:
@@ -59,6 +67,10 @@ class TritonOptions:
             raise ConfigError(f"--max-batch must be >= 1, got {self.max_batch}")
         if self.max_queue_delay_us < 0:
             raise ConfigError(f"--max-queue-delay-us must be >= 0, got {self.max_queue_delay_us}")
+        if any(g < 0 for g in self.gpus) or len(set(self.gpus)) != len(self.gpus):
+            raise ConfigError(f"--gpus must be distinct GPU indices >= 0, got {list(self.gpus)}")
+        if self.gpus and self.kind == "cpu":
+            raise ConfigError("--gpus places GPU instances; it does not apply with --kind cpu")
         if self.name is not None and not NAME_PATTERN.fullmatch(self.name):
             raise ConfigError(f"model name {self.name!r} is not a plain directory name; use letters, digits, "
                               "'_', '-' and '.', not starting with '.' or '-'")
@@ -83,8 +95,17 @@ class ServedModel:
         return PLATFORMS[self.backend][0]
 
     @property
+    def compute_capability(self) -> str | None:
+        """The compute capability a TensorRT plan was built for (from its sidecar), else None."""
+        if self.backend != "tensorrt":
+            return None
+        cc = (self.details or {}).get("gpu", {}).get("compute_capability")
+        return str(cc) if cc and re.fullmatch(r"\d+\.\d+", str(cc)) else None
+
+    @property
     def filename(self) -> str:
-        return PLATFORMS[self.backend][1]
+        cc = self.compute_capability
+        return f"model_cc{cc}.plan" if cc else PLATFORMS[self.backend][1]
 
     @property
     def static_batch(self) -> int | None:
@@ -93,11 +114,13 @@ class ServedModel:
 
 
 def _labels(export: dict[str, Any], outputs: dict[str, dict[str, Any]]) -> list[str]:
+    """The model's label names, one line each; [] when it has none (or not one per logit): then no labels file,
+    and Triton's classification answers carry indices only."""
     count = int(outputs[OUTPUT_NAME]["shape"][-1])
     names = export.get("labels")
     if names and len(names) == count:
-        return [" ".join(str(n).split()) for n in names]  # one line each
-    return [f"label_{i}" for i in range(count)]
+        return [" ".join(str(n).split()) for n in names]
+    return []
 
 
 def model_from_sidecar(path: Path, data: dict[str, Any]) -> ServedModel:
@@ -247,19 +270,33 @@ def model_config(model: ServedModel, name: str, options: TritonOptions) -> Trito
     kind = options.kind or default_kind(model)
     if model.backend == "tensorrt" and kind != "gpu":
         raise ConfigError(f"{model.path.name} is a TensorRT plan: it runs on GPUs only; leave --kind out or use gpu")
+    if options.gpus and kind != "gpu":
+        raise ConfigError(f"--gpus places GPU instances, and {model.path.name} is served on the CPU; add --kind gpu")
     comments, params, backend_notes = _backend_comments(model)
     batched = largest > 0
     lines = [f"# Triton model configuration written by fastast-deploy {__version__} from {model.path.name}"]
     lines += [f"# {c}" for c in comments]
     lines += [f"name: {_quote(name)}", f"platform: {_quote(model.platform)}", f"max_batch_size: {largest}"]
     lines += _block("input", [_tensor(n, s, batched) for n, s in model.inputs.items()])
-    lines += _block("output", [_tensor(n, s, batched, label_file=n == OUTPUT_NAME) for n, s in model.outputs.items()])
+    lines += _block("output", [_tensor(n, s, batched, label_file=n == OUTPUT_NAME and bool(model.labels))
+                               for n, s in model.outputs.items()])
     if dynamic:
         lines.append("dynamic_batching {")
         if options.preferred_batch:
             lines.append(f"  preferred_batch_size: [ {', '.join(str(b) for b in options.preferred_batch)} ]")
         lines += [f"  max_queue_delay_microseconds: {options.max_queue_delay_us}", "}"]
-    lines += _block("instance_group", [["  {", f"    count: {options.instances}", f"    kind: {KINDS[kind]}", "  }"]])
+    group = ["  {", f"    count: {options.instances}", f"    kind: {KINDS[kind]}"]
+    if options.gpus:
+        group.append(f"    gpus: [ {', '.join(str(g) for g in options.gpus)} ]")
+    lines += _block("instance_group", [[*group, "  }"]])
+    if model.compute_capability:
+        cc = model.compute_capability
+        lines += _block("cc_model_filenames", [["  {", f"    key: {_quote(cc)}", f"    value: {_quote(model.filename)}",
+                                                "  }"]])
+        if not options.gpus:
+            notes.append(f"{model.path.name} runs only on GPUs of compute capability {cc}: Triton puts an instance "
+                         f"on every GPU it sees, and one on a GPU of another compute capability finds no plan "
+                         f"(there is no model.plan); on such a host give --gpus with the indices of the {cc} GPUs")
     for key, value in params.items():
         lines += ["parameters {", f"  key: {_quote(key)}", f"  value: {{ string_value: {_quote(str(value))} }}", "}"]
     return TritonConfig("\n".join(lines) + "\n", largest, dynamic, kind, tuple(notes + backend_notes))
@@ -318,12 +355,13 @@ def _fill(folder: Path, model: ServedModel, config: str) -> tuple[str, ...]:
     version = folder / VERSION
     version.mkdir(parents=True)
     shutil.copyfile(model.path, version / model.filename)
-    files = [CONFIG_FILE, LABELS_FILE, f"{VERSION}/{model.filename}"]
+    files = [CONFIG_FILE, *([LABELS_FILE] if model.labels else []), f"{VERSION}/{model.filename}"]
     if model.sidecar is not None:
         shutil.copyfile(model.sidecar, sidecar_path(version / model.filename))
         files.append(f"{VERSION}/{sidecar_path(model.filename).name}")
     (folder / CONFIG_FILE).write_text(config, encoding="utf-8")
-    (folder / LABELS_FILE).write_text("".join(f"{n}\n" for n in model.labels), encoding="utf-8")
+    if model.labels:
+        (folder / LABELS_FILE).write_text("".join(f"{n}\n" for n in model.labels), encoding="utf-8")
     return tuple(files)
 
 
