@@ -36,6 +36,7 @@ from fastast_deploy.errors import ConfigError, FastASTError
 from fastast_deploy.files import atomic_path, prepare_output, write_json_atomic
 from fastast_deploy.model.fastast import FastAST
 
+from .merge_graph import drop_split_counts, translation_table
 from .metadata import read_metadata
 
 __all__ = ["ExportOptions", "ExportResult", "export_onnx", "read_metadata", "sidecar_path"]
@@ -45,7 +46,7 @@ FORBIDDEN_OPS = frozenset({"If", "Loop", "Scan", "NonZero", "Unique", "Compress"
 STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
 PART_KEY = "fastast_deploy.part"
 # The exporter's stack traces stop at the calling module's forward: merge ops show the call into model.tome.
-MERGE_SOURCE = re.compile(r"\b(bipartite_match|merge_wavg)\(")
+MERGE_SOURCE = re.compile(r"\b(bipartite_match|merge_wavg|merge_tokens)\(")
 TOPK_LIMIT = 3840  # TensorRT: K must be < 3840 (onnx-tensorrt operators.md, TensorRT 10.x)
 BATCH_DIM = re.compile(r"batch|\d+\*batch|batch\*\d+")  # the batch, or a flattened batch x tokens
 
@@ -114,12 +115,13 @@ def to_onnx(model: FastAST, options: ExportOptions) -> onnx.ModelProto:
             program = torch.onnx.export(
                 graph, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=output_names,
                 dynamic_shapes=dynamic, opset_version=options.opset, external_data=False, optimize=True,
-                verbose=False,
+                verbose=False, custom_translation_table=translation_table(),
             )
         except Exception as err:  # the exporter's own errors are long multi-page reports
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise FastASTError(f"torch.onnx.export failed: {first}") from err
     proto = program.model_proto
+    drop_split_counts(proto)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset != options.opset:
         raise FastASTError(f"the exporter produced opset {opset}, not the requested {options.opset}")
