@@ -14,16 +14,19 @@ at export time, in ops that ONNX Runtime and TensorRT both run natively (no Scat
 - tokens and sizes travel as one tensor z = [x * s, s] (B, N, C + 1): one GatherND (batch_dims=1, so no batch
   offsets) per row set, and the one-hot scatter of sources into destinations plus both weighted sums are one
   OneHot and one Einsum over z; one Split and one Div at the end.
-The matching and the sums run in float32 whatever the model dtype (Cast nodes vanish in float32 graphs).
+The matching and the sums run in float32 whatever the model dtype (Cast nodes only in fp16 / bf16 graphs).
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import onnx_ir as ir
 from onnxscript import opset18 as op
 
 FLOAT = ir.DataType.FLOAT.value
+NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 # Rank keys: cls and dist below every A token (cosine scores lie in [-1, 1]), B tokens below those. The bias is
 # added to a score in [-1, 1]: the sums round to exactly -1e30 / -2e30, so each group ties and keeps index order.
 PROTECTED_KEY = -1e30
@@ -32,6 +35,10 @@ B_TOKEN_KEY = -2e30
 
 def _const(values: object, dtype: type = np.int64) -> ir.Value:
     return op.Constant(value=ir.tensor(np.asarray(values, dtype=dtype)))
+
+
+def _float(value: ir.Value) -> ir.Value:
+    return value if value.dtype == ir.DataType.FLOAT else op.Cast(value, to=FLOAT)
 
 
 def rank_bias(n: int) -> np.ndarray:
@@ -53,7 +60,7 @@ def tome_merge(x: ir.Value, size: ir.Value | None, metric: ir.Value, r: int) -> 
     odd_from_3 = (_const([3]), _const([n]), one, _const([2]))  # starts, ends, axes, steps of the B tokens but dist
 
     # Matching, in float32.
-    metric = op.LpNormalization(op.Cast(metric, to=FLOAT), axis=-1, p=2)  # (B, N, hd)
+    metric = op.LpNormalization(_float(metric), axis=-1, p=2)  # (B, N, hd)
     scores = op.Einsum(metric, op.Slice(metric, *odd_from_3), equation="bnd,bmd->bnm")  # (B, N, t2 - 1)
     best, partner = op.TopK(scores, one, axis=-1, largest=1, sorted=1)  # (B, N, 1) each
     keys = op.Add(best, op.Constant(value=ir.tensor(rank_bias(n))))  # (B, N, 1)
@@ -63,7 +70,7 @@ def tome_merge(x: ir.Value, size: ir.Value | None, metric: ir.Value, r: int) -> 
     dst = op.GatherElements(partner, src, axis=1)  # (B, r, 1): index among the B tokens but dist
 
     # Weighted merge of z = [x * s, s].
-    xf = op.Cast(x, to=FLOAT)
+    xf = _float(x)
     if size is None:
         z = op.Pad(xf, _const([0, 0, 0, 0, 0, 1]), op.Constant(value=ir.tensor(np.float32(1.0))))
     else:
@@ -74,7 +81,9 @@ def tome_merge(x: ir.Value, size: ir.Value | None, metric: ir.Value, r: int) -> 
     dst_z = op.Add(op.Slice(z, *odd_from_3), added)
     merged = op.Concat(op.GatherND(z, kept_pos, batch_dims=1), dst_z, axis=1)  # (B, N - r, C + 1)
     sums, new_size = op.Split(merged, _const([c, 1]), axis=-1, num_outputs=2)
-    merged_x = op.CastLike(op.Div(sums, new_size), x)
+    merged_x = op.Div(sums, new_size)
+    if x.dtype != ir.DataType.FLOAT:  # a Cast to float32 itself would survive: the exporter cannot type Splits
+        merged_x = op.Cast(merged_x, to=x.dtype.value)
 
     # The decisions in bipartite_match's index spaces (A: even positions, B: odd positions).
     two = _const(2)
@@ -101,3 +110,20 @@ def drop_split_counts(proto: object) -> None:
             keep = [a for a in node.attribute if a.name != "num_outputs"]
             del node.attribute[:]
             node.attribute.extend(keep)
+
+
+BLOCK_SCOPE = re.compile(r"\bblocks\.(\d+)\b")
+
+
+def merge_node_counts(proto: object, part_key: str, schedule: tuple[int, ...]) -> list[int]:
+    """Nodes tagged ``part_key = merge`` in each block that merges (in block order), read from the exporter's
+    name scopes; nodes of a merge whose scope is missing are counted in none."""
+    counts = dict.fromkeys((i for i, r in enumerate(schedule) if r > 0), 0)
+    for node in proto.graph.node:  # type: ignore[attr-defined]
+        props = {p.key: p.value for p in node.metadata_props}
+        if props.get(part_key) != "merge":
+            continue
+        found = BLOCK_SCOPE.findall(props.get(NAME_SCOPES_KEY, "") or props.get("namespace", ""))
+        if found and int(found[-1]) in counts:
+            counts[int(found[-1])] += 1
+    return list(counts.values())

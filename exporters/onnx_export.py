@@ -36,7 +36,7 @@ from fastast_deploy.errors import ConfigError, FastASTError
 from fastast_deploy.files import atomic_path, prepare_output, write_json_atomic
 from fastast_deploy.model.fastast import FastAST
 
-from .merge_graph import drop_split_counts, translation_table
+from .merge_graph import drop_split_counts, merge_node_counts, translation_table
 from .metadata import read_metadata
 
 __all__ = ["ExportOptions", "ExportResult", "export_onnx", "read_metadata", "sidecar_path"]
@@ -259,6 +259,8 @@ def export_onnx(
     merging = sum(1 for r in model.schedule if r > 0)
     check_graph(proto, model.tome.merge_impl, merging)
     metadata = build_metadata(model, options, source_info or getattr(model, "source_info", None))
+    tag_nodes(proto)
+    metadata["tome"]["merge_nodes"] = merge_node_counts(proto, PART_KEY, model.schedule)  # per merging block
     data = serialize(proto, metadata)
     if len(data) >= 2**31:
         raise FastASTError(f"exported model is {len(data) / 2**30:.1f} GiB; one self-contained file must be < 2 GiB")
