@@ -63,7 +63,8 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     report["export_versions"] = export.get("versions", {})
     tome = export.get("tome", {})
     report["tome"] = {"schedule": tome.get("effective_schedule"), "token_counts": tome.get("token_counts"),
-                      "merge_impl": tome.get("merge_impl"), "prop_attn": tome.get("prop_attn")}
+                      "merge_impl": tome.get("merge_impl"), "prop_attn": tome.get("prop_attn"),
+                      "merge_nodes": tome.get("merge_nodes")}
     report["model"] = export.get("model")
     report["labels"] = export.get("labels")
     report["features"] = export.get("features")
@@ -107,6 +108,10 @@ def format_description(report: dict[str, Any]) -> str:
                               f"proportional attention {'on' if tome['prop_attn'] else 'off'}"))
         if counts:
             lines.append(("tokens", " ".join(str(c) for c in counts)))
+        nodes = tome.get("merge_nodes")
+        if nodes:  # recorded at export (absent from exports older than the count)
+            lines.append(("merge nodes", f"{sum(nodes)} ONNX nodes in {len(nodes)} merging blocks, "
+                                         f"{min(nodes)}-{max(nodes)} per merge"))
     model = report["model"] or {}
     if model:
         lines.append(("model", f"embed {model.get('embed_dim')}, depth {model.get('depth')}, heads "

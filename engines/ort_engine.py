@@ -36,7 +36,12 @@ GPU_HINT = 'install onnxruntime-gpu in place of onnxruntime (pip install "fastas
 @dataclass(frozen=True)
 class OrtBuildOptions:
     """``optimization=None``: "all" for cpu / cuda, "basic" for tensorrt (its EP fuses on its own and cannot
-    parse contrib ops). ``threads=0``: ONNX Runtime's default intra-op thread count."""
+    parse contrib ops). ``threads=0``: ONNX Runtime's default intra-op thread count.
+
+    ``optimize``: first apply ONNX Runtime's transformer fusions (engines.ort_fusion: SkipLayerNormalization,
+    BiasGelu) and, with ``fuse_attention``, fused Attention with the proportional-attention bias; the fused engine
+    must match the plain model (parity recorded in the sidecar). Opt-in, because it is not faster everywhere:
+    MEASURED_OPTIMIZE below says where it was measured and what it gave."""
 
     provider: str = "cpu"
     optimization: str | None = None
@@ -44,6 +49,8 @@ class OrtBuildOptions:
     min_batch: int | None = None
     opt_batch: int | None = None
     max_batch: int | None = None
+    optimize: bool = False
+    fuse_attention: bool = False
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
@@ -52,6 +59,11 @@ class OrtBuildOptions:
             raise EngineError(f"unknown optimisation level {self.optimization!r}; available: {list(LEVELS)}")
         if self.threads < 0:
             raise EngineError(f"threads must be >= 0 (0: ONNX Runtime's default), got {self.threads}")
+        if self.optimize and self.provider == "tensorrt":
+            raise EngineError("--optimize writes ONNX Runtime contrib ops that the TensorRT provider cannot take; "
+                              "build a TensorRT engine with --backend tensorrt instead")
+        if self.fuse_attention and not self.optimize:
+            raise EngineError("fused attention is part of --optimize; set both")
 
     @property
     def level(self) -> str:
@@ -138,20 +150,68 @@ def build_onnxruntime_engine(model: str | os.PathLike, output: str | os.PathLike
     save_chain = ["CPUExecutionProvider"] if options.provider == "tensorrt" else chain
     with atomic_pair(output) as pair:
         tmp = pair.tmp
+        source, fusion = info.path, None
+        if options.optimize:
+            source = tmp.with_name(tmp.name + ".fused.onnx")
+            fusion = _write_fused(info, source, options)
         session_options = _session_options(level, options.threads)
         session_options.optimized_model_filepath = str(tmp)
         session_options.add_session_config_entry("session.save_model_format", "ONNX")  # whatever the suffix
-        _open_session(info.path, session_options, save_chain)  # writes the optimised model while it opens
+        try:
+            _open_session(source, session_options, save_chain)  # writes the optimised model while it opens
+        finally:
+            if source != info.path:
+                source.unlink(missing_ok=True)
         if not tmp.is_file() or tmp.stat().st_size == 0:
             raise EngineError(f"ONNX Runtime wrote no optimised model for {info.path}")
         details = {"version": ort.__version__, "provider": options.provider, "providers": chain,
                    "optimization_level": level, "intra_op_threads": options.threads, "offline": True,
                    "machine": platform.machine()}
+        if fusion is not None:
+            fusion["parity"] = check_fused_parity(info, tmp, chain, options.threads)
+            details["optimize"] = fusion
         metadata = engine_sidecar(backend="onnxruntime", engine=output, engine_sha256=sha256_file(tmp), source=info,
                                   batch=batch, precision=info.precision, details=details,
                                   versions={"onnxruntime": ort.__version__})
         pair.sidecar = metadata
     return BuildResult(output, sidecar_path(output), metadata, tuple(notes))
+
+
+def _write_fused(info: OnnxModelInfo, path: Path, options: OrtBuildOptions) -> dict[str, Any]:
+    import onnx
+
+    from .ort_fusion import fuse_for_onnxruntime
+
+    proto, report = fuse_for_onnxruntime(onnx.load(str(info.path)), info.metadata, options.provider != "cpu",
+                                         options.fuse_attention)
+    onnx.save_model(proto, str(path))
+    return report
+
+
+def check_fused_parity(info: OnnxModelInfo, engine: Path, chain: list[str], threads: int,
+                       tolerance: float = 1e-4) -> dict[str, Any]:
+    """Run the plain model and the fused engine on two random batches (2 clips each); EngineError unless every
+    float output agrees within ``tolerance`` (finite) and every integer output (merge decisions) exactly."""
+    plain = _open_session(info.path, _session_options("basic", threads), chain)
+    fused = _open_session(engine, _session_options("disable", threads), chain)
+    worst = 0.0
+    for seed in (0, 1):
+        feed = {}
+        for spec in plain.get_inputs():
+            shape = [2 if not isinstance(d, int) else d for d in spec.shape]
+            feed[spec.name] = np.random.default_rng(seed).standard_normal(shape).astype(np.float32) * 0.5
+        names = [o.name for o in plain.get_outputs()]
+        for name, want, got in zip(names, plain.run(names, feed), fused.run(names, feed), strict=True):
+            if not np.all(np.isfinite(got)):
+                raise EngineError(f"--optimize: output {name} of the fused engine is not finite; not written")
+            if np.issubdtype(want.dtype, np.integer):
+                if not np.array_equal(want, got):
+                    raise EngineError(f"--optimize changed merge decisions ({name}); not written")
+                continue
+            worst = max(worst, float(np.abs(want.astype(np.float64) - got).max()))
+    if worst > tolerance:
+        raise EngineError(f"--optimize: fused engine differs from the model by {worst:.3g} > {tolerance}; not written")
+    return {"max_abs_diff": worst, "tolerance": tolerance, "inputs": "2 random batches of 2"}
 
 
 def model_metadata(info: OnnxModelInfo, version: str, chain: list[str], provider: str, level: str,

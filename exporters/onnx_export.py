@@ -37,6 +37,7 @@ from fastast_deploy.files import prepare_output
 from fastast_deploy.model.fastast import FastAST
 from fastast_deploy.pairs import atomic_pair
 
+from .merge_graph import drop_split_counts, merge_node_counts, translation_table
 from .metadata import read_metadata
 from .precision import compute_in_fp32
 from .trt_ops import CONTRACT_CONSTANT_INPUTS, STATIC_CONTRACT, TOPK_MAX_K
@@ -46,7 +47,7 @@ __all__ = ["ExportOptions", "ExportResult", "export_onnx", "read_metadata", "sid
 STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
 PART_KEY = "fastast_deploy.part"
 # The exporter's stack traces stop at the calling module's forward: merge ops show the call into model.tome.
-MERGE_SOURCE = re.compile(r"\b(bipartite_match|merge_wavg)\(")
+MERGE_SOURCE = re.compile(r"\b(bipartite_match|merge_wavg|merge_tokens)\(")
 BATCH_DIM = re.compile(r"batch|\d+\*batch|batch\*\d+")  # the batch, or a flattened batch x tokens
 
 
@@ -113,11 +114,12 @@ def to_onnx(model: FastAST, options: ExportOptions) -> onnx.ModelProto:
             program = torch.onnx.export(
                 graph, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=output_names,
                 dynamic_shapes=dynamic, opset_version=options.opset, external_data=False, optimize=True,
-                verbose=False,
+                verbose=False, custom_translation_table=translation_table(),
             )
         except Exception as err:  # the exporter's own errors are long multi-page reports
             raise FastASTError(f"torch.onnx.export failed: {error_summary(err)}") from err
     proto = program.model_proto
+    drop_split_counts(proto)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset != options.opset:
         raise FastASTError(f"the exporter produced opset {opset}, not the requested {options.opset}")
@@ -260,6 +262,8 @@ def export_onnx(
     merging = sum(1 for r in model.schedule if r > 0)
     check_graph(proto, model.tome.merge_impl, merging)
     metadata = build_metadata(model, options, source_info or getattr(model, "source_info", None))
+    tag_nodes(proto)
+    metadata["tome"]["merge_nodes"] = merge_node_counts(proto, PART_KEY, model.schedule)  # per merging block
     data = serialize(proto, metadata)
     if len(data) >= 2**31:
         raise FastASTError(f"exported model is {len(data) / 2**30:.1f} GiB; one self-contained file must be < 2 GiB")

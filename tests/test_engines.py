@@ -20,6 +20,7 @@ import torch
 from click.testing import CliRunner
 
 from fastast_deploy.cli.main import cli
+from fastast_deploy.contract import merge_output_names
 from fastast_deploy.engines import (
     BackendUnavailableError,
     BatchRange,
@@ -528,3 +529,46 @@ def test_device_selection_narrows_visible_gpus(monkeypatch: pytest.MonkeyPatch) 
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
     with pytest.raises(ConfigError, match="leaves 1 visible"):
         select_device(1)
+
+
+# --- build-engine --backend onnxruntime --optimize -----------------------------------------------------------
+
+def test_optimize_fuses_with_onnxruntime_and_keeps_merge_decisions(model: FastAST, exported: dict[str, Path],
+                                                                  tmp_path: Path) -> None:
+    out = tmp_path / "fused.onnx"
+    code, text = run("build-engine", exported["dynamic"], "-o", out, "--backend", "onnxruntime", "--optimize",
+                     "--threads", "1")
+    assert code == 0, text
+    recorded = json.loads(Path(f"{out}.json").read_text())["onnxruntime"]["optimize"]
+    assert recorded["fused_ops"].get("BiasGelu") == TINY.depth  # ORT's transformer fusion ran
+    assert recorded["parity"]["max_abs_diff"] <= 1e-4
+    x = fbank_like(3, TINY.input_frames, TINY.num_mel_bins, seed=7)
+    want, merges = torch_outputs(model, x)
+    with load_engine(out) as engine:
+        got = engine.infer({"fbank": x})
+    assert np.abs(got["logits"] - want).max() <= 1e-4
+    for name, positions in zip(merge_output_names(model.schedule), merges, strict=True):
+        np.testing.assert_array_equal(got[name], positions)  # merge decisions unchanged by the fusions
+
+
+def test_fused_attention_takes_the_size_bias(exported: dict[str, Path], tmp_path: Path) -> None:
+    from fastast_deploy.engines.ort_engine import OrtBuildOptions, build_onnxruntime_engine
+
+    result = build_onnxruntime_engine(exported["dynamic"], tmp_path / "attn.onnx",
+                                      OrtBuildOptions(threads=1, optimize=True, fuse_attention=True))
+    fusion = result.metadata["onnxruntime"]["optimize"]
+    assert fusion["attention_fused"] == TINY.depth  # the first block has no sizes yet, the second a bias
+    nodes = onnx.load(str(result.path)).graph.node
+    assert sum(1 for n in nodes if n.op_type == "Attention") == TINY.depth and not any(
+        n.op_type == "Softmax" for n in nodes)
+    assert fusion["parity"]["max_abs_diff"] <= 1e-4
+
+
+def test_optimize_refuses_the_tensorrt_provider_and_the_tensorrt_backend(exported: dict[str, Path],
+                                                                         tmp_path: Path) -> None:
+    code, text = run("build-engine", exported["dynamic"], "-o", tmp_path / "x.onnx", "--backend", "onnxruntime",
+                     "--provider", "tensorrt", "--optimize")
+    assert_one_line_failure(code, text, "--optimize", "TensorRT provider")
+    code, text = run("build-engine", exported["dynamic"], "-o", tmp_path / "x.plan", "--optimize")
+    assert_one_line_failure(code, text, "--optimize", "onnxruntime only")
+    assert files_in(tmp_path) == []

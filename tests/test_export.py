@@ -68,10 +68,31 @@ def test_matmul_graph_has_no_scatter_and_scatter_graph_has_adds(tmp_path: Path) 
     ops_a = {n.op_type for n in onnx.load(str(matmul)).graph.node}
     nodes_b = [n for n in onnx.load(str(scatter)).graph.node if n.op_type.startswith("Scatter")]
     assert not any(op.startswith("Scatter") for op in ops_a)
-    assert {"TopK", "GatherElements", "MatMul", "Equal"} <= ops_a
+    assert {"TopK", "GatherElements", "GatherND", "OneHot", "Einsum"} <= ops_a  # one-hot scatter-add
     assert len(nodes_b) == 2 * TINY.depth  # tokens and sizes in every merging block
     assert all(onnx.helper.get_attribute_value(a) == b"add" for n in nodes_b for a in n.attribute
                if a.name == "reduction")
+
+
+def test_merge_block_is_at_most_20_nodes_and_inspect_counts_them(tmp_path: Path) -> None:
+    from fastast_deploy.engines.description import describe, format_description
+    from fastast_deploy.exporters.onnx_export import PART_KEY
+
+    model = tiny_model(8)
+    out = export_onnx(model, tmp_path / "m.onnx").path  # dynamic batch, fp32, matmul merge
+    merge = [n for n in onnx.load(str(out)).graph.node
+             if any(p.key == PART_KEY and p.value == "merge" for p in n.metadata_props)]
+    per_block = {}
+    for node in merge:
+        scope = next(p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes")
+        block = int(scope.split("blocks.")[1].split("'")[0])
+        per_block[block] = per_block.get(block, 0) + 1
+    assert sorted(per_block) == [0, 1, 2, 3]  # every block merges at r = 8
+    assert max(per_block.values()) <= 20
+    assert not {n.op_type for n in merge} & {"ScatterElements", "ScatterND", "If", "Loop", "NonZero", "Shape"}
+    report = describe(out)
+    assert report["tome"]["merge_nodes"] == [per_block[i] for i in range(4)]
+    assert f"{len(merge)} ONNX nodes in 4 merging blocks" in format_description(report)
 
 
 def test_reexport_is_byte_identical_and_metadata_is_complete(tmp_path: Path) -> None:

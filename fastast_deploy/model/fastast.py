@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from fastast_deploy.audio.features import FeatureConfig
 from fastast_deploy.errors import ConfigError
 from fastast_deploy.model.config import ModelConfig, TomeConfig
-from fastast_deploy.model.tome import Matching, bipartite_match, merge_wavg
+from fastast_deploy.model.tome import Matching, merge_tokens
 
 
 class Attention(nn.Module):
@@ -74,8 +74,7 @@ class Block(nn.Module):
         x = x + attn_out
         matching = None
         if self.r > 0:
-            matching = bipartite_match(metric, self.r)
-            x, size = merge_wavg(x, size, matching, self.merge_impl)
+            x, size, matching = merge_tokens(x, size, metric, self.r, self.merge_impl)
         x = x + self.mlp(self.norm2(x))
         return x, size, matching
 

@@ -113,3 +113,37 @@ def merge_wavg(x: Tensor, size: Tensor | None, matching: Matching, impl: MergeIm
     else:
         kept_size = torch.cat([size[:, :2], size.gather(dim=1, index=unm_pos[..., None])], dim=1)
     return merged, torch.cat([kept_size, s_dst], dim=1)
+
+
+def _merge_eager(x: Tensor, size: Tensor | None, metric: Tensor, r: int, impl: MergeImpl) -> tuple[Tensor, ...]:
+    matching = bipartite_match(metric, r)
+    merged, new_size = merge_wavg(x, size, matching, impl)
+    return merged, new_size, *matching
+
+
+@torch.library.custom_op("fastast::tome_merge", mutates_args=())
+def _tome_merge(x: Tensor, size: Tensor | None, metric: Tensor,
+                r: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One block's matching and matmul-mode merge as one op, so that ONNX export can write it as a short graph
+    (fastast_deploy.exporters.merge_graph); in PyTorch it is ``bipartite_match`` then ``merge_wavg``."""
+    return tuple(t.clone() for t in _merge_eager(x, size, metric, r, "matmul"))  # type: ignore[return-value]
+
+
+@_tome_merge.register_fake
+def _(x: Tensor, size: Tensor | None, metric: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    batch, n, c = x.shape
+    ids = {"dtype": torch.int64, "device": x.device}
+    return (x.new_empty(batch, n - r, c), x.new_empty(batch, n - r, 1, dtype=torch.float32),
+            x.new_empty(batch, r, **ids), x.new_empty(batch, r, **ids), x.new_empty(batch, (n + 1) // 2 - r, **ids))
+
+
+def merge_tokens(x: Tensor, size: Tensor | None, metric: Tensor, r: int,
+                 impl: MergeImpl = "matmul") -> tuple[Tensor, Tensor, Matching]:
+    """``bipartite_match`` then ``merge_wavg``: x (B, N, C), size (B, N, 1) or None, metric (B, N, hd) ->
+    x (B, N - r, C), size (B, N - r, 1), the decisions. Under ONNX export the matmul form is one custom op, which
+    the exporter translates into a merge block of about 20 nodes; eager PyTorch runs the functions above."""
+    if impl == "matmul" and torch.compiler.is_exporting():
+        merged, new_size, src, dst, unm = torch.ops.fastast.tome_merge(x, size, metric, r)
+    else:
+        merged, new_size, src, dst, unm = _merge_eager(x, size, metric, r, impl)
+    return merged, new_size, Matching(src, dst, unm)
