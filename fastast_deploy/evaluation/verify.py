@@ -42,10 +42,12 @@ class Thresholds:
     min_top1: float
 
 
-# Defaults by engine precision: fp32 engines should match to float rounding; fp16 to fp16 rounding.
+# Defaults by engine precision: fp32 engines should match to float rounding; fp16 to fp16 rounding; int8 (Q/DQ,
+# against the fp32 model) is judged by its labels and cosine, with a logit tolerance of a few quantisation steps.
 DEFAULT_THRESHOLDS = {
     "fp32": Thresholds(atol=1e-4, rtol=1e-3, min_cosine=0.9999, min_top1=0.99),
     "fp16": Thresholds(atol=5e-2, rtol=5e-2, min_cosine=0.999, min_top1=0.98),
+    "int8": Thresholds(atol=0.5, rtol=0.1, min_cosine=0.99, min_top1=0.97),
 }
 
 
