@@ -83,6 +83,8 @@ def check_parity_int8(model: FastAST, proto: Any, fbank: np.ndarray, source: str
     per_block = merge_agreement(want_merges, got[1:]) if blocks else []
     result["merge_agreement_per_block"] = dict(zip((f"block{i}" for i in blocks), per_block, strict=True))
     result["merge_agreement"] = min(per_block) if per_block else 1.0
+    pairs = merge_pair_agreement(want_merges, got[1:]) if blocks else []
+    result["merge_pair_agreement_per_block"] = dict(zip((f"block{i}" for i in blocks), pairs, strict=True))
     if result["non_finite_clips"]:
         raise FastASTError(f"int8 graph gives NaN or inf logits on {result['non_finite_clips']} of {len(fbank)} clips")
     if result["top1_agreement"] < INT8_MIN_TOP1:
@@ -90,3 +92,16 @@ def check_parity_int8(model: FastAST, proto: Any, fbank: np.ndarray, source: str
                            f"< {INT8_MIN_TOP1} on {source}; calibrate on more or more typical clips (--calib, "
                            "--calib-clips), or use --no-check to write the model anyway")
     return result
+
+
+def merge_pair_agreement(reference: list[np.ndarray], candidate: list[np.ndarray]) -> list[float]:
+    """Per merging block, the mean share of the reference's (source, destination) pairs that the candidate also
+    merges: softer than whole-clip identity, which one flipped near-tie among r merges already breaks."""
+    shares = []
+    for i in range(0, len(reference), 2):
+        per_clip = []
+        for rs, rd, cs, cd in zip(reference[i], reference[i + 1], candidate[i], candidate[i + 1], strict=True):
+            want, got = set(zip(rs.tolist(), rd.tolist(), strict=True)), set(zip(cs.tolist(), cd.tolist(), strict=True))
+            per_clip.append(len(want & got) / max(len(want), 1))
+        shares.append(float(np.mean(per_clip)))
+    return shares

@@ -17,6 +17,7 @@ LayerNorm, Softmax, GELU and the residual adds are never quantised (not in ``QUA
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -46,12 +47,15 @@ class QuantizeOptions:
     """How to quantise. ``clips``: calibration clips used (the rest, up to ``parity_clips``, check the result).
     ``method``: how activation ranges are taken from the calibration run; ``percentile`` clips the rare outliers
     that transformer activations have (ORT's default percentile 99.999). ``attention``: also quantise the two
-    activation-by-activation MatMuls of attention (q k^T and softmax v), as TensorRT's int8 MHA fusion expects."""
+    activation-by-activation MatMuls of attention (q k^T and softmax v), as TensorRT's int8 MHA fusion expects.
+    ``float_keys``: keep the qkv layers float too, so that the keys the matching compares carry no int8 rounding
+    (more merge decisions kept, less speed)."""
 
     clips: int = 64
     method: str = "minmax"
     attention: bool = True
     parity_clips: int = 32
+    float_keys: bool = False  # also keep the layers the matching metric (the keys) comes from in float
 
     def __post_init__(self) -> None:
         if self.clips < 1:
@@ -146,11 +150,11 @@ def split_clips(fbank: np.ndarray, options: QuantizeOptions) -> tuple[np.ndarray
 # ---------------------------------------------------------------------------------------------------------------
 # Which nodes stay float
 # ---------------------------------------------------------------------------------------------------------------
-def merge_nodes(proto: onnx.ModelProto) -> set[int]:
+def merge_nodes(proto: onnx.ModelProto) -> tuple[set[int], set[int]]:
     """Indices of the nodes that stay float: those tagged ``fastast_deploy.part = merge`` (matching and weighted
     merge), and every node whose outputs feed only the matching (e.g. the mean of the keys over heads, the
     metric). The matching is the tagged nodes that lead to a TopK / ArgMax: the residual stream feeds the weighted
-    merge, not the matching, so the blocks' layers stay quantised."""
+    merge, not the matching, so the blocks' layers stay quantised. Returns (all of them, the matching part)."""
     nodes = list(proto.graph.node)
     tagged = {i for i, n in enumerate(nodes) if any(p.key == PART_KEY and p.value == "merge" for p in n.metadata_props)}
     producer = {out: i for i, n in enumerate(nodes) for out in n.output}
@@ -176,13 +180,34 @@ def merge_nodes(proto: onnx.ModelProto) -> set[int]:
             if users and all(c in feeds_matching for c in users) and not outputs & set(nodes[i].output):
                 feeds_matching.add(i)
                 changed = True
-    return tagged | feeds_matching
+    return tagged | feeds_matching, feeds_matching
 
 
 def _name_nodes(proto: onnx.ModelProto) -> None:
     for i, node in enumerate(proto.graph.node):
         if not node.name:
             node.name = f"{node.op_type}_{i}"
+
+
+def _metric_layers(proto: onnx.ModelProto, matching: set[str]) -> set[str]:
+    """The weighted nodes the matching's inputs come from, through non-weighted ops (the qkv layers)."""
+    nodes = {n.name: n for n in proto.graph.node}
+    producer = {out: n.name for n in proto.graph.node for out in n.output}
+    found, seen, frontier = set(), set(matching), list(matching)
+    while frontier:
+        nxt = []
+        for name in frontier:
+            for x in nodes[name].input:
+                p = producer.get(x)
+                if p is None or p in seen:
+                    continue
+                seen.add(p)
+                if nodes[p].op_type in QUANTIZED_OPS:
+                    found.add(p)
+                elif nodes[p].op_type not in ("LayerNormalization", "Softmax"):
+                    nxt.append(p)
+        frontier = nxt
+    return found
 
 
 def _attention_matmuls(proto: onnx.ModelProto) -> set[str]:
@@ -224,10 +249,13 @@ def quantize_int8(proto: onnx.ModelProto, calibration: np.ndarray, options: Quan
 
     proto = _copy(proto)
     _name_nodes(proto)
-    float_nodes = {proto.graph.node[i].name for i in merge_nodes(proto)}
+    keep, matching = merge_nodes(proto)
+    float_nodes = {proto.graph.node[i].name for i in keep}
     exclude = set(float_nodes)
     if not options.attention:
         exclude |= _attention_matmuls(proto)
+    if options.float_keys:
+        exclude |= _metric_layers(proto, {proto.graph.node[i].name for i in matching})
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[options.method]
     extra = {
@@ -241,6 +269,7 @@ def quantize_int8(proto: onnx.ModelProto, calibration: np.ndarray, options: Quan
     with tempfile.TemporaryDirectory(prefix="fastast-int8-") as tmp:
         source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save_model(proto, source)
+        logging.disable(logging.WARNING)  # ORT's tool logs advice (pre-processing) on the root logger
         try:
             quantize_static(
                 str(source), str(target), _Reader(calibration, batch), quant_format=QuantFormat.QDQ,
@@ -251,6 +280,8 @@ def quantize_int8(proto: onnx.ModelProto, calibration: np.ndarray, options: Quan
         except Exception as err:  # ORT's errors come from deep inside its calibrator
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise FastASTError(f"int8 quantisation failed: {first}") from err
+        finally:
+            logging.disable(logging.NOTSET)
         quantized = onnx.load(str(target))
     restored = restore_float_inputs(quantized, float_nodes)
     ops = [n.op_type for n in quantized.graph.node]
@@ -258,7 +289,7 @@ def quantize_int8(proto: onnx.ModelProto, calibration: np.ndarray, options: Quan
         "tool": "onnxruntime.quantization.quantize_static (QDQ)", "calibration": options.method,
         "calibration_clips": int(len(calibration)), "weights": "int8, symmetric, per output channel",
         "activations": "int8, symmetric, per tensor", "quantized_ops": list(QUANTIZED_OPS),
-        "attention_matmuls": options.attention, "float_merge_nodes": len(float_nodes),
+        "attention_matmuls": options.attention, "float_keys": options.float_keys, "float_merge_nodes": len(float_nodes),
         "quantize_nodes": ops.count("QuantizeLinear"), "dequantize_nodes": ops.count("DequantizeLinear"),
         "restored_float_inputs": restored,
     }

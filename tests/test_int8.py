@@ -104,6 +104,8 @@ def test_int8_parity_reports_agreement_and_fails_below_the_floor(int8_export: tu
     assert figures["inputs"] == 4 and "held-out" in figures["source"] and figures["reference"].startswith("fp32")
     assert set(figures["merge_agreement_per_block"]) == {"block0", "block1"}
     assert all(0.0 <= v <= 1.0 for v in figures["merge_agreement_per_block"].values())
+    pairs = figures["merge_pair_agreement_per_block"]
+    assert all(pairs[k] >= figures["merge_agreement_per_block"][k] for k in pairs)  # softer than whole-clip identity
     assert 0.0 <= figures["top1_agreement"] <= 1.0 and figures["cosine_min"] > 0.98
     monkeypatch.setattr(parity, "INT8_MIN_TOP1", 1.01)  # unreachable: the check must fail, in one line
     x = fbank_like(3, TINY.input_frames, TINY.num_mel_bins, seed=4)
@@ -241,3 +243,9 @@ def test_cli_int8_export_needs_calib_and_reports_errors_in_one_line(tmp_path: Pa
         assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith("Error:"), result.output
         assert fragment in lines[0]
         assert not (tmp_path / "m.onnx").exists()
+
+
+def test_merge_pair_agreement_by_hand() -> None:
+    ref = [np.array([[0, 2], [4, 6]]), np.array([[1, 3], [5, 7]])]  # block 0: src, dst of two clips
+    got = [np.array([[2, 0], [4, 8]]), np.array([[3, 1], [9, 7]])]  # clip 0: same pairs reordered; clip 1: none
+    assert parity.merge_pair_agreement(ref, got) == [0.5]

@@ -103,8 +103,10 @@ def export(source: str, output: Path, tome_r: str | None, tome_inflection: float
         click.echo(f"parity vs PyTorch on ONNX Runtime CPU: {parity_summary(result.parity)}")
     if result.parity and precision == "int8":
         blocks = ", ".join(f"{k} {v:.2f}" for k, v in result.parity["merge_agreement_per_block"].items())
+        pairs = ", ".join(f"{v:.2f}" for v in result.parity["merge_pair_agreement_per_block"].values())
         click.echo(f"int8 vs fp32 on {result.parity['source']}: top-1 agreement "
-                   f"{result.parity['top1_agreement']:.3f}; merge decisions identical per block: {blocks or 'none'}")
+                   f"{result.parity['top1_agreement']:.3f}; clips with identical merges per block: {blocks or 'none'}"
+                   f"; share of merge pairs kept per block: {pairs or 'none'}")
 
 
 @click.command()
