@@ -108,6 +108,12 @@ def precision_plan(version: TrtVersion, graph_precision: str, requested: str | N
     if wanted == graph_precision:
         return PrecisionPlan(wanted, strongly_typed=True, fp16_flag=False,
                              network_flag=version.major < STRONGLY_TYPED_ONLY_MAJOR)
+    # int8 comes only from a Q/DQ graph, built strongly typed on 10.x and 11.x alike ("Use explicit quantization
+    # with Strong Typing. Precision-control build flags are not required", TensorRT docs, explicit quantization).
+    if "int8" in (wanted, graph_precision):
+        raise EngineError(f"the model is an {graph_precision} export and {wanted} was asked for: int8 engines come "
+                          "only from a Q/DQ export (`fastast-deploy export --precision int8 --calib DATA`), built "
+                          "at the graph's own precision")
     if graph_precision == "fp16":  # fp32 wanted: a strongly typed build cannot widen an fp16 graph
         raise EngineError("the model is an fp16 export; an fp32 engine needs an fp32 export "
                           "(`fastast-deploy export --precision fp32`)")

@@ -71,6 +71,8 @@ def lint_model(model: onnx.ModelProto | str | Path, tensorrt: int = 10, *, allow
     findings += _check_dims(graph)
     findings += _check_dtypes(graph)
     findings += _check_precision(graph, tensorrt)
+    from .lint_qdq import check_qdq  # Q/DQ placement (int8 exports); it builds on Finding, hence imported here
+    findings += check_qdq(graph, tensorrt)
     return LintReport(tensorrt, source, opset, len(graph.nodes), findings)
 
 

@@ -252,24 +252,33 @@ def export_onnx(
     source_info: dict[str, Any] | None = None,
     check: bool = True,
     parity_inputs: int = 4,
+    calibration: Any = None,
+    quantize: Any = None,
 ) -> ExportResult:
     """Export, check the graph contract, optionally check parity on ONNX Runtime, then write the model and its
-    JSON sidecar atomically. Nothing is written when any step fails."""
+    JSON sidecar atomically. Nothing is written when any step fails. int8 needs ``calibration`` clips (N, T, F)
+    and takes ``quantize`` (exporters.quantize.QuantizeOptions)."""
     from .parity import check_parity
 
     output = prepare_output(output)
-    proto = to_onnx(model, options)
-    merging = sum(1 for r in model.schedule if r > 0)
-    check_graph(proto, model.tome.merge_impl, merging)
     metadata = build_metadata(model, options, source_info or getattr(model, "source_info", None))
-    tag_nodes(proto)
-    metadata["tome"]["merge_nodes"] = merge_node_counts(proto, PART_KEY, model.schedule)  # per merging block
-    data = serialize(proto, metadata)
+    if options.precision == "int8":
+        from .quantize import export_int8
+
+        data, parity = export_int8(model, options, metadata, calibration, quantize, check)
+        proto = onnx.load_from_string(data)
+    else:
+        proto = to_onnx(model, options)
+        check_graph(proto, model.tome.merge_impl, sum(1 for r in model.schedule if r > 0))
+        tag_nodes(proto)
+        metadata["tome"]["merge_nodes"] = merge_node_counts(proto, PART_KEY, model.schedule)  # per merging block
+        data = serialize(proto, metadata)
     if len(data) >= 2**31:
         raise FastASTError(f"exported model is {len(data) / 2**30:.1f} GiB; one self-contained file must be < 2 GiB")
     if check:
         check_lint(proto, allow_plugins=model.tome.merge_impl == "scatter")
-    parity = check_parity(model, data, options, num=parity_inputs) if check else None
+    if options.precision != "int8":
+        parity = check_parity(model, data, options, num=parity_inputs) if check else None
     with atomic_pair(output) as pair:
         pair.tmp.write_bytes(data)
         pair.sidecar = {**metadata, "sha256": _sha256(data), "parity": parity}

@@ -12,8 +12,9 @@ INPUT_NAME = "fbank"  # (batch, frames, mel bins) float32, normalised Kaldi fban
 OUTPUT_NAME = "logits"  # (batch, labels) float32
 METADATA_KEY = "fastast_deploy"  # metadata_props key of exported ONNX models, and safetensors header key
 
-# Graph precisions an export writes and a TensorRT build may ask for.
-PRECISIONS = ("fp32", "fp16")
+# Graph precisions an export writes and a TensorRT build may ask for. int8: Q/DQ nodes around the weighted ops
+# (calibrated at export), everything else float32.
+PRECISIONS = ("fp32", "fp16", "int8")
 
 # --provider names -> ONNX Runtime provider chains (the first is the one asked for; the rest are fallbacks
 # for nodes it does not take, used where installed).

@@ -43,10 +43,12 @@ class Thresholds:
     min_top1: float
 
 
-# Defaults by engine precision: fp32 engines should match to float rounding; fp16 to fp16 rounding.
+# Defaults by engine precision: fp32 engines should match to float rounding; fp16 to fp16 rounding; int8 (Q/DQ,
+# against the fp32 model) is judged by its labels and cosine, with a logit tolerance of a few quantisation steps.
 DEFAULT_THRESHOLDS = {
     "fp32": Thresholds(atol=1e-4, rtol=1e-3, min_cosine=0.9999, min_top1=0.99),
     "fp16": Thresholds(atol=5e-2, rtol=5e-2, min_cosine=0.999, min_top1=0.98),
+    "int8": Thresholds(atol=0.5, rtol=0.1, min_cosine=0.99, min_top1=0.97),
 }
 
 
@@ -131,7 +133,10 @@ def build_baseline(engine: Engine, source: str, workdir: Path) -> Engine:
     meta, export = engine.metadata, engine.metadata["export"]
     model = load_model(source, tome_r=0, input_frames=export["model"]["input_frames"])
     options = ExportOptions(opset=export["opset"], batch=export["batch"], precision=export["precision"])
-    onnx_path = export_onnx(model, workdir / "baseline.onnx", options, check=False).path
+    # int8: calibrated on fbank-like clips; the scales set the baseline's accuracy, not its speed (all it is for)
+    calibration = fbank_like(8, model.config.input_frames, model.config.num_mel_bins) if options.precision == "int8" \
+        else None
+    onnx_path = export_onnx(model, workdir / "baseline.onnx", options, check=False, calibration=calibration).path
     if meta["backend"] == "onnxruntime" and not meta["onnxruntime"].get("offline", True):
         ort = meta["onnxruntime"]  # a plain exported model opened directly: open the baseline the same way
         return load_engine(onnx_path, provider=ort["provider"], threads=ort.get("intra_op_threads") or None)

@@ -10,6 +10,7 @@ import click
 from fastast_deploy.cli.commands.options import parse_r, tome_options
 from fastast_deploy.contract import sidecar_path
 from fastast_deploy.errors import ConfigError
+from fastast_deploy.exporters.quantize import QuantizeOptions
 from fastast_deploy.files import json_text
 
 
@@ -42,8 +43,14 @@ def info(source: str, tome_r: str | None, tome_inflection: float, frames: int | 
               "TensorRT runs only through a plugin.")
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="A static batch size; by default the batch dimension is dynamic.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="fp16: fp16 weights and compute, merge decisions and weighted merges in fp32, float32 I/O.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="fp16: fp16 weights and compute, merge decisions and weighted merges in fp32, float32 I/O. "
+              "int8: Q/DQ int8 MatMul/Gemm/Conv calibrated on --calib, everything else (merging included) fp32.")
+@click.option("--calib", default=None, metavar="DATA",
+              help="int8: calibration clips: an .npz with an fbank array of model inputs, a folder of audio (or one "
+              "per class), an AST data .json or an ESC-50 style .csv. Clips beyond --calib-clips check the result.")
+@click.option("--calib-clips", type=click.IntRange(min=1), default=QuantizeOptions.clips, show_default=True,
+              help="int8: how many clips of --calib to calibrate on.")
 @click.option("--opset", type=click.IntRange(18, 23), default=18, show_default=True)
 @click.option("--debug-merges", is_flag=True, help="Add each merging block's source / destination positions as "
               "outputs merge{i}_src / merge{i}_dst, for parity debugging.")
@@ -52,7 +59,8 @@ def info(source: str, tome_r: str | None, tome_inflection: float, frames: int | 
               help="AST class_labels_indices.csv giving label names (for an original .pth).")
 def export(source: str, output: Path, tome_r: str | None, tome_inflection: float, frames: int | None,
            tome_schedule: str | None, no_prop_attn: bool, merge_impl: str, batch: int | None, precision: str,
-           opset: int, debug_merges: bool, no_check: bool, labels: str | None) -> None:
+           calib: str | None, calib_clips: int, opset: int, debug_merges: bool, no_check: bool,
+           labels: str | None) -> None:
     """Export SOURCE to a static-shape, plugin-free ONNX model and check it against PyTorch."""
     from fastast_deploy.checkpoints.native import load_model
     from fastast_deploy.exporters.lint import format_report, lint_model
@@ -62,7 +70,11 @@ def export(source: str, output: Path, tome_r: str | None, tome_inflection: float
     if tome_r is not None and tome_schedule is not None:
         raise ConfigError("give either --tome-r or --tome-schedule, not both")
     check_outputs_apart({"-o": output, "-o's sidecar": sidecar_path(output)},
-                        {"SOURCE": source if Path(source).exists() else None, "--labels": labels})
+                        {"SOURCE": source if Path(source).exists() else None, "--labels": labels, "--calib": calib})
+    if (precision == "int8") != (calib is not None):
+        raise ConfigError("--precision int8 needs calibration clips (--calib DATA)" if calib is None else
+                          f"--calib calibrates int8 exports only; add --precision int8 (asked for {precision})")
+    quantize = QuantizeOptions(clips=calib_clips)
     options = ExportOptions(opset=opset, batch=batch, precision=precision, debug_merges=debug_merges)
     prepare_output(output)  # fail on a bad output path before the slow part
     r = parse_r(tome_schedule) if tome_schedule is not None else parse_r(tome_r)
@@ -75,7 +87,15 @@ def export(source: str, output: Path, tome_r: str | None, tome_inflection: float
         pairs = enumerate(zip(requested, model.schedule, strict=True))
         clipped = [f"block {i}: {a} -> {b}" for i, (a, b) in pairs if a != b]
         click.echo(f"note: r clipped to what each block's token count allows ({'; '.join(clipped)})", err=True)
-    result = export_onnx(model, output, options, check=not no_check)
+    calibration = None
+    if calib is not None:
+        from fastast_deploy.exporters.quantize import load_calibration
+
+        export = {"features": model.feature_config.to_dict() if model.feature_config else None,
+                  "labels": list(model.label_names) if model.label_names else None}
+        calibration = load_calibration(calib, model.config.input_frames, model.config.num_mel_bins, export,
+                                       limit=quantize.clips + quantize.parity_clips)
+    result = export_onnx(model, output, options, check=not no_check, calibration=calibration, quantize=quantize)
     report = lint_model(result.path, tensorrt=10)
     if report.errors or report.warnings:
         click.echo(format_report(report), err=True)
@@ -85,6 +105,12 @@ def export(source: str, output: Path, tome_r: str | None, tome_inflection: float
     click.echo(f"tokens {counts[0]} -> {counts[-1]} with r per block {list(model.schedule)}, merge {merge_impl}")
     if result.parity:
         click.echo(f"parity vs PyTorch on ONNX Runtime CPU: {parity_summary(result.parity)}")
+    if result.parity and precision == "int8":
+        blocks = ", ".join(f"{k} {v:.2f}" for k, v in result.parity["merge_agreement_per_block"].items())
+        pairs = ", ".join(f"{v:.2f}" for v in result.parity["merge_pair_agreement_per_block"].values())
+        click.echo(f"int8 vs fp32 on {result.parity['source']}: top-1 agreement "
+                   f"{result.parity['top1_agreement']:.3f}; clips with identical merges per block: {blocks or 'none'}"
+                   f"; share of merge pairs kept per block: {pairs or 'none'}")
 
 
 @click.command()
