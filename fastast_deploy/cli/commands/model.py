@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from fastast_deploy.cli.commands.options import parse_r, tome_options
+from fastast_deploy.contract import INPUT_NAME, INPUT_NAMES
 from fastast_deploy.errors import ConfigError
 
 
@@ -43,6 +44,10 @@ def info(source: str, tome_r: str | None, tome_inflection: float, frames: int | 
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="fp16: fp16 weights and compute, merge decisions and weighted merges in fp32, float32 I/O.")
 @click.option("--opset", type=click.IntRange(18, 23), default=18, show_default=True)
+@click.option("--input", "graph_input", type=click.Choice(list(INPUT_NAMES)), default=INPUT_NAME,
+              show_default=True,
+              help="The graph input. waveform: (batch, samples) float32 mono audio at the model's sample rate, NaN "
+              "past a clip's end; the model's Kaldi fbank is computed inside the graph, in float32.")
 @click.option("--debug-merges", is_flag=True, help="Add each merging block's source / destination positions as "
               "outputs merge{i}_src / merge{i}_dst, for parity debugging.")
 @click.option("--no-check", is_flag=True, help="Skip the ONNX Runtime parity check against PyTorch.")
@@ -50,7 +55,7 @@ def info(source: str, tome_r: str | None, tome_inflection: float, frames: int | 
               help="AST class_labels_indices.csv giving label names (for an original .pth).")
 def export(source: str, output: Path, tome_r: str | None, tome_inflection: float, frames: int | None,
            tome_schedule: str | None, no_prop_attn: bool, merge_impl: str, batch: int | None, precision: str,
-           opset: int, debug_merges: bool, no_check: bool, labels: str | None) -> None:
+           opset: int, graph_input: str, debug_merges: bool, no_check: bool, labels: str | None) -> None:
     """Export SOURCE to a static-shape, plugin-free ONNX model and check it against PyTorch."""
     from fastast_deploy.checkpoints.native import load_model
     from fastast_deploy.exporters.lint import format_report, lint_model
@@ -59,7 +64,8 @@ def export(source: str, output: Path, tome_r: str | None, tome_inflection: float
 
     if tome_r is not None and tome_schedule is not None:
         raise ConfigError("give either --tome-r or --tome-schedule, not both")
-    options = ExportOptions(opset=opset, batch=batch, precision=precision, debug_merges=debug_merges)
+    options = ExportOptions(opset=opset, batch=batch, precision=precision, debug_merges=debug_merges,
+                            input=graph_input)
     prepare_output(output)  # fail on a bad output path before the slow part
     r = parse_r(tome_schedule) if tome_schedule is not None else parse_r(tome_r)
     if isinstance(r, int) and tome_schedule is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -12,7 +13,7 @@ from fastast_deploy.cli.commands.options import parse_sizes
 from fastast_deploy.contract import PROVIDERS
 from fastast_deploy.errors import ConfigError
 from fastast_deploy.serving.predict import DEFAULT_BATCH, POOLS, PredictOptions
-from fastast_deploy.serving.triton import KINDS, TritonOptions
+from fastast_deploy.serving.triton import KINDS, SERVE_BACKENDS, TritonOptions
 
 
 @click.command()
@@ -102,11 +103,18 @@ def predict(model: str, audio: tuple[Path, ...], top_k: int, hop_s: float | None
               help="How long the dynamic batcher waits to fill a batch.")
 @click.option("--kind", type=click.Choice(list(KINDS)), default=None,
               help="Instance kind [default: gpu for TensorRT plans and GPU-provider ONNX Runtime engines, else cpu].")
+@click.option("--backend", "serve_backend", type=click.Choice(SERVE_BACKENDS), default=TritonOptions.backend,
+              show_default=True,
+              help="platform: Triton's tensorrt_plan / onnxruntime_onnx backend; python: Triton's Python backend "
+              "running fastast_deploy.engines (1/model.py; waveform-in models take raw audio).")
+@click.option("--site-packages", default=None, metavar="DIR[:DIR...]",
+              help="python backend: site-packages model.py adds before importing fastast_deploy ('none': none) "
+              "[default: this interpreter's].")
 @click.option("--force", is_flag=True, help="Replace REPO/NAME if it exists.")
 @click.pass_context
 def triton(ctx: click.Context, model: Path, repo: Path, name: str | None, max_batch: int | None, instances: int,
            dynamic_batching: bool | None, preferred_batch: str | None, max_queue_delay_us: int, kind: str | None,
-           force: bool) -> None:
+           serve_backend: str, site_packages: str | None, force: bool) -> None:
     """Write a Triton Inference Server model repository for MODEL (a TensorRT plan, an ONNX Runtime engine or
     an exported .onnx): REPO/NAME/config.pbtxt, REPO/NAME/1/model.plan or model.onnx with its sidecar, and
     REPO/NAME/labels.txt for Triton's classification extension. Nothing is written when a check fails.
@@ -118,7 +126,8 @@ def triton(ctx: click.Context, model: Path, repo: Path, name: str | None, max_ba
         raise ConfigError("--max-queue-delay-us applies with dynamic batching; drop --no-dynamic-batching")
     preferred = parse_sizes(preferred_batch, "--preferred-batch") if preferred_batch else ()
     options = TritonOptions(name=name, max_batch=max_batch, instances=instances, dynamic_batching=dynamic_batching,
-                            preferred_batch=preferred, max_queue_delay_us=max_queue_delay_us, kind=kind)
+                            preferred_batch=preferred, max_queue_delay_us=max_queue_delay_us, kind=kind,
+                            backend=serve_backend, site_packages=_site_packages(site_packages))
     result = write_repository(read_served_model(model), repo, options, force=force)
     for note in result.config.notes:
         click.echo(f"note: {note}", err=True)
@@ -127,3 +136,11 @@ def triton(ctx: click.Context, model: Path, repo: Path, name: str | None, max_ba
     click.echo(f"wrote {result.path} (max_batch_size {config.max_batch_size}, {batching}, {instances} x "
                f"{config.kind.upper()}): {', '.join(result.files)}")
     click.echo(f"serve it with: tritonserver --model-repository {repo}")
+
+
+def _site_packages(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    if text == "none":
+        return ()
+    return tuple(p for p in text.split(os.pathsep) if p)
