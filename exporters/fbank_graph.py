@@ -65,13 +65,13 @@ def kaldi_fbank_graph(waveform: Tensor, frame_index: Tensor, last_index: Tensor,
     """Normalised fbank (B, T, F) of waveforms (B, S), NaN past each clip's end; see the module docstring."""
     valid = ~torch.isnan(waveform)  # (B, S)
     x = torch.where(valid, waveform, torch.zeros_like(waveform))
-    count = valid.sum(dim=1, keepdim=True).clamp(min=1).to(x.dtype)  # (B, 1)
+    count = valid.to(x.dtype).sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1), float: TensorRT clips floats only
     x = torch.where(valid, x - x.sum(dim=1, keepdim=True) / count, torch.zeros_like(x))  # whole-clip mean removed
-    frames = x[:, frame_index]  # (B, T, win): Gather of constant indices
+    frames = x.index_select(1, frame_index.reshape(-1)).reshape(x.shape[0], *frame_index.shape)  # (B, T, win)
     spectrum = frames @ transform  # (B, T, 2 * bins): [Re | Im]
     energies = (spectrum * spectrum) @ mel  # (B, T, F): |X|^2 summed into the mel bins
     logmel = energies.clamp(min=LOG_FLOOR).log()
-    real = valid[:, last_index].unsqueeze(-1)  # (B, T, 1): the frame lies inside the clip
+    real = valid.index_select(1, last_index).unsqueeze(-1)  # (B, T, 1): the frame lies inside the clip
     logmel = torch.where(real, logmel, torch.zeros_like(logmel))  # frames past the end: pad_or_cut's zeros
     return (logmel - mean) / (2 * std)
 
@@ -145,7 +145,7 @@ def check_waveform_parity(model: nn.Module, onnx_bytes: bytes, options: object, 
     from fastast_deploy.contract import WAVEFORM_NAME
     from fastast_deploy.errors import FastASTError
     from fastast_deploy.evaluation.inputs import waveform_like
-    from fastast_deploy.evaluation.metrics import compare_logits
+    from fastast_deploy.evaluation.metrics import compare_logits, merge_agreement
 
     from .parity import ATOL, FP16_MIN_COSINE, RTOL, torch_outputs
 
@@ -154,9 +154,12 @@ def check_waveform_parity(model: nn.Module, onnx_bytes: bytes, options: object, 
     waves = waveform_like(batch, waveform_samples(config), seed, config.sample_rate)
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     got = session.run(None, {WAVEFORM_NAME: waves})
-    want, _ = torch_outputs(model, reference_fbank(waves, config))
+    want, want_merges = torch_outputs(model, reference_fbank(waves, config))
     result = compare_logits(want, got[0])
     result["inputs"] = int(batch)
+    if getattr(options, "debug_merges", False):
+        per_block = merge_agreement(want_merges, list(got[1:]))
+        result["merge_agreement"] = min(per_block) if per_block else 1.0
     if getattr(options, "precision", "fp32") == "fp32":
         limit = ATOL + RTOL * float(np.abs(want).max())
         result["tolerance"] = limit
