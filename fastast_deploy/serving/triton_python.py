@@ -10,12 +10,15 @@ Facts (triton-inference-server/python_backend README): the backend runs ``model.
 a stub process (``triton_python_backend_stub``) built for one Python minor version, which imports what that
 interpreter finds; ``execute`` receives every request of a dynamic batch at once and returns one response per
 request; ``parameters`` of config.pbtxt reach ``initialize`` in ``args["model_config"]`` (JSON).
-How the stub finds numpy, onnxruntime and fastast_deploy: the stub's interpreter imports from its own
-site-packages (a Triton container: ``pip install fastast-deploy onnxruntime`` there), from ``PYTHONPATH`` as
-set for tritonserver, or from a packed environment named by the ``EXECUTION_ENV_PATH`` parameter. This writer
-also records the writing interpreter's site-packages in the parameter ``fastast_deploy.site_packages``;
-model.py adds them with ``site.addsitedir`` (which, unlike PYTHONPATH, also reads the ``.pth`` files of
-editable installs) when they exist on the serving machine. ``--site-packages none`` leaves that out.
+How the stub finds numpy, onnxruntime and fastast_deploy (measured with nvidia-pytriton 0.7.0's tritonserver
+2.51): the stub embeds an isolated interpreter, which ignores ``PYTHONPATH`` and takes its environment from the
+first ``python3`` on ``PATH`` (PyTriton starts its server that way too). So: install the packages into the
+stub's interpreter (a Triton container: ``pip install fastast-deploy onnxruntime``), or start tritonserver with
+a virtual environment's ``bin`` first on ``PATH``, or name a packed environment in the ``EXECUTION_ENV_PATH``
+parameter. This writer also records the writing interpreter's site-packages in the parameter
+``fastast_deploy.site_packages``; model.py adds those that exist with ``site.addsitedir`` (which also reads the
+``.pth`` file of an editable install) before importing fastast_deploy. numpy must be importable before that:
+``triton_python_backend_utils`` imports it. ``--site-packages none`` leaves the parameter empty.
 """
 
 from __future__ import annotations
@@ -92,12 +95,15 @@ The stub process (`triton_python_backend_stub`, one build per Python minor versi
 interpreter that has the packages) must import numpy, onnxruntime (or tensorrt) and fastast_deploy. Any of:
 
 1. Install them into the stub's interpreter (in a Triton container: `pip install fastast-deploy onnxruntime`).
-2. Start tritonserver with `PYTHONPATH` naming a site-packages that holds them (not enough for an editable
-   install, whose `.pth` file only `site.addsitedir` reads).
+2. Start tritonserver with a virtual environment's `bin` first on `PATH`: `PATH=/path/to/venv/bin:$PATH
+   tritonserver --model-repository REPO`. The stub's embedded interpreter is isolated: it ignores `PYTHONPATH`
+   and takes its environment from the first `python3` on `PATH` (of the stub's Python minor version).
 3. Pack an environment (`conda-pack`) and name it in config.pbtxt: `parameters {{ key: "EXECUTION_ENV_PATH"
    value: {{ string_value: "$$TRITON_MODEL_DIRECTORY/env.tar.gz" }} }}`.
 4. The parameter `{SITE_PACKAGES_PARAM}` (paths joined by `{os.pathsep}`): model.py calls `site.addsitedir` on
-   each that exists before importing. This repository records the writer's site-packages:
+   each that exists before importing fastast_deploy (this also reads an editable install's `.pth` file; numpy
+   must already be importable, `triton_python_backend_utils` imports it). This repository records the writer's
+   site-packages:
 {found}
 
 If the server's libraries live outside the default search path (the `nvidia-pytriton` wheel's tritonserver:
