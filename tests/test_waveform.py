@@ -130,11 +130,21 @@ def tiny(r: int) -> FastAST:
 
 @pytest.fixture(scope="module")
 def waveform_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[FastAST, Path]:
+    """(the model, `fastast-deploy export CKPT -o wave.onnx --input waveform --tome-r 8 --debug-merges`)."""
+    from click.testing import CliRunner
+
+    from fastast_deploy.checkpoints.native import save_checkpoint
+    from fastast_deploy.cli.main import cli
+
     model = tiny(8)
-    out = tmp_path_factory.mktemp("wave") / "wave.onnx"
-    result = export_onnx(model, out, ExportOptions(input=WAVEFORM_NAME, debug_merges=True))
-    assert result.parity["merge_agreement"] == 1.0
-    return model, result.path
+    work = tmp_path_factory.mktemp("wave")
+    save_checkpoint(model, work / "tiny.safetensors")
+    out = work / "wave.onnx"
+    result = CliRunner().invoke(cli, ["export", str(work / "tiny.safetensors"), "-o", str(out), "--input",
+                                      WAVEFORM_NAME, "--tome-r", "8", "--debug-merges"])
+    assert result.exit_code == 0, result.output
+    assert "parity vs PyTorch" in result.output and "merge_agreement 1" in result.output
+    return model, out
 
 
 def test_waveform_export_matches_pytorch_on_the_project_fbank_with_identical_merges(waveform_export) -> None:
@@ -238,3 +248,25 @@ def test_predict_gives_the_same_scores_from_waveform_and_fbank_exports(waveform_
         assert np.abs(a.scores - b.scores).max() <= 1e-4
     # 2.3 s: 1 + (36800 - 400) // 160 = 228 frames, windows of 64 every 25: 1 + ceil((228 - 64) / 25) = 8
     assert [r.windows for r in results[wave_path]] == [8, 1, 1]
+
+
+def test_verify_compares_a_waveform_engine_with_pytorch_on_the_project_fbank(waveform_export, tmp_path: Path) -> None:
+    from fastast_deploy.evaluation.verify import SpeedOptions, verify
+
+    model, path = waveform_export
+    source = str(path.parent / "tiny.safetensors")
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for i, seconds in enumerate((0.4, 0.64, 2.0)):  # shorter than, about, and longer than the window
+        sf.write(folder / f"c{i}.wav", (0.1 * rng.standard_normal(int(seconds * 22050))).astype(np.float32), 22050)
+    report, inputs, _, _ = verify(path, source, inputs_spec=str(folder), num=3, batch=2)
+    assert report["passed"], report["checks"]
+    assert report["engine"]["input"]["name"] == WAVEFORM_NAME and inputs.waveform.shape[0] == 3
+    # the reference's inputs are the project's features of the same audio
+    want = waveform_to_input(*read_audio(folder / "c0.wav"), model.feature_config).numpy()
+    np.testing.assert_allclose(inputs.fbank[0], want, atol=1e-6)
+    report, _, _, _ = verify(path, source, num=4, batch=2,
+                             speed=SpeedOptions(batches=(2,), warmup=1, iterations=2))
+    assert report["passed"] and report["parity"]["merge_agreement"]
+    assert report["speed"]["baseline"] and report["speed"]["batches"]["2"]["engine"]["clips_per_s"] > 0
