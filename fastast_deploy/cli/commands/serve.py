@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -117,7 +118,8 @@ def triton(ctx: click.Context, model: Path, repo: Path, name: str | None, max_ba
            serve_backend: str, site_packages: str | None, force: bool) -> None:
     """Write a Triton Inference Server model repository for MODEL (a TensorRT plan, an ONNX Runtime engine or
     an exported .onnx): REPO/NAME/config.pbtxt, REPO/NAME/1/model.plan or model.onnx with its sidecar, and
-    REPO/NAME/labels.txt for Triton's classification extension. Nothing is written when a check fails.
+    REPO/NAME/labels.txt for Triton's classification extension. With --backend python, also REPO/NAME/1/model.py
+    and REPO/NAME/README.md (how the backend's stub finds its packages). Nothing is written when a check fails.
     """
     from fastast_deploy.serving.triton import read_served_model, write_repository
 
@@ -135,7 +137,10 @@ def triton(ctx: click.Context, model: Path, repo: Path, name: str | None, max_ba
     batching = "dynamic batching" if config.dynamic_batching else "no dynamic batching"
     click.echo(f"wrote {result.path} (max_batch_size {config.max_batch_size}, {batching}, {instances} x "
                f"{config.kind.upper()}): {', '.join(result.files)}")
-    click.echo(f"serve it with: tritonserver --model-repository {repo}")
+    if serve_backend == "python":  # the stub takes its environment from the first python3 on PATH
+        click.echo(f"serve it with: PATH={Path(sys.executable).parent}:$PATH tritonserver --model-repository {repo}")
+    else:
+        click.echo(f"serve it with: tritonserver --model-repository {repo}")
 
 
 def _site_packages(text: str | None) -> tuple[str, ...] | None:
