@@ -1,5 +1,5 @@
-"""An exported model as engines see it: the graph contract (``fbank`` in, ``logits`` out, only the batch
-dynamic), its export metadata and its sha256. Needs onnx, not torch."""
+"""An exported model as engines see it: the graph contract (``fbank`` (batch, T, F) or ``waveform`` (batch,
+samples) in, ``logits`` out, only the batch dynamic), its export metadata and its sha256. Needs onnx, not torch."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastast_deploy.contract import INPUT_NAME, METADATA_KEY, OUTPUT_NAME
+from fastast_deploy.contract import INPUT_NAME, INPUT_NAMES, METADATA_KEY, OUTPUT_NAME, WAVEFORM_NAME
 from fastast_deploy.errors import error_summary
 from fastast_deploy.files import sha256_file
 
@@ -26,11 +26,12 @@ class OnnxModelInfo:
     """What an engine build needs to know about its source model."""
 
     path: Path
-    input_shape: Shape  # (batch, T, F): BATCH or an int, then two ints
+    input_shape: Shape  # (batch, T, F) or (batch, samples): BATCH or an int, then ints
     output_names: tuple[str, ...]
     metadata: dict[str, Any]  # the exporter's metadata (fastast_deploy.exporters.onnx_export.build_metadata)
     sha256: str
     ort_only_domains: tuple[str, ...] = ()
+    input_name: str = INPUT_NAME  # INPUT_NAME, or WAVEFORM_NAME for a graph that computes its fbank
 
     @property
     def batch_dim(self) -> int | str:
@@ -63,16 +64,18 @@ def read_onnx_model(path: str | os.PathLike) -> OnnxModelInfo:
     initializers = {t.name for t in proto.graph.initializer}
     inputs = [v for v in proto.graph.input if v.name not in initializers]
     float32 = onnx.TensorProto.FLOAT
-    if [v.name for v in inputs] != [INPUT_NAME]:
+    if len(inputs) != 1 or inputs[0].name not in INPUT_NAMES:
         raise EngineError(f"{path} has inputs {[v.name for v in inputs]}, expected one input {INPUT_NAME!r} "
-                          f"(batch, T, F) float32; {HINT}")
+                          f"(batch, T, F) or {WAVEFORM_NAME!r} (batch, samples) float32; {HINT}")
+    name = inputs[0].name
+    layout = "(batch, T, F)" if name == INPUT_NAME else "(batch, samples)"
     shape = _dims(inputs[0])
-    if len(shape) != 3 or inputs[0].type.tensor_type.elem_type != float32:
-        raise EngineError(f"{path}: input {INPUT_NAME!r} is {shape} of ONNX type "
-                          f"{inputs[0].type.tensor_type.elem_type}, expected (batch, T, F) float32")
+    if len(shape) != len(layout.split(",")) or inputs[0].type.tensor_type.elem_type != float32:
+        raise EngineError(f"{path}: input {name!r} is {shape} of ONNX type "
+                          f"{inputs[0].type.tensor_type.elem_type}, expected {layout} float32")
     batch_ok = shape[0] == BATCH or isinstance(shape[0], int) and shape[0] > 0
     if not batch_ok or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
-        raise EngineError(f"{path}: input {INPUT_NAME!r} has shape {shape}; only the batch (named {BATCH!r}) may "
+        raise EngineError(f"{path}: input {name!r} has shape {shape}; only the batch (named {BATCH!r}) may "
                           f"be dynamic; {HINT}")
     outputs = tuple(v.name for v in proto.graph.output)
     if not outputs or outputs[0] != OUTPUT_NAME:
@@ -85,9 +88,9 @@ def read_onnx_model(path: str | os.PathLike) -> OnnxModelInfo:
     except json.JSONDecodeError as err:
         raise EngineError(f"{path}: its fastast-deploy metadata is not valid JSON ({err.msg}); {HINT}") from None
     check_fields(metadata, EXPORT, f"{path} (fastast-deploy metadata)", HINT)
-    recorded = metadata.get("inputs", {}).get(INPUT_NAME, {}).get("shape")
+    recorded = metadata.get("inputs", {}).get(name, {}).get("shape")
     if recorded != list(shape) or set(metadata.get("outputs", {})) != set(outputs):
         raise EngineError(f"{path}: its metadata (input {recorded}, outputs {sorted(metadata.get('outputs', {}))}) "
                           f"disagrees with the graph (input {list(shape)}, outputs {sorted(outputs)}); {HINT}")
     domains = sorted({n.domain for n in proto.graph.node} & ORT_ONLY_DOMAINS)
-    return OnnxModelInfo(path, shape, outputs, metadata, sha256_file(path), tuple(domains))
+    return OnnxModelInfo(path, shape, outputs, metadata, sha256_file(path), tuple(domains), name)

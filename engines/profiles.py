@@ -42,14 +42,14 @@ def resolve_batch_range(batch_dim: int | str, min_batch: int | None = None, opt_
 
 
 def profile_shapes(input_shape: Shape, batch: BatchRange) -> ProfileShapes:
-    """(min, opt, max) shapes of the (batch, T, F) input for a TensorRT optimisation profile. T and F must be
-    static: token counts, and with them the merge schedule, are fixed at export."""
-    if len(input_shape) != 3 or not all(isinstance(d, int) for d in input_shape[1:]):
-        raise EngineError(f"input shape {list(input_shape)} is not (batch, T, F) with static T and F; re-export "
-                          "with `fastast-deploy export`")
+    """(min, opt, max) shapes of the (batch, T, F) or (batch, samples) input for a TensorRT optimisation profile.
+    All but the batch must be static: token counts, and with them the merge schedule, are fixed at export."""
+    if len(input_shape) not in (2, 3) or not all(isinstance(d, int) for d in input_shape[1:]):
+        raise EngineError(f"input shape {list(input_shape)} is not (batch, T, F) with static T and F (or (batch, "
+                          "samples) with static samples); re-export with `fastast-deploy export`")
     if batch.max is None:
         raise EngineError(f"TensorRT needs a bounded batch range, got {batch}; give --max-batch")
     if isinstance(input_shape[0], int) and not batch.min == batch.opt == batch.max == input_shape[0]:
         raise EngineError(f"the model has a static batch of {input_shape[0]}, the batch range is {batch}")
-    frames, mels = int(input_shape[1]), int(input_shape[2])
-    return (batch.min, frames, mels), (batch.opt, frames, mels), (batch.max, frames, mels)
+    rest = tuple(int(d) for d in input_shape[1:])
+    return (batch.min, *rest), (batch.opt, *rest), (batch.max, *rest)

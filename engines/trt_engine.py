@@ -78,7 +78,7 @@ class TrtBuildOptions:
 
 
 def tensorrt_details(version: TrtVersion, gpu: GpuInfo, plan: PrecisionPlan, options: TrtBuildOptions,
-                     shapes: ProfileShapes | None) -> dict[str, Any]:
+                     shapes: ProfileShapes | None, input_name: str = INPUT_NAME) -> dict[str, Any]:
     """The sidecar's "tensorrt" entry: what a loader checks (version, GPU) and how the plan was built."""
     return {
         "version": version.text, "major": version.major, "minor": version.minor, "gpu": gpu.to_dict(),
@@ -86,12 +86,13 @@ def tensorrt_details(version: TrtVersion, gpu: GpuInfo, plan: PrecisionPlan, opt
         "builder_optimization_level": options.builder_optimization_level, "workspace_mib": options.workspace_mib,
         "timing_cache": str(options.timing_cache) if options.timing_cache else None,
         "profile": None if shapes is None else
-        {INPUT_NAME: {"min": list(shapes[0]), "opt": list(shapes[1]), "max": list(shapes[2])}},
+        {input_name: {"min": list(shapes[0]), "opt": list(shapes[1]), "max": list(shapes[2])}},
     }
 
 
 def polygraphy_loaders(backend: ModuleType, model: Path, plan: PrecisionPlan, options: TrtBuildOptions,
-                       shapes: ProfileShapes | None, workspace_pool: Any) -> tuple[Any, Any]:
+                       shapes: ProfileShapes | None, workspace_pool: Any,
+                       input_name: str = INPUT_NAME) -> tuple[Any, Any]:
     """Polygraphy's network and config loaders for a build. They are lazy: nothing is parsed or built, and
     TensorRT is not touched, until the engine loader calls them. ``workspace_pool`` is
     ``tensorrt.MemoryPoolType.WORKSPACE``."""
@@ -99,7 +100,7 @@ def polygraphy_loaders(backend: ModuleType, model: Path, plan: PrecisionPlan, op
     network = backend.NetworkFromOnnxPath(str(model), strongly_typed=plan.network_flag or None)
     config = backend.CreateConfig(
         tf32=options.tf32, fp16=plan.fp16_flag or None,  # None: never touch the flag (gone in TensorRT 11)
-        profiles=None if shapes is None else [backend.Profile().add(INPUT_NAME, *shapes)],
+        profiles=None if shapes is None else [backend.Profile().add(input_name, *shapes)],
         memory_pool_limits={workspace_pool: options.workspace_mib << 20} if options.workspace_mib else None,
         builder_optimization_level=options.builder_optimization_level,
         load_timing_cache=str(options.timing_cache) if options.timing_cache else None,
@@ -189,7 +190,8 @@ def build_tensorrt_engine(model: str | os.PathLike, output: str | os.PathLike,
     try:
         with _polygraphy_logging(options.verbose):
             network, config = polygraphy_loaders(backend, info.path, plan, replace(options, timing_cache=None),
-                                                 shapes if dynamic else None, trt.MemoryPoolType.WORKSPACE)
+                                                 shapes if dynamic else None, trt.MemoryPoolType.WORKSPACE,
+                                                 info.input_name)
             # EngineBytesFromNetwork is EngineFromNetwork without the deserialisation: the plan's bytes are what
             # gets written. It merges this build's timings into the cache file under a lock.
             cache = str(options.timing_cache) if options.timing_cache else None
@@ -206,7 +208,7 @@ def build_tensorrt_engine(model: str | os.PathLike, output: str | os.PathLike,
     with atomic_pair(output) as pair:
         tmp = pair.tmp
         tmp.write_bytes(serialized)
-        details = tensorrt_details(version, gpu, plan, options, shapes if dynamic else None)
+        details = tensorrt_details(version, gpu, plan, options, shapes if dynamic else None, info.input_name)
         metadata = engine_sidecar(backend="tensorrt", engine=output, engine_sha256=sha256_file(tmp), source=info,
                                   batch=batch, precision=plan.precision, details=details,
                                   versions={"tensorrt": version.text, "polygraphy": polygraphy_version})

@@ -25,9 +25,11 @@ from torch import Tensor, nn
 from fastast_deploy import __version__
 from fastast_deploy.contract import (
     INPUT_NAME,
+    INPUT_NAMES,
     METADATA_KEY,
     OUTPUT_NAME,
     PRECISIONS,
+    WAVEFORM_NAME,
     merge_output_names,
     merge_positions,
     sidecar_path,
@@ -37,6 +39,7 @@ from fastast_deploy.files import prepare_output
 from fastast_deploy.model.fastast import FastAST
 from fastast_deploy.pairs import atomic_pair
 
+from .fbank_graph import FEATURE_FUNCTION, graph_features, input_shape, waveform_features
 from .merge_graph import drop_split_counts, merge_node_counts, translation_table
 from .metadata import read_metadata
 from .precision import compute_in_fp32
@@ -48,6 +51,7 @@ STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
 PART_KEY = "fastast_deploy.part"
 # The exporter's stack traces stop at the calling module's forward: merge ops show the call into model.tome.
 MERGE_SOURCE = re.compile(r"\b(bipartite_match|merge_wavg|merge_tokens)\(")
+FEATURE_SOURCE = re.compile(rf"\b{FEATURE_FUNCTION}\(")
 BATCH_DIM = re.compile(r"batch|\d+\*batch|batch\*\d+")  # the batch, or a flattened batch x tokens
 
 
@@ -59,8 +63,11 @@ class ExportOptions:
     batch: int | None = None
     precision: str = "fp32"
     debug_merges: bool = False
+    input: str = INPUT_NAME  # "waveform": the model's Kaldi fbank computed inside the graph (see fbank_graph)
 
     def __post_init__(self) -> None:
+        if self.input not in INPUT_NAMES:
+            raise ConfigError(f"unknown graph input {self.input!r}; available: {list(INPUT_NAMES)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; available: {list(PRECISIONS)}")
         if self.batch is not None and self.batch < 1:
@@ -80,13 +87,16 @@ class ExportResult:
 class _ExportGraph(nn.Module):
     """What is traced: float32 fbank in, float32 logits (and merge positions) out, compute in the model's dtype."""
 
-    def __init__(self, model: FastAST, debug_merges: bool) -> None:
+    def __init__(self, model: FastAST, debug_merges: bool, features: nn.Module | None = None) -> None:
         super().__init__()
         self.model = model
         self.dtype = next(model.parameters()).dtype
         self.debug_merges = debug_merges
+        self.features = features  # waveform -> fbank in float32 (fbank_graph.WaveformFbank), or None
 
     def forward(self, fbank: Tensor) -> tuple[Tensor, ...]:
+        if self.features is not None:
+            fbank = self.features(fbank)
         logits, merges = self.model.forward_with_merges(fbank.to(self.dtype))
         outputs = [logits.float()]
         if self.debug_merges:
@@ -100,10 +110,10 @@ def to_onnx(model: FastAST, options: ExportOptions) -> onnx.ModelProto:
     model = copy.deepcopy(model).eval()
     if options.precision == "fp16":
         model = model.half()  # matching and weighted merges still run in float32 (see fastast_deploy.model.tome)
-    graph = _ExportGraph(model, options.debug_merges)
-    cfg = model.config
+    features = waveform_features(model) if options.input == WAVEFORM_NAME else None
+    graph = _ExportGraph(model, options.debug_merges, features)
     example_batch = options.batch or 2  # 2, not 1: an example batch of 1 would be specialised away
-    example = torch.zeros(example_batch, cfg.input_frames, cfg.num_mel_bins)
+    example = torch.zeros(example_batch, *input_shape(model, options.input))
     dynamic = None if options.batch else ({0: torch.export.Dim("batch", min=1, max=4096)},)
     output_names = [OUTPUT_NAME] + (merge_output_names(model.schedule) if options.debug_merges else [])
     # The exporter logs a warning for every optional torchvision op it cannot register: noise for this model.
@@ -112,7 +122,7 @@ def to_onnx(model: FastAST, options: ExportOptions) -> onnx.ModelProto:
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(
-                graph, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=output_names,
+                graph, (example,), dynamo=True, input_names=[options.input], output_names=output_names,
                 dynamic_shapes=dynamic, opset_version=options.opset, external_data=False, optimize=True,
                 verbose=False, custom_translation_table=translation_table(),
             )
@@ -190,7 +200,7 @@ def build_metadata(model: FastAST, options: ExportOptions, source_info: dict[str
     import onnxscript
 
     cfg = model.config
-    features = getattr(model, "feature_config", None)
+    features = graph_features(model) if options.input == WAVEFORM_NAME else getattr(model, "feature_config", None)
     labels = getattr(model, "label_names", None)
     batch: int | str = options.batch if options.batch else "batch"
     outputs = {OUTPUT_NAME: {"shape": [batch, cfg.num_labels], "dtype": "float32"}}
@@ -211,7 +221,7 @@ def build_metadata(model: FastAST, options: ExportOptions, source_info: dict[str
         "precision": options.precision,
         "opset": options.opset,
         "batch": options.batch,
-        "inputs": {INPUT_NAME: {"shape": [batch, cfg.input_frames, cfg.num_mel_bins], "dtype": "float32"}},
+        "inputs": {options.input: {"shape": [batch, *input_shape(model, options.input)], "dtype": "float32"}},
         "outputs": outputs,
         "debug_merges": options.debug_merges,
         "versions": {"fastast_deploy": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
@@ -230,6 +240,8 @@ def tag_nodes(proto: onnx.ModelProto) -> None:
         del node.metadata_props[:]
         if MERGE_SOURCE.search(trace):
             props[PART_KEY] = "merge"
+        elif FEATURE_SOURCE.search(trace):
+            props[PART_KEY] = "features"  # the in-graph fbank: keep it in float32
         for key, value in props.items():
             node.metadata_props.add(key=key, value=value)
 
@@ -258,6 +270,7 @@ def export_onnx(
     """Export, check the graph contract, optionally check parity on ONNX Runtime, then write the model and its
     JSON sidecar atomically. Nothing is written when any step fails. int8 needs ``calibration`` clips (N, T, F)
     and takes ``quantize`` (exporters.quantize.QuantizeOptions)."""
+    from .fbank_graph import check_waveform_parity
     from .parity import check_parity
 
     output = prepare_output(output)
@@ -278,7 +291,10 @@ def export_onnx(
     if check:
         check_lint(proto, allow_plugins=model.tome.merge_impl == "scatter")
     if options.precision != "int8":
-        parity = check_parity(model, data, options, num=parity_inputs) if check else None
+        parity = None
+        if check:
+            compare = check_waveform_parity if options.input == WAVEFORM_NAME else check_parity
+            parity = compare(model, data, options, num=parity_inputs)
     with atomic_pair(output) as pair:
         pair.tmp.write_bytes(data)
         pair.sidecar = {**metadata, "sha256": _sha256(data), "parity": parity}

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 INPUT_NAME = "fbank"  # (batch, frames, mel bins) float32, normalised Kaldi fbank
+WAVEFORM_NAME = "waveform"  # (batch, samples) float32 mono at the model's rate, NaN past a clip's end
+INPUT_NAMES = (INPUT_NAME, WAVEFORM_NAME)  # what `export --input` offers; a graph has one of them
 OUTPUT_NAME = "logits"  # (batch, labels) float32
 METADATA_KEY = "fastast_deploy"  # metadata_props key of exported ONNX models, and safetensors header key
 

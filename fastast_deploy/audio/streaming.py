@@ -55,34 +55,59 @@ def window_count(total_frames: int, frames: int, hop: int) -> int:
     return 1 if total_frames <= frames else 1 + math.ceil((total_frames - frames) / hop)
 
 
-def stream_windows(path: str | os.PathLike, config: FeatureConfig, hop: int) -> Iterator[np.ndarray]:
-    """Normalised model inputs (frames, mel bins) float32, window by window, for one audio file; memory is
-    bounded by a window and a read block, not by the file."""
-    rate = config.sample_rate
-    win, shift, _ = _frame_sizes(rate)
+def _scan(path: str | os.PathLike, rate: int) -> tuple[float, int]:
+    """First pass: the mean and the length (samples at ``rate``) of the resampled clip."""
     total, length = 0.0, 0
     for block in _resampled_blocks(path, rate):
         total += float(block.sum(dtype=np.float64))
         length += len(block)
-    if length < win:
-        raise AudioError(f"audio file {path} has {length} samples at {rate} Hz, shorter than one frame ({win})")
-    mean = total / length
-    frames_total = 1 + (length - win) // shift
-    span = (config.frames - 1) * shift + win  # samples one window's frames cover
-    buffer = np.zeros(0, np.float32)
-    offset = 0  # file position (resampled samples) of buffer[0]
-    index, count = 0, window_count(frames_total, config.frames, hop)
+    return (total / length if length else 0.0), length
+
+
+def _window_samples(path: str | os.PathLike, rate: int, length: int, starts: Iterator[int],
+                    span: int) -> Iterator[np.ndarray]:
+    """Second pass: samples [start, min(start + span, length)) of the resampled clip for each window start (in
+    ascending order), holding only what the next window needs."""
+    buffer, offset = np.zeros(0, np.float32), 0  # offset: clip position of buffer[0]
+    start = next(starts, None)
     for block in _resampled_blocks(path, rate):
         buffer = np.concatenate([buffer, block])
-        while index < count:
-            start = index * hop * shift  # first sample of window `index`
-            end = min(start + span, length)
-            if offset + len(buffer) < end:
-                break  # wait for more samples
-            chunk = torch.from_numpy(buffer[start - offset : end - offset] - np.float32(mean))  # as waveform_fbank
-            features = pad_or_cut(fbank(chunk, rate, config.num_mel_bins), config.frames)
-            yield normalize(features, config.mean, config.std).numpy().astype(np.float32, copy=False)
-            index += 1
-        keep = index * hop * shift - offset  # samples before the next window's start are done with
-        if keep > 0:
-            buffer, offset = buffer[keep:], offset + keep
+        while start is not None and offset + len(buffer) >= min(start + span, length):
+            yield buffer[start - offset : min(start + span, length) - offset]
+            start = next(starts, None)
+        drop = (start if start is not None else offset + len(buffer)) - offset
+        if drop > 0:
+            buffer, offset = buffer[drop:], offset + drop
+
+
+def _starts(path: str | os.PathLike, config: FeatureConfig, hop: int) -> tuple[float, int, Iterator[int]]:
+    rate = config.sample_rate
+    win, shift, _ = _frame_sizes(rate)
+    mean, length = _scan(path, rate)
+    if length < win:
+        raise AudioError(f"audio file {path} has {length} samples at {rate} Hz, shorter than one frame ({win})")
+    count = window_count(1 + (length - win) // shift, config.frames, hop)
+    return mean, length, iter(range(0, count * hop * shift, hop * shift))
+
+
+def stream_windows(path: str | os.PathLike, config: FeatureConfig, hop: int) -> Iterator[np.ndarray]:
+    """Normalised model inputs (frames, mel bins) float32, window by window, for one audio file; memory is
+    bounded by a window and a read block, not by the file."""
+    win, shift, _ = _frame_sizes(config.sample_rate)
+    mean, length, starts = _starts(path, config, hop)
+    span = (config.frames - 1) * shift + win  # samples one window's frames cover
+    for chunk in _window_samples(path, config.sample_rate, length, starts, span):
+        waveform = torch.from_numpy(chunk - np.float32(mean))  # mean removed as waveform_fbank does
+        features = pad_or_cut(fbank(waveform, config.sample_rate, config.num_mel_bins), config.frames)
+        yield normalize(features, config.mean, config.std).numpy().astype(np.float32, copy=False)
+
+
+def stream_waveform_windows(path: str | os.PathLike, config: FeatureConfig, hop: int,
+                            samples: int) -> Iterator[np.ndarray]:
+    """Waveform-in model inputs (samples,) float32, window by window: the resampled clip from each window's
+    start, NaN past the clip's end (the frames the graph zero-pads), as ``predict.waveform_windows`` cuts them."""
+    _, length, starts = _starts(path, config, hop)
+    for chunk in _window_samples(path, config.sample_rate, length, starts, samples):
+        out = np.full(samples, np.nan, dtype=np.float32)
+        out[: len(chunk)] = chunk
+        yield out

@@ -55,8 +55,10 @@ def write_clips(model: FastAST, folder: Path, per_class: int, seed: int) -> int:
 
 
 def quickstart(output: Path, source: str = "default", backend: str = "auto", per_class: int = 4,
-               iterations: int = 10, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every step, reporting each through ``say``; returns the verify report plus the files written."""
+               iterations: int = 10, say: Callable[[str], None] = print,
+               graph_input: str = "fbank") -> dict[str, Any]:
+    """Run every step, reporting each through ``say``; returns the verify report plus the files written.
+    ``graph_input="waveform"`` exports with the fbank inside the graph."""
     from fastast_deploy.engines.build import build_engine, check_ready, engine_path
     from fastast_deploy.evaluation.verify import SpeedOptions, verify
     from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
@@ -80,7 +82,7 @@ def quickstart(output: Path, source: str = "default", backend: str = "auto", per
     step(f"model: {source} ({model.config.embed_dim}-dim, {model.config.depth} blocks, "
          f"{model.config.input_frames} frames, {model.config.num_labels} labels), r per block {list(model.schedule)}, "
          f"tokens {counts[0]} -> {counts[-1]}")
-    exported = export_onnx(model, output / "model.onnx", ExportOptions())
+    exported = export_onnx(model, output / "model.onnx", ExportOptions(input=graph_input))
     step(f"exported {exported.path} (parity on ONNX Runtime CPU: max |diff| "
          f"{exported.parity['max_abs_diff']:.2g})")
     if backend == "auto":
@@ -91,7 +93,7 @@ def quickstart(output: Path, source: str = "default", backend: str = "auto", per
     clips = write_clips(model, output / "clips", per_class, seed=1)
     inputs = str(output / "clips") if clips else "random"
     step(f"inputs: {clips} synthetic clips of the model's classes in {output / 'clips'}" if clips
-         else "inputs: 32 random fbank-like arrays (the model records no synthetic dataset)")
+         else f"inputs: 32 random {graph_input}-like arrays (the model records no synthetic dataset)")
     step("verifying against PyTorch and timing against the r = 0 baseline built the same way ...")
     report, _, _, _ = verify(built.path, source, inputs_spec=inputs, num=32, batch=8,
                              speed=SpeedOptions(batches=(1, 8), warmup=2, iterations=iterations))

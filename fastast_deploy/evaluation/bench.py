@@ -10,10 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from fastast_deploy.contract import INPUT_NAME
+from fastast_deploy.contract import INPUT_NAME, INPUT_NAMES, WAVEFORM_NAME
 from fastast_deploy.engines import Engine, load_engine
 from fastast_deploy.errors import ConfigError, DatasetError
-from fastast_deploy.evaluation.metrics import fbank_like
 from fastast_deploy.evaluation.timing import time_interleaved
 from fastast_deploy.model.schedule import check_r
 
@@ -27,8 +26,11 @@ class BenchOptions:
     warmup: int = 2
     rounds: int = 10
     frames: int | None = None
+    input: str = INPUT_NAME  # "waveform": engines that compute their fbank in the graph
 
     def __post_init__(self) -> None:
+        if self.input not in INPUT_NAMES:
+            raise ConfigError(f"unknown graph input {self.input!r}; available: {list(INPUT_NAMES)}")
         if not self.rs:
             raise ConfigError("--tome-r needs at least one value")
         check_r(self.rs)
@@ -50,7 +52,7 @@ def build_engines(source: str, options: BenchOptions, workdir: Path) -> dict[int
     engines = {}
     for r in options.rs:
         model = load_model(source, tome_r=r, input_frames=options.frames)
-        onnx_path = export_onnx(model, workdir / f"r{r}.onnx", ExportOptions(), check=False).path
+        onnx_path = export_onnx(model, workdir / f"r{r}.onnx", ExportOptions(input=options.input), check=False).path
         built = build_engine(onnx_path, engine_path(workdir, f"r{r}", options.backend), options.backend,
                              build_options)
         engines[r] = load_engine(built.path)
@@ -59,16 +61,17 @@ def build_engines(source: str, options: BenchOptions, workdir: Path) -> dict[int
 
 def time_round_robin(engines: dict[int, Engine], options: BenchOptions) -> dict[int, dict[str, float]]:
     """Latency per batch of each engine, the engines timed side by side round by round."""
-    spec = next(iter(engines.values())).input_specs[INPUT_NAME][0]
-    feed = {INPUT_NAME: fbank_like(options.batch, int(spec[1]), int(spec[2]), seed=3)}
+    from fastast_deploy.evaluation.verify import engine_feed
+
+    feed = engine_feed(next(iter(engines.values())), options.batch, seed=3)
     runs = {r: partial(engine.infer, feed) for r, engine in engines.items()}
     timed = time_interleaved(runs, batch=options.batch, warmup=options.warmup, rounds=options.rounds)
     return {r: t.as_dict() for r, t in timed.items()}
 
 
 def labelled_data(data: str, labels_csv: str | None, engine: Engine) -> tuple[np.ndarray, np.ndarray, str, int]:
-    """Normalised fbank (N, T, F) with the engine's feature settings, multi-hot targets (N, labels), the task, and
-    how many listed files were missing."""
+    """Normalised fbank (N, T, F) with the engine's feature settings (waveform windows (N, samples) for a
+    waveform-in engine), multi-hot targets (N, labels), the task, and how many listed files were missing."""
     from fastast_deploy.audio.datasets import detect_task, fbank_cache, load_dataset, normalize_cache
     from fastast_deploy.audio.features import FeatureConfig
     from fastast_deploy.audio.labels import LabelSet, read_label_csv
@@ -84,6 +87,12 @@ def labelled_data(data: str, labels_csv: str | None, engine: Engine) -> tuple[np
     if not len(dataset):
         raise DatasetError(f"{data}: none of its audio files exist")
     config = FeatureConfig.from_dict(export["features"])
+    if WAVEFORM_NAME in engine.input_specs:  # each file's first window, as the fbank cache takes its first frames
+        from fastast_deploy.evaluation.inputs import first_window
+
+        samples = int(engine.input_specs[WAVEFORM_NAME][0][1])
+        x = np.stack([first_window(e.path, config, samples) for e in dataset.examples])
+        return x, dataset.targets().numpy(), detect_task(dataset), len(missing)
     x = normalize_cache(fbank_cache([e.path for e in dataset.examples], config), config).numpy()
     return x, dataset.targets().numpy(), detect_task(dataset), len(missing)
 

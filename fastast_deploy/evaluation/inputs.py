@@ -26,6 +26,8 @@ class InputSet:
     source: str
     labels: np.ndarray | None = None
     skipped: list[dict[str, str]] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # the audio file of each clip, where inputs came from audio
+    waveform: np.ndarray | None = None  # (N, samples) for a waveform-in engine; ``fbank`` is then the project's
 
 
 @dataclass
@@ -131,7 +133,8 @@ def _audio_folder(path: Path, export: dict[str, Any]) -> InputSet:
     if not arrays:
         raise VerifyUsageError(f"--inputs {path}: none of the {len(files)} audio files could be read")
     known = np.array(labels)
-    return InputSet(np.stack(arrays), names, str(path), known if (known >= 0).all() else None, skipped)
+    read = [str(path / n) for n in names]
+    return InputSet(np.stack(arrays), names, str(path), known if (known >= 0).all() else None, skipped, read)
 
 
 def _is_ast_data_json(path: Path) -> bool:
@@ -163,7 +166,7 @@ def _data_json(path: Path, labels_csv: str | None, export: dict[str, Any]) -> In
         raise VerifyUsageError("the engine records no feature settings, so audio cannot be turned into its input")
     config = FeatureConfig.from_dict(export["features"])
     dataset = load_dataset(path, label_set)
-    arrays, clips, targets, skipped = [], [], [], []
+    arrays, clips, targets, skipped, files = [], [], [], [], []
     for example in dataset.examples:
         try:
             arrays.append(normalize(raw_fbank(example.path, config), config.mean, config.std).numpy())
@@ -171,12 +174,13 @@ def _data_json(path: Path, labels_csv: str | None, export: dict[str, Any]) -> In
             skipped.append({"file": str(example.path), "error": str(err)})
             continue
         clips.append(example.clip)
+        files.append(str(example.path))
         target = np.zeros(len(label_set), np.float32)
         target[list(example.labels)] = 1.0
         targets.append(target)
     if not arrays:
         raise VerifyUsageError(f"--inputs {path}: none of its {len(dataset)} audio files could be read")
-    return InputSet(np.stack(arrays), clips, str(path), np.stack(targets), skipped)
+    return InputSet(np.stack(arrays), clips, str(path), np.stack(targets), skipped, files)
 
 
 def load_reference(spec: str, inputs: InputSet | None, export: dict[str, Any]) -> Reference:
@@ -233,3 +237,55 @@ def _checkpoint_reference(source: str, inputs: InputSet, export: dict[str, Any])
     labels = list(model.label_names) if model.label_names else None
     resolved = model.source_info.get("path", os.fspath(source))  # "default" names a file inside the package
     return Reference("checkpoint", str(resolved), np.concatenate(logits), labels, per_block)
+
+
+def waveform_like(num: int, samples: int, seed: int = 0, rate: int = 16000) -> np.ndarray:
+    """Waveform-in graph inputs (num, samples) float32: a tone, a linear chirp and white noise at random gains
+    per clip; every other clip is shorter than the input (from 30 % to 90 % of it) and padded with NaN (no
+    audio past its end), so the pad path of the in-graph features is exercised."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / rate
+    out = np.empty((num, samples), np.float32)
+    for i in range(num):
+        f0, f1, f2 = rng.uniform(100, rate / 2.5, size=3)
+        gains = rng.uniform(0.02, 0.3, size=3)
+        chirp = np.sin(2 * np.pi * (f1 * t + (f2 - f1) * t**2 / (2 * t[-1])))
+        wave = gains[0] * np.sin(2 * np.pi * f0 * t) + gains[1] * chirp + gains[2] * rng.standard_normal(samples)
+        out[i] = wave
+        if i % 2 == 1:
+            out[i, int(samples * rng.uniform(0.3, 0.9)) :] = np.nan
+    return out
+
+
+def load_waveform_inputs(spec: str, num: int, samples: int, seed: int, export: dict[str, Any],
+                         labels_csv: str | None = None) -> InputSet:
+    """Inputs of a waveform-in engine: ``waveform`` (N, samples) and, for the reference, ``fbank`` (N, T, F), the
+    project's own features of the same audio. ``random``: `waveform_like` clips; a folder of audio or an AST
+    data .json: each file's first window (resampled, NaN past its end), as `predict` feeds it."""
+    from fastast_deploy.audio.features import FeatureConfig
+
+    if export.get("features") is None:
+        raise VerifyUsageError("the engine records no feature settings, so audio cannot be turned into its input")
+    config = FeatureConfig.from_dict(export["features"])
+    if spec == "random":
+        from fastast_deploy.exporters.fbank_graph import reference_fbank
+
+        waves = waveform_like(num, samples, seed, config.sample_rate)
+        return InputSet(reference_fbank(waves, config), [f"random-{i}" for i in range(num)],
+                        f"random waveforms (seed {seed})", waveform=waves)
+    path = Path(spec)
+    if not (path.is_dir() or path.suffix == ".json" and path.is_file() and _is_ast_data_json(path)):
+        raise VerifyUsageError(f"--inputs {spec}: a waveform-in engine takes random, a folder of audio or an AST "
+                               "data .json (fbank arrays are no input for it)")
+    inputs = load_inputs(spec, num, config.frames, config.num_mel_bins, seed, export, labels_csv)
+    inputs.waveform = np.stack([first_window(file, config, samples) for file in inputs.files])
+    return inputs
+
+
+def first_window(path: str | os.PathLike, config: Any, samples: int) -> np.ndarray:
+    """(samples,) float32: an audio file's first waveform window at the model's rate, NaN past its end."""
+    from fastast_deploy.audio.features import read_audio
+    from fastast_deploy.serving.predict import waveform_windows
+
+    waveform, rate = read_audio(path)
+    return waveform_windows(waveform, rate, config, config.frames, samples)[0]

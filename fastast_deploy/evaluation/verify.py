@@ -14,11 +14,18 @@ from typing import Any
 import numpy as np
 
 from fastast_deploy import __version__
-from fastast_deploy.contract import INPUT_NAME, OUTPUT_NAME, merge_output_names
+from fastast_deploy.contract import OUTPUT_NAME, WAVEFORM_NAME, merge_output_names
 from fastast_deploy.engines import Engine, load_engine
 from fastast_deploy.engines.base import batch_chunks
 from fastast_deploy.errors import VerifyUsageError
-from fastast_deploy.evaluation.inputs import InputSet, Reference, load_inputs, load_reference
+from fastast_deploy.evaluation.inputs import (
+    InputSet,
+    Reference,
+    load_inputs,
+    load_reference,
+    load_waveform_inputs,
+    waveform_like,
+)
 from fastast_deploy.evaluation.metrics import (
     accuracy,
     compare_logits,
@@ -60,13 +67,29 @@ class SpeedOptions:
     baseline: str | None = "auto"  # a path, "auto" (r = 0 built the same way on the fly) or None (no baseline)
 
 
-def run_engine(engine: Engine, fbank: np.ndarray, batch: int) -> dict[str, np.ndarray]:
-    """All outputs for (N, T, F) inputs in batches the engine accepts (a static batch is padded with zeros)."""
+def input_name(engine: Engine) -> str:
+    """The engine's one input: ``fbank`` or ``waveform``."""
+    return next(iter(engine.input_specs))
+
+
+def engine_feed(engine: Engine, batch: int, seed: int) -> dict[str, np.ndarray]:
+    """A timing input of ``batch`` rows: fbank-like arrays, or waveforms for a waveform-in engine."""
+    name = input_name(engine)
+    shape = engine.input_specs[name][0]
+    if name == WAVEFORM_NAME:
+        return {name: waveform_like(batch, int(shape[1]), seed)}
+    return {name: fbank_like(batch, int(shape[1]), int(shape[2]), seed=seed)}
+
+
+def run_engine(engine: Engine, x: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+    """All outputs for (N, T, F) inputs (or (N, samples) waveforms for a waveform-in engine) in batches the
+    engine accepts (a static batch is padded with zeros)."""
     rng = engine.batch_range
     size = batch if batch in rng else (rng.max if rng.max is not None and batch > rng.max else rng.min)
     outputs: dict[str, list[np.ndarray]] = {}
-    for chunk, real in batch_chunks(fbank, size, rng):
-        for name, value in engine.infer({INPUT_NAME: chunk}).items():
+    feed_name = input_name(engine)
+    for chunk, real in batch_chunks(x, size, rng):
+        for name, value in engine.infer({feed_name: chunk}).items():
             outputs.setdefault(name, []).append(value[:real])
     return {name: np.concatenate(parts) for name, parts in outputs.items()}
 
@@ -117,8 +140,7 @@ def check(name: str, value: float, threshold: str, passed: bool, by: float | Non
 def time_side_by_side(engines: dict[str, Engine], batch: int, warmup: int, rounds: int) -> dict[str, dict[str, float]]:
     """Wall-clock latency of ``infer`` (which returns host arrays, so device work is complete) per batch, the
     engines alternating round by round (``time_interleaved``)."""
-    spec = next(iter(engines.values())).input_specs[INPUT_NAME][0]
-    feed = {INPUT_NAME: fbank_like(batch, int(spec[1]), int(spec[2]), seed=7)}
+    feed = engine_feed(next(iter(engines.values())), batch, seed=7)
     timed = time_interleaved({name: partial(e.infer, feed) for name, e in engines.items()}, batch=batch,
                              warmup=warmup, rounds=rounds)
     return {name: t.as_dict() for name, t in timed.items()}
@@ -132,7 +154,8 @@ def build_baseline(engine: Engine, source: str, workdir: Path) -> Engine:
 
     meta, export = engine.metadata, engine.metadata["export"]
     model = load_model(source, tome_r=0, input_frames=export["model"]["input_frames"])
-    options = ExportOptions(opset=export["opset"], batch=export["batch"], precision=export["precision"])
+    options = ExportOptions(opset=export["opset"], batch=export["batch"], precision=export["precision"],
+                            input=input_name(engine))
     # int8: calibrated on fbank-like clips; the scales set the baseline's accuracy, not its speed (all it is for)
     calibration = fbank_like(8, model.config.input_frames, model.config.num_mel_bins) if options.precision == "int8" \
         else None
@@ -184,7 +207,8 @@ def engine_summary(engine: Engine) -> dict[str, Any]:
     meta, export = engine.metadata, engine.metadata["export"]
     return {"path": str(engine.path), "backend": meta["backend"], "precision": meta["precision"],
             "batch": meta["batch"], "tome": export["tome"], "labels": export.get("labels"),
-            "input": {"frames": export["model"]["input_frames"], "mel_bins": export["model"]["num_mel_bins"]}}
+            "input": {"frames": export["model"]["input_frames"], "mel_bins": export["model"]["num_mel_bins"],
+                      "name": input_name(engine)}}
 
 
 def verify(engine_path: str | os.PathLike, reference_spec: str, *, inputs_spec: str = "random", num: int = 64,
@@ -196,7 +220,15 @@ def verify(engine_path: str | os.PathLike, reference_spec: str, *, inputs_spec: 
         export = engine.metadata["export"]
         frames, mel = export["model"]["input_frames"], export["model"]["num_mel_bins"]
         reference: Reference | None = None
-        if Path(reference_spec).suffix == ".npz" and Path(reference_spec).is_file():
+        waveform = input_name(engine) == WAVEFORM_NAME
+        if waveform:  # the reference model is fed the project's own fbank of the same waveforms
+            samples = int(engine.input_specs[WAVEFORM_NAME][0][1])
+            if Path(reference_spec).suffix in (".npz", ".json") and Path(reference_spec).is_file():
+                raise VerifyUsageError(f"{engine.path.name} takes waveforms: give a checkpoint as --reference "
+                                       "(saved outputs hold no waveforms)")
+            inputs = load_waveform_inputs(inputs_spec, num, samples, seed, export, labels_csv)
+            reference = load_reference(reference_spec, inputs, export)
+        elif Path(reference_spec).suffix == ".npz" and Path(reference_spec).is_file():
             if inputs_spec != "random":
                 raise VerifyUsageError("an .npz reference brings its own inputs (its fbank array); leave out --inputs")
             reference = load_reference(reference_spec, None, export)
@@ -209,7 +241,7 @@ def verify(engine_path: str | os.PathLike, reference_spec: str, *, inputs_spec: 
             reference = load_reference(reference_spec, inputs, export)
         check_compatible(reference, inputs, export)
         thresholds = thresholds or DEFAULT_THRESHOLDS.get(engine.metadata["precision"], DEFAULT_THRESHOLDS["fp32"])
-        outputs = run_engine(engine, inputs.fbank, batch)
+        outputs = run_engine(engine, inputs.waveform if waveform else inputs.fbank, batch)
         figures, checks = parity_section(reference, outputs, export, inputs, thresholds)
         report: dict[str, Any] = {
             "schema": REPORT_SCHEMA, "version": REPORT_VERSION, "fastast_deploy": __version__,

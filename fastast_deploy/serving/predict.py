@@ -1,6 +1,8 @@
 """Label scores for audio files, from a checkpoint (run in PyTorch), an exported .onnx or a built engine.
 
-A file longer than the model's input of T frames is cut into windows of T frames that start every ``hop``
+Engines take the normalised fbank (``fbank`` input) or the waveform (``waveform`` input: the fbank is computed
+inside the graph); `Classifier.audio_inputs` turns a waveform into whichever the model takes, resampled on the
+host. A file longer than the model's input of T frames is cut into windows of T frames that start every ``hop``
 frames (default T: no overlap); the last window is zero-padded as `features.pad_or_cut` pads. Windows of
 consecutive files share inference batches of a size the engine accepts, and each file's per-window scores
 (softmax for a single-label model, else sigmoid) are pooled by mean or max.
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fastast_deploy.contract import INPUT_NAME, OUTPUT_NAME
+from fastast_deploy.contract import INPUT_NAME, OUTPUT_NAME, WAVEFORM_NAME
 from fastast_deploy.engines.base import BatchRange, batch_chunks
 from fastast_deploy.errors import AudioError, ConfigError, FastASTError
 
@@ -55,7 +57,8 @@ class PredictOptions:
 
 @dataclass
 class Classifier:
-    """A model behind one call: ``infer((n, T, F) float32) -> (n, labels) float32 logits`` for n in ``batch``."""
+    """A model behind one call: ``infer((n, T, F) float32) -> (n, labels) float32 logits`` for n in ``batch``;
+    with ``input_name == "waveform"``, ``infer((n, samples) float32)``."""
 
     source: str
     backend: str  # "pytorch", "onnxruntime" or "tensorrt"
@@ -66,6 +69,30 @@ class Classifier:
     infer: Callable[[np.ndarray], np.ndarray]
     close: Callable[[], None] = lambda: None
     notes: list[str] = field(default_factory=list)
+    input_name: str = INPUT_NAME  # INPUT_NAME or WAVEFORM_NAME: what `infer` takes
+    samples: int | None = None  # waveform inputs: samples per window
+
+    def audio_inputs(self, waveform: torch.Tensor, sample_rate: int, hop: int | None = None) -> np.ndarray:
+        """What ``infer`` takes for one clip (samples,) at ``sample_rate``, cut into windows every ``hop`` frames
+        (default: no overlap): (W, T, F) normalised fbank, or (W, samples) waveform windows at the model's rate
+        (NaN past the clip's end), which give the same fbank inside the graph. An AudioError for a clip shorter
+        than one frame."""
+        hop = self.features.frames if hop is None else hop
+        if self.input_name == WAVEFORM_NAME:
+            assert self.samples is not None, "a waveform-in classifier knows its window length"
+            return waveform_windows(waveform, sample_rate, self.features, hop, self.samples)
+        return fbank_windows(waveform, sample_rate, self.features, hop)
+
+    def file_inputs(self, path: str | os.PathLike, hop: int | None = None) -> Iterator[np.ndarray]:
+        """``audio_inputs`` of an audio file, window by window, streamed from the file in constant memory
+        (``audio.streaming``): (T, F) normalised fbank, or (samples,) waveform windows."""
+        from fastast_deploy.audio.streaming import stream_waveform_windows, stream_windows
+
+        hop = self.features.frames if hop is None else hop
+        if self.input_name == WAVEFORM_NAME:
+            assert self.samples is not None, "a waveform-in classifier knows its window length"
+            return stream_waveform_windows(path, self.features, hop, self.samples)
+        return stream_windows(path, self.features, hop)
 
     @property
     def activation(self) -> str:
@@ -125,8 +152,12 @@ def _engine_classifier(path: Path, provider: str | None) -> Classifier:
 
     engine = load_engine(path, provider=provider)
     export = engine.metadata["export"]
-    _, frames, mels = engine.input_specs[INPUT_NAME][0]
+    name = next(iter(engine.input_specs))
     num_labels = int(engine.output_specs[OUTPUT_NAME][0][-1])
+    task = _task((export.get("source") or {}).get("extra"))
+    if name == WAVEFORM_NAME:
+        return _waveform_classifier(path, engine, task, num_labels)
+    _, frames, mels = engine.input_specs[INPUT_NAME][0]
     notes = []
     if export.get("features"):
         features = FeatureConfig.from_dict(export["features"])
@@ -141,9 +172,29 @@ def _engine_classifier(path: Path, provider: str | None) -> Classifier:
     def infer(fbank: np.ndarray) -> np.ndarray:
         return np.asarray(engine.infer({INPUT_NAME: fbank})[OUTPUT_NAME], dtype=np.float32)
 
-    task = _task((export.get("source") or {}).get("extra"))
     return Classifier(str(path), engine.backend, features, _names(engine.labels, num_labels), task,
                       engine.batch_range, infer, engine.close, notes)
+
+
+def _waveform_classifier(path: Path, engine: Any, task: str | None, num_labels: int) -> Classifier:
+    from fastast_deploy.audio.features import FeatureConfig
+
+    export = engine.metadata["export"]
+    samples = int(engine.input_specs[WAVEFORM_NAME][0][1])
+    if not export.get("features"):
+        engine.close()
+        raise ConfigError(f"{path} takes waveforms but records no feature settings; re-export the model")
+    features = FeatureConfig.from_dict(export["features"])
+    if samples != waveform_samples(features):
+        engine.close()
+        raise ConfigError(f"{path}: its feature settings give windows of {waveform_samples(features)} samples, the "
+                          f"graph takes {samples}; re-export the model")
+
+    def infer(waveforms: np.ndarray) -> np.ndarray:
+        return np.asarray(engine.infer({WAVEFORM_NAME: waveforms})[OUTPUT_NAME], dtype=np.float32)
+
+    return Classifier(str(path), engine.backend, features, _names(engine.labels, num_labels), task,
+                      engine.batch_range, infer, engine.close, [], WAVEFORM_NAME, samples)
 
 
 def _torch_classifier(source: str | os.PathLike) -> Classifier:
@@ -192,6 +243,49 @@ def split_windows(features: torch.Tensor, frames: int, hop: int) -> torch.Tensor
     return torch.stack([pad_or_cut(features[i * hop :], frames) for i in range(count)])  # (W, frames, F)
 
 
+def fbank_windows(waveform: torch.Tensor, sample_rate: int, config: FeatureConfig, hop: int) -> np.ndarray:
+    """Normalised model inputs (W, T, F) float32 of one (samples,) clip at ``sample_rate``."""
+    from fastast_deploy.audio.features import normalize, waveform_fbank
+
+    features = waveform_fbank(waveform, sample_rate, config)  # (T_total, F)
+    windows = split_windows(features, config.frames, hop)
+    return normalize(windows, config.mean, config.std).numpy().astype(np.float32, copy=False)
+
+
+def waveform_samples(config: FeatureConfig) -> int:
+    """Samples of a waveform window: the shortest waveform giving exactly ``config.frames`` Kaldi frames."""
+    win, shift = _frame_lengths(config.sample_rate)
+    return win + shift * (config.frames - 1)
+
+
+def _frame_lengths(sample_rate: int) -> tuple[int, int]:
+    from fastast_deploy.audio.features import FRAME_LENGTH_MS, FRAME_SHIFT_MS
+
+    return sample_rate * FRAME_LENGTH_MS // 1000, sample_rate * FRAME_SHIFT_MS // 1000
+
+
+def waveform_windows(waveform: torch.Tensor, sample_rate: int, config: FeatureConfig, hop: int,
+                     samples: int) -> np.ndarray:
+    """Waveform-in model inputs (W, samples) float32 of one (samples,) clip: resampled to the model's rate, cut
+    into windows starting every ``hop`` frames, NaN past the clip's end. Window w holds the samples of fbank
+    frames w * hop ... w * hop + frames - 1, and its NaN tail marks the frames `split_windows` zero-pads, so the
+    in-graph fbank equals `fbank_windows` (W is the same)."""
+    from fastast_deploy.audio.features import FRAME_LENGTH_MS, resample
+
+    audio = resample(waveform, sample_rate, config.sample_rate).numpy().astype(np.float32, copy=False)
+    win, shift = _frame_lengths(config.sample_rate)
+    if len(audio) < win:
+        raise AudioError(f"audio has {len(audio)} samples at {config.sample_rate} Hz, shorter than one "
+                         f"{FRAME_LENGTH_MS} ms frame ({win} samples); expected at least {win} samples")
+    total = 1 + (len(audio) - win) // shift  # Kaldi frames with snip_edges
+    count = 1 if total <= config.frames else 1 + math.ceil((total - config.frames) / hop)
+    out = np.full((count, samples), np.nan, dtype=np.float32)
+    for i in range(count):
+        clip = audio[i * hop * shift : i * hop * shift + samples]
+        out[i, : len(clip)] = clip
+    return out
+
+
 def activate(logits: np.ndarray, activation: str) -> np.ndarray:
     """Scores from logits (n, labels): row-wise softmax, or elementwise sigmoid; computed in float64."""
     x = logits.astype(np.float64)
@@ -211,8 +305,8 @@ def batch_size(batch: BatchRange, requested: int | None) -> int:
 
 
 def run_windows(classifier: Classifier, windows: np.ndarray, size: int) -> np.ndarray:
-    """Logits (N, labels) for windows (N, T, F), ``size`` at a time; a short last batch below the engine's
-    smallest (e.g. a static batch) is padded with zero windows whose outputs are dropped."""
+    """Logits (N, labels) for windows (N, T, F) or (N, samples), ``size`` at a time; a short last batch below the
+    engine's smallest (e.g. a static batch) is padded with zero windows whose outputs are dropped."""
     outputs = [classifier.infer(chunk)[:real] for chunk, real in batch_chunks(windows, size, classifier.batch)]
     return np.concatenate(outputs)
 
@@ -228,7 +322,6 @@ def predict_files(classifier: Classifier, paths: Iterable[str | os.PathLike],
 
     Windows stream from each file (``audio.streaming``) into batches shared across files, and each file's scores
     are pooled as its windows come back: memory is bounded by a batch of windows, not by any file's length."""
-    from fastast_deploy.audio.streaming import stream_windows
 
     size = batch_size(classifier.batch, options.batch)
     hop = hop_frames(options.hop_s, classifier.features.frames)
@@ -239,7 +332,7 @@ def predict_files(classifier: Classifier, paths: Iterable[str | os.PathLike],
         try:
             if Path(path).is_file() and Path(path).stat().st_size == 0:
                 raise AudioError("the file is empty (0 bytes); expected an audio file (WAV, FLAC, OGG)")
-            for window in stream_windows(path, classifier.features, hop):
+            for window in classifier.file_inputs(path, hop):
                 pooled.add(window)
         except AudioError as err:
             pooled.fail(_reason(err, path))

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fastast_deploy import __version__
-from fastast_deploy.contract import INPUT_NAME, OUTPUT_NAME, sidecar_path
+from fastast_deploy.contract import OUTPUT_NAME, sidecar_path
 from fastast_deploy.engines.base import BATCH, BatchRange, EngineError
 from fastast_deploy.errors import ConfigError, FastASTError
 
@@ -41,6 +41,7 @@ CONFIG_FILE = "config.pbtxt"
 VERSION = "1"
 DEFAULT_MAX_BATCH = 32  # for an engine without an upper batch bound (ONNX Runtime)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+SERVE_BACKENDS = ("platform", "python")  # the model file's own Triton backend, or the Python backend (triton_python)
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,12 @@ class TritonOptions:
     max_queue_delay_us: int = 100
     kind: str | None = None
     gpus: tuple[int, ...] = ()  # GPU indices for the instances; () = every GPU Triton sees
+    backend: str = "platform"  # "python": Triton's Python backend running fastast_deploy.engines
+    site_packages: tuple[str, ...] | None = None  # python backend: dirs model.py adds; None: this interpreter's
 
     def __post_init__(self) -> None:
+        if self.backend not in SERVE_BACKENDS:
+            raise ConfigError(f"unknown Triton backend {self.backend!r}; available: {list(SERVE_BACKENDS)}")
         if self.kind is not None and self.kind not in KINDS:
             raise ConfigError(f"unknown instance kind {self.kind!r}; available: {list(KINDS)}")
         if self.instances < 1:
@@ -109,7 +114,7 @@ class ServedModel:
 
     @property
     def static_batch(self) -> int | None:
-        first = self.inputs[INPUT_NAME]["shape"][0]
+        first = next(iter(self.inputs.values()))["shape"][0]  # the one input: fbank or waveform
         return None if first == BATCH else int(first)
 
 
@@ -274,10 +279,20 @@ def model_config(model: ServedModel, name: str, options: TritonOptions) -> Trito
         raise ConfigError(f"--gpus places GPU instances, and {model.path.name} is served on the CPU; add --kind gpu")
     comments, params, backend_notes = _backend_comments(model)
     batched = largest > 0
-    lines = [f"# Triton model configuration written by fastast-deploy {__version__} from {model.path.name}"]
-    lines += [f"# {c}" for c in comments]
-    lines += [f"name: {_quote(name)}", f"platform: {_quote(model.platform)}", f"max_batch_size: {largest}"]
-    lines += _block("input", [_tensor(n, s, batched) for n, s in model.inputs.items()])
+    if options.backend == "python":
+        from fastast_deploy.serving.triton_python import default_site_packages, python_config_lines
+
+        site = default_site_packages() if options.site_packages is None else options.site_packages
+        provider = "cuda" if kind == "gpu" and model.backend == "onnxruntime" else "cpu"
+        lines, inputs, python_params = python_config_lines(model, name, largest, site, provider)
+        lines[1:1] = [f"# {c}" for c in comments]
+        params = {**params, **python_params}
+    else:
+        lines = [f"# Triton model configuration written by fastast-deploy {__version__} from {model.path.name}"]
+        lines += [f"# {c}" for c in comments]
+        lines += [f"name: {_quote(name)}", f"platform: {_quote(model.platform)}", f"max_batch_size: {largest}"]
+        inputs = [_tensor(n, s, batched) for n, s in model.inputs.items()]
+    lines += _block("input", inputs)
     lines += _block("output", [_tensor(n, s, batched, label_file=n == OUTPUT_NAME and bool(model.labels))
                                for n, s in model.outputs.items()])
     if dynamic:
@@ -339,6 +354,8 @@ def write_repository(model: ServedModel, repo: str | os.PathLike, options: Trito
         raise FastASTError(f"cannot write to {repo.parent}: {err.strerror}") from None
     try:
         files = _fill(stage / name, model, config.text)
+        if options.backend == "python":
+            files += _fill_python(stage / name, model, name, options)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(stage, 0o777 & ~umask)  # mkdtemp makes folders private; REPO may become this folder
@@ -363,6 +380,15 @@ def _fill(folder: Path, model: ServedModel, config: str) -> tuple[str, ...]:
     if model.labels:
         (folder / LABELS_FILE).write_text("".join(f"{n}\n" for n in model.labels), encoding="utf-8")
     return tuple(files)
+
+
+def _fill_python(folder: Path, model: ServedModel, name: str, options: TritonOptions) -> tuple[str, ...]:
+    from fastast_deploy.serving.triton_python import MODEL_FILE, README_FILE, default_site_packages, model_py, readme
+
+    site = default_site_packages() if options.site_packages is None else options.site_packages
+    (folder / VERSION / MODEL_FILE).write_text(model_py(), encoding="utf-8")
+    (folder / README_FILE).write_text(readme(model, name, site), encoding="utf-8")
+    return (f"{VERSION}/{MODEL_FILE}", README_FILE)
 
 
 def _move_into_place(stage: Path, repo: Path, name: str) -> None:

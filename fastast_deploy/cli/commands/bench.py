@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from fastast_deploy.cli.commands.options import parse_r
-from fastast_deploy.contract import PROVIDERS
+from fastast_deploy.contract import INPUT_NAME, INPUT_NAMES, PROVIDERS
 from fastast_deploy.errors import ConfigError
 
 
@@ -24,13 +24,15 @@ from fastast_deploy.errors import ConfigError
               help="Timed calls per engine, interleaved across engines.")
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--frames", type=click.IntRange(min=1), default=None, help="Input length [default: the checkpoint's].")
+@click.option("--input", "graph_input", type=click.Choice(list(INPUT_NAMES)), default=INPUT_NAME, show_default=True,
+              help="The engines' input; waveform: the fbank is computed inside each graph.")
 @click.option("--data", default=None, metavar="DIR|FILE",
               help="Labelled audio: a folder per class, an AST data .json (with --labels) or an ESC-50-style .csv.")
 @click.option("--labels", type=click.Path(dir_okay=False), default=None, help="Label CSV for an AST data .json.")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("bench"),
               show_default=True, help="Folder for the engines, bench.json and bench.png.")
 def bench(source: str, tome_r: str, backend: str, provider: str, batch: int, rounds: int, warmup: int,
-          frames: int | None, data: str | None, labels: str | None, output: Path) -> None:
+          frames: int | None, graph_input: str, data: str | None, labels: str | None, output: Path) -> None:
     """Export and build SOURCE at each r, then time them side by side (and score them on --data)."""
     from fastast_deploy.engines.build import check_ready
     from fastast_deploy.evaluation.bench import BenchOptions, format_table, plot
@@ -42,7 +44,7 @@ def bench(source: str, tome_r: str, backend: str, provider: str, batch: int, rou
     if len(set(rs)) != len(rs):
         raise ConfigError(f"--tome-r lists a value twice: {list(rs)}")
     options = BenchOptions(rs=rs, backend=backend, provider=provider, batch=batch, warmup=warmup, rounds=rounds,
-                           frames=frames)
+                           frames=frames, input=graph_input)
     written = {f"-o's {name}": output / name for name in ("bench.json", "bench.png")}
     for r in rs:  # the exports and engines bench writes into -o, each with its sidecar
         for name in (f"r{r}.onnx", f"r{r}.ort.onnx", f"r{r}.plan"):

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from fastast_deploy.cli.commands.options import parse_r, tome_options
-from fastast_deploy.contract import sidecar_path
+from fastast_deploy.contract import INPUT_NAME, INPUT_NAMES, sidecar_path
 from fastast_deploy.errors import ConfigError
 from fastast_deploy.exporters.quantize import QuantizeOptions
 from fastast_deploy.files import json_text
@@ -52,6 +52,10 @@ def info(source: str, tome_r: str | None, tome_inflection: float, frames: int | 
 @click.option("--calib-clips", type=click.IntRange(min=1), default=QuantizeOptions.clips, show_default=True,
               help="int8: how many clips of --calib to calibrate on.")
 @click.option("--opset", type=click.IntRange(18, 23), default=18, show_default=True)
+@click.option("--input", "graph_input", type=click.Choice(list(INPUT_NAMES)), default=INPUT_NAME,
+              show_default=True,
+              help="The graph input. waveform: (batch, samples) float32 mono audio at the model's sample rate, NaN "
+              "past a clip's end; the model's Kaldi fbank is computed inside the graph, in float32.")
 @click.option("--debug-merges", is_flag=True, help="Add each merging block's source / destination positions as "
               "outputs merge{i}_src / merge{i}_dst, for parity debugging.")
 @click.option("--no-check", is_flag=True, help="Skip the ONNX Runtime parity check against PyTorch.")
@@ -59,7 +63,7 @@ def info(source: str, tome_r: str | None, tome_inflection: float, frames: int | 
               help="AST class_labels_indices.csv giving label names (for an original .pth).")
 def export(source: str, output: Path, tome_r: str | None, tome_inflection: float, frames: int | None,
            tome_schedule: str | None, no_prop_attn: bool, merge_impl: str, batch: int | None, precision: str,
-           calib: str | None, calib_clips: int, opset: int, debug_merges: bool, no_check: bool,
+           calib: str | None, calib_clips: int, opset: int, graph_input: str, debug_merges: bool, no_check: bool,
            labels: str | None) -> None:
     """Export SOURCE to a static-shape, plugin-free ONNX model and check it against PyTorch."""
     from fastast_deploy.checkpoints.native import load_model
@@ -75,7 +79,8 @@ def export(source: str, output: Path, tome_r: str | None, tome_inflection: float
         raise ConfigError("--precision int8 needs calibration clips (--calib DATA)" if calib is None else
                           f"--calib calibrates int8 exports only; add --precision int8 (asked for {precision})")
     quantize = QuantizeOptions(clips=calib_clips)
-    options = ExportOptions(opset=opset, batch=batch, precision=precision, debug_merges=debug_merges)
+    options = ExportOptions(opset=opset, batch=batch, precision=precision, debug_merges=debug_merges,
+                            input=graph_input)
     prepare_output(output)  # fail on a bad output path before the slow part
     r = parse_r(tome_schedule) if tome_schedule is not None else parse_r(tome_r)
     if isinstance(r, int) and tome_schedule is not None:

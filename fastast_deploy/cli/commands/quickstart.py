@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from fastast_deploy.contract import INPUT_NAME, INPUT_NAMES
+
 
 @click.command()
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("fastast-quickstart"),
@@ -17,14 +19,17 @@ import click
 @click.option("--clips-per-class", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--iterations", type=click.IntRange(min=1), default=10, show_default=True,
               help="Timed calls per batch size in the speed section.")
-def quickstart(output: Path, source: str, backend: str, clips_per_class: int, iterations: int) -> None:
+@click.option("--input", "graph_input", type=click.Choice(list(INPUT_NAMES)), default=INPUT_NAME, show_default=True,
+              help="The exported graph's input; waveform: the Kaldi fbank is computed inside the graph.")
+def quickstart(output: Path, source: str, backend: str, clips_per_class: int, iterations: int,
+               graph_input: str) -> None:
     """Export -> build-engine -> verify (parity and speed) on the built-in FastAST, then a summary."""
     from fastast_deploy.cli.quickstart import format_summary
     from fastast_deploy.cli.quickstart import quickstart as run
     from fastast_deploy.files import removed_on_failure
 
     with removed_on_failure(output):  # a run that breaks leaves no half a quickstart folder behind
-        report = run(output, source, backend, clips_per_class, iterations, say=click.echo)
+        report = run(output, source, backend, clips_per_class, iterations, say=click.echo, graph_input=graph_input)
     click.echo(format_summary(report))
     if not report["passed"]:
         raise SystemExit(1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -12,7 +14,7 @@ from fastast_deploy.contract import PROVIDERS
 from fastast_deploy.errors import ConfigError
 from fastast_deploy.files import json_text
 from fastast_deploy.serving.predict import DEFAULT_BATCH, POOLS, PredictOptions
-from fastast_deploy.serving.triton import KINDS, TritonOptions
+from fastast_deploy.serving.triton import KINDS, SERVE_BACKENDS, TritonOptions
 
 
 @click.command()
@@ -102,14 +104,22 @@ def predict(model: str, audio: tuple[Path, ...], top_k: int, hop_s: float | None
               help="How long the dynamic batcher waits to fill a batch.")
 @click.option("--kind", type=click.Choice(list(KINDS)), default=None,
               help="Instance kind [default: gpu for TensorRT plans and GPU-provider ONNX Runtime engines, else cpu].")
+@click.option("--backend", "serve_backend", type=click.Choice(SERVE_BACKENDS), default=TritonOptions.backend,
+              show_default=True,
+              help="platform: Triton's tensorrt_plan / onnxruntime_onnx backend; python: Triton's Python backend "
+              "running fastast_deploy.engines (1/model.py; waveform-in models take raw audio).")
+@click.option("--site-packages", default=None, metavar="DIR[:DIR...]",
+              help="python backend: site-packages model.py adds before importing fastast_deploy ('none': none) "
+              "[default: this interpreter's].")
 @click.option("--force", is_flag=True, help="Replace REPO/NAME if it exists.")
 @click.pass_context
 def triton(ctx: click.Context, model: Path, repo: Path, name: str | None, max_batch: int | None, instances: int,
            dynamic_batching: bool | None, preferred_batch: str | None, max_queue_delay_us: int, kind: str | None,
-           force: bool) -> None:
+           serve_backend: str, site_packages: str | None, force: bool) -> None:
     """Write a Triton Inference Server model repository for MODEL (a TensorRT plan, an ONNX Runtime engine or
     an exported .onnx): REPO/NAME/config.pbtxt, REPO/NAME/1/model.plan or model.onnx with its sidecar, and
-    REPO/NAME/labels.txt for Triton's classification extension. Nothing is written when a check fails.
+    REPO/NAME/labels.txt for Triton's classification extension. With --backend python, also REPO/NAME/1/model.py
+    and REPO/NAME/README.md (how the backend's stub finds its packages). Nothing is written when a check fails.
     """
     from fastast_deploy.files import check_outputs_apart
     from fastast_deploy.serving.triton import default_name, read_served_model, write_repository
@@ -119,7 +129,8 @@ def triton(ctx: click.Context, model: Path, repo: Path, name: str | None, max_ba
         raise ConfigError("--max-queue-delay-us applies with dynamic batching; drop --no-dynamic-batching")
     preferred = parse_sizes(preferred_batch, "--preferred-batch") if preferred_batch else ()
     options = TritonOptions(name=name, max_batch=max_batch, instances=instances, dynamic_batching=dynamic_batching,
-                            preferred_batch=preferred, max_queue_delay_us=max_queue_delay_us, kind=kind)
+                            preferred_batch=preferred, max_queue_delay_us=max_queue_delay_us, kind=kind,
+                            backend=serve_backend, site_packages=_site_packages(site_packages))
     check_outputs_apart({"-o": repo / (name or default_name(model))}, {"ENGINE": model},
                         replaced_folders=("-o",))
     result = write_repository(read_served_model(model), repo, options, force=force)
@@ -129,4 +140,15 @@ def triton(ctx: click.Context, model: Path, repo: Path, name: str | None, max_ba
     batching = "dynamic batching" if config.dynamic_batching else "no dynamic batching"
     click.echo(f"wrote {result.path} (max_batch_size {config.max_batch_size}, {batching}, {instances} x "
                f"{config.kind.upper()}): {', '.join(result.files)}")
-    click.echo(f"serve it with: tritonserver --model-repository {repo}")
+    if serve_backend == "python":  # the stub takes its environment from the first python3 on PATH
+        click.echo(f"serve it with: PATH={Path(sys.executable).parent}:$PATH tritonserver --model-repository {repo}")
+    else:
+        click.echo(f"serve it with: tritonserver --model-repository {repo}")
+
+
+def _site_packages(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    if text == "none":
+        return ()
+    return tuple(p for p in text.split(os.pathsep) if p)

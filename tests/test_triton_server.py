@@ -1,0 +1,202 @@
+"""A real Triton Inference Server (the `nvidia-pytriton` wheel's tritonserver) serving the repository that
+`fastast-deploy triton --backend python` writes for a waveform-in export: concurrent requests over HTTP and gRPC,
+every answer compared with the engine run directly, batch sizes read from the statistics endpoint.
+
+How the Python backend's stub finds numpy, onnxruntime and fastast_deploy here: its embedded interpreter is
+isolated from PYTHONPATH, and derives its environment from the first ``python3`` on PATH (what PyTriton does
+too), so the server starts with this virtual environment's bin first on PATH; model.py's ``site.addsitedir`` of
+the recorded site-packages adds the rest (an editable install's ``.pth``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastast_deploy.contract import WAVEFORM_NAME
+from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
+from fastast_deploy.model.config import ModelConfig, TomeConfig
+from fastast_deploy.model.fastast import build_model
+from fastast_deploy.model.tome import make_schedule
+
+pytestmark = pytest.mark.triton
+
+TINY = ModelConfig.from_size("tiny", depth=2, input_frames=64, num_mel_bins=128, num_labels=5)
+NAME = "fastast_wave"
+CLIENTS = 6  # threads per protocol
+REQUESTS = 8  # per thread
+
+
+def _pytriton_dir() -> Path:
+    try:
+        import pytriton
+    except ImportError:
+        pytest.skip('needs the nvidia-pytriton wheel (tritonserver): pip install "fastast-deploy[test]"')
+    root = Path(pytriton.__file__).parent / "tritonserver"
+    if not (root / "bin" / "tritonserver").is_file():
+        pytest.skip(f"the nvidia-pytriton wheel has no tritonserver binary under {root}")
+    return root
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    http: str
+    grpc: str
+    log: Path
+
+    def statistics(self, model: str) -> dict:
+        with urllib.request.urlopen(f"http://{self.http}/v2/models/{model}/stats", timeout=10) as r:
+            return json.loads(r.read())
+
+
+def _wait_ready(process: subprocess.Popen, http: str, log: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"tritonserver exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"http://{http}/v2/health/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"tritonserver not ready after {timeout_s} s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def waveform_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(repository written by `triton --backend python`, the exported model) for a tiny waveform-in FastAST."""
+    from click.testing import CliRunner
+
+    from fastast_deploy.cli.main import cli
+
+    _pytriton_dir()
+    work = tmp_path_factory.mktemp("triton")
+    torch.manual_seed(0)
+    model = build_model(TINY, TomeConfig(make_schedule(8, TINY.depth)))
+    onnx_path = export_onnx(model, work / "wave.onnx", ExportOptions(input=WAVEFORM_NAME), check=False).path
+    repo = work / "repo"
+    result = CliRunner().invoke(cli, ["triton", str(onnx_path), "-o", str(repo), "--backend", "python",
+                                      "--name", NAME, "--max-batch", "16", "--max-queue-delay-us", "20000"])
+    assert result.exit_code == 0, result.output
+    return repo, onnx_path
+
+
+@pytest.fixture(scope="module")
+def triton_server(waveform_repo: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """tritonserver on free loopback ports with the Python backend and this interpreter's stub; stopped by PID."""
+    root = _pytriton_dir()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        pytest.skip(f"the nvidia-pytriton wheel has no Python backend stub for Python {version}")
+    work = tmp_path_factory.mktemp("server")
+    backends = work / "backends"
+    shutil.copytree(root / "backends", backends)
+    shutil.copy(stub, backends / "python" / stub.name)
+    libs = root.parent.parent / "nvidia_pytriton.libs"
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH")) if p)
+    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+    ports = [_free_port() for _ in range(3)]
+    log = work / "tritonserver.log"
+    command = [str(root / "bin" / "tritonserver"), "--model-repository", str(waveform_repo[0]),
+               "--backend-directory", str(backends), "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1",
+               "--metrics-address", "127.0.0.1", f"--http-port={ports[0]}", f"--grpc-port={ports[1]}",
+               f"--metrics-port={ports[2]}", "--exit-timeout-secs=10"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_ready(process, f"127.0.0.1:{ports[0]}", log)
+        yield Server(process, f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}", log)
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+
+def test_written_repository_serves_raw_audio_through_the_python_backend(waveform_repo) -> None:
+    repo, _ = waveform_repo
+    config = (repo / NAME / "config.pbtxt").read_text()
+    assert 'backend: "python"' in config and "dynamic_batching {" in config
+    assert 'name: "waveform"' in config and "dims: [ -1 ]" in config
+    assert (repo / NAME / "1" / "model.py").is_file() and (repo / NAME / "1" / "model.onnx").is_file()
+    assert "site.addsitedir" in (repo / NAME / "README.md").read_text()
+
+
+def test_concurrent_http_and_grpc_requests_match_the_engine(triton_server: Server, waveform_repo) -> None:
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    from fastast_deploy.engines import load_engine
+
+    _, onnx_path = waveform_repo
+    engine = load_engine(onnx_path)
+    samples = int(engine.input_specs[WAVEFORM_NAME][0][1])
+    rng = np.random.default_rng(0)
+    # Raw audio of several lengths: shorter than the window (padded with NaN by model.py), exact, longer (cut).
+    lengths = [samples // 3, samples, samples + 999]
+    jobs = []
+    for protocol in ("http", "grpc"):
+        for client in range(CLIENTS):
+            for i in range(REQUESTS):
+                rows = 1 + (client + i) % 2
+                length = lengths[(client + i) % len(lengths)]
+                jobs.append((protocol, (0.1 * rng.standard_normal((rows, length))).astype(np.float32)))
+
+    def send(job: tuple[str, np.ndarray]) -> np.ndarray:
+        protocol, x = job
+        module = httpclient if protocol == "http" else grpcclient
+        url = triton_server.http if protocol == "http" else triton_server.grpc
+        client = module.InferenceServerClient(url)
+        tensor = module.InferInput(WAVEFORM_NAME, list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        return client.infer(NAME, [tensor], outputs=[module.InferRequestedOutput("logits")]).as_numpy("logits")
+
+    with ThreadPoolExecutor(max_workers=2 * CLIENTS) as pool:
+        answers = list(pool.map(send, jobs))
+
+    worst = 0.0
+    for (_, x), got in zip(jobs, answers, strict=True):
+        padded = np.full((len(x), samples), np.nan, np.float32)
+        padded[:, : min(samples, x.shape[1])] = x[:, :samples]
+        want = engine.infer({WAVEFORM_NAME: padded})["logits"]
+        assert got.shape == want.shape
+        worst = max(worst, float(np.abs(got - want).max()))
+    engine.close()
+    assert worst <= 1e-5
+
+    stats = triton_server.statistics(NAME)["model_stats"][0]
+    seen = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats["batch_stats"]}
+    rows = sum(len(x) for _, x in jobs)
+    assert sum(size * count for size, count in seen.items()) == rows  # every row ran, once
+    assert int(stats["inference_count"]) == rows
+    print(f"\ntriton: {len(jobs)} requests ({rows} clips) over HTTP and gRPC, max |diff| {worst:.2g}; batch sizes "
+          f"seen (size: executions) {dict(sorted(seen.items()))}")
