@@ -25,6 +25,7 @@ class BenchOptions:
     warmup: int = 2
     rounds: int = 10
     frames: int | None = None
+    threads: int = 0  # ONNX Runtime intra-op threads; 0: its default
 
     def __post_init__(self) -> None:
         if not self.rs or min(self.rs) < 0:
@@ -51,7 +52,7 @@ def build_engines(source: str, options: BenchOptions, workdir: Path) -> dict[int
             from fastast_deploy.engines.ort_engine import OrtBuildOptions, build_onnxruntime_engine
 
             built = build_onnxruntime_engine(onnx_path, workdir / f"r{r}.ort.onnx",
-                                             OrtBuildOptions(provider=options.provider))
+                                             OrtBuildOptions(provider=options.provider, threads=options.threads))
         engines[r] = load_engine(built.path)
     return engines
 

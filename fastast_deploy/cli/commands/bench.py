@@ -28,8 +28,11 @@ from fastast_deploy.errors import ConfigError
 @click.option("--labels", type=click.Path(dir_okay=False), default=None, help="Label CSV for an AST data .json.")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("bench"),
               show_default=True, help="Folder for the engines, bench.json and bench.png.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="ONNX Runtime intra-op threads of every engine, and torch threads for the export [default: "
+              "their own choice].")
 def bench(source: str, tome_r: str, backend: str, provider: str, batch: int, rounds: int, warmup: int,
-          frames: int | None, data: str | None, labels: str | None, output: Path) -> None:
+          frames: int | None, data: str | None, labels: str | None, output: Path, threads: int | None) -> None:
     """Export and build SOURCE at each r, then time them side by side (and score them on --data)."""
     from fastast_deploy.evaluation.bench import BenchOptions, format_table, plot
     from fastast_deploy.evaluation.bench import bench as run_bench
@@ -39,8 +42,12 @@ def bench(source: str, tome_r: str, backend: str, provider: str, batch: int, rou
     rs = tuple(rs) if isinstance(rs, list) else (rs,)
     if len(set(rs)) != len(rs):
         raise ConfigError(f"--tome-r lists a value twice: {list(rs)}")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     options = BenchOptions(rs=rs, backend=backend, provider=provider, batch=batch, warmup=warmup, rounds=rounds,
-                           frames=frames)
+                           frames=frames, threads=threads or 0)
     prepare_output(output / "bench.json")
     report = run_bench(source, options, output, data, labels)
     write_json_atomic(output / "bench.json", report)
