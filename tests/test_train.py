@@ -267,6 +267,26 @@ def test_student_distils_from_teacher_and_exports(teacher_run: Path, data: Path,
     assert f"teacher {out}: val_acc" in output and load_model(tmp_path / "second" / "best").config.num_mel_bins == 64
 
 
+def test_threads_and_the_online_teacher(teacher_run: Path, data: Path, tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        out = tmp_path / "deit"
+        code, output = run("train", *data_args(data), "-o", str(out), "--teacher", str(teacher_run), "--threads", "1",
+                           "--kd-mode", "deit-soft", *STUDENT, "--stop-after", "1")
+        assert code == 0, output
+        assert torch.get_num_threads() == 1
+        assert "--kd-mode deit-soft, teacher on the augmented batches" in output
+        assert json.loads((out / "config.json").read_text())["threads"] == 1
+        assert metrics(out)[0]["kd_loss"] > 0
+    finally:
+        torch.set_num_threads(before)
+    # A CNN student has no distillation token.
+    code, output = run("train", *data_args(data), "-o", str(tmp_path / "cnn"), "--teacher", str(teacher_run),
+                       "--kd-mode", "deit-hard", *TEACHER)
+    assert_one_line_failure(code, output, "distillation token", "--kd-mode soft or hard")
+
+
 def test_precomputed_teacher_logits(teacher_run: Path, data: Path, tmp_path: Path) -> None:
     # The logits an online run saved are a valid --teacher-logits file, and give the same first epoch.
     online, offline = tmp_path / "online", tmp_path / "offline"

@@ -66,7 +66,7 @@ def teacher_targets(teacher_logits: Tensor, task: str, tau: float, mode: str = "
 
 
 def _check_mode(mode: str) -> None:
-    if mode not in KD_MODES:
+    if mode not in KD_MODES:  # "auto" is resolved by TrainConfig.resolved before losses are made
         raise ConfigError(f"unknown --kd-mode {mode!r}; available: {list(KD_MODES)}")
 
 

@@ -10,6 +10,7 @@ from fastast_deploy.errors import ConfigError
 ARCHS = ("fastast", "cnn", "compact-cnn")
 TASKS = ("multilabel", "singlelabel")
 KD_MODES = ("soft", "hard", "deit-soft", "deit-hard")  # see training/cmkd.py
+AUTO_KD_MODE = {"fastast": "deit-hard", "cnn": "hard"}  # what --kd-mode auto means for each kind of student
 TEACHER_INPUTS = ("augmented", "clean")
 
 
@@ -25,7 +26,7 @@ class Recipe:
 # Chosen on a 10-word spoken-command set (benchmarks/bench_distill.py; 420 training clips, batch 32). A new
 # transformer from scratch: 5e-4 with one epoch of warm-up stayed at chance; FILLED IN BELOW.
 RECIPES: dict[str, Recipe] = {
-    "scratch": Recipe(lr=2e-4, warmup_epochs=5.0, epochs=50),  # a new FastAST (tiny / small / base)
+    "scratch": Recipe(lr=3e-4, warmup_epochs=5.0, epochs=50),  # a new FastAST (tiny / small / base)
     "finetune": Recipe(lr=5e-5, warmup_epochs=1.0, epochs=10),  # a checkpoint: AST's recipes fine-tune at 1e-5..1e-4
     "cnn": Recipe(lr=1e-3, warmup_epochs=1.0, epochs=20),  # a new CNN
 }
@@ -53,7 +54,7 @@ class TrainConfig:
     cnn_width: int = 32
     teacher: str | None = None
     teacher_logits: str | None = None
-    kd_mode: str = "deit-hard"
+    kd_mode: str = "auto"  # AUTO_KD_MODE
     teacher_inputs: str = "augmented"  # augmented: the teacher runs on the student's batch; clean: logits once
     kd_lambda: float = 0.5
     kd_tau: float = 1.0
@@ -81,8 +82,8 @@ class TrainConfig:
             raise ConfigError(f"unknown --task {self.task!r}; available: auto, {', '.join(TASKS)}")
         if self.teacher and self.teacher_logits:
             raise ConfigError("give either --teacher or --teacher-logits, not both")
-        if self.kd_mode not in KD_MODES:
-            raise ConfigError(f"unknown --kd-mode {self.kd_mode!r}; available: {list(KD_MODES)}")
+        if self.kd_mode not in ("auto", *KD_MODES):
+            raise ConfigError(f"unknown --kd-mode {self.kd_mode!r}; available: auto, {', '.join(KD_MODES)}")
         if self.teacher_inputs not in TEACHER_INPUTS:
             raise ConfigError(f"unknown --teacher-inputs {self.teacher_inputs!r}; available: {list(TEACHER_INPUTS)}")
         if self.teacher_logits and self.teacher_inputs == "augmented":
@@ -121,9 +122,11 @@ class TrainConfig:
         return "scratch" if self.model in SIZES and not Path(self.model).exists() else "finetune"
 
     def resolved(self) -> TrainConfig:
-        """This config with lr, warm-up and epochs that were left None taken from the run kind's recipe."""
+        """This config with lr, warm-up and epochs that were left None taken from the run kind's recipe, and
+        --kd-mode auto made the student's best mode."""
         recipe = RECIPES[self.kind()]
-        return replace(self, lr=recipe.lr if self.lr is None else self.lr,
+        mode = AUTO_KD_MODE["fastast" if self.arch == "fastast" else "cnn"] if self.kd_mode == "auto" else self.kd_mode
+        return replace(self, kd_mode=mode, lr=recipe.lr if self.lr is None else self.lr,
                        warmup_epochs=recipe.warmup_epochs if self.warmup_epochs is None else self.warmup_epochs,
                        epochs=recipe.epochs if self.epochs is None else self.epochs)
 

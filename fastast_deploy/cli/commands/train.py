@@ -10,7 +10,7 @@ from click.core import ParameterSource
 from fastast_deploy.audio.synthetic import SyntheticConfig
 from fastast_deploy.cli.commands.options import parse_r
 from fastast_deploy.errors import ConfigError
-from fastast_deploy.training.config import ARCHS, KD_MODES, RECIPES, TEACHER_INPUTS, TrainConfig
+from fastast_deploy.training.config import ARCHS, AUTO_KD_MODE, KD_MODES, RECIPES, TEACHER_INPUTS, TrainConfig
 
 _S = SyntheticConfig()
 _T = TrainConfig()
@@ -95,11 +95,12 @@ def synthetic(output: Path, classes: int, clips_per_class: int, seconds: float, 
               help="Online teacher: a CNN or FastAST run or checkpoint, or an AST checkpoint with the same labels.")
 @click.option("--teacher-logits", type=click.Path(dir_okay=False), default=None,
               help=".npz with logits (N, labels) and clips (N,): the training clips' ids as the data lists them.")
-@click.option("--kd-mode", type=click.Choice(KD_MODES), default=_T.kd_mode, show_default=True,
+@click.option("--kd-mode", type=click.Choice(["auto", *KD_MODES]), default=_T.kd_mode, show_default=True,
               help="soft: CMKD's KL to the teacher's softmax on the pooled output; hard: cross-entropy to the "
               "teacher's decision on the pooled output; deit-soft / deit-hard: the labels through the cls token, the "
-              "teacher (soft / its decision) through the distillation token, as DeiT. deit-hard distilled best in "
-              "benchmarks/bench_distill.py.")
+              f"teacher (soft / its decision) through the distillation token, as DeiT. auto: "
+              f"{AUTO_KD_MODE['fastast']} for FastAST, {AUTO_KD_MODE['cnn']} for a CNN student (what distilled best "
+              "in benchmarks/bench_distill.py).")
 @click.option("--teacher-inputs", type=click.Choice(TEACHER_INPUTS), default=_T.teacher_inputs, show_default=True,
               help="augmented: the teacher answers on the student's augmented batch each step; clean: its logits "
               "of the clean clips, computed once (the only choice with --teacher-logits).")
