@@ -181,3 +181,13 @@ def test_threads_are_honoured(case: dict[str, Any], tmp_path: Path, monkeypatch:
     assert run("evaluate", tmp_path / "m.onnx", *args, "--threads", "1")[0] == 0
     assert run("predict", tmp_path / "m.onnx", wav, "--threads", "3")[0] == 0
     assert seen == [1, 3]
+
+
+def test_info_takes_the_size_of_a_new_model() -> None:
+    code, out = run("info", "tiny", "--mel-bins", "64", "--frames", "98", "--tome-r", "3", "--json")
+    assert code == 0, out
+    report = json.loads(out)
+    assert (report["config"]["num_mel_bins"], report["config"]["input_frames"]) == (64, 98)
+    assert report["token_counts"][0] == 2 + 5 * 9  # (64 - 16) // 10 + 1 = 5 by (98 - 16) // 10 + 1 = 9 patches
+    code, out = run("info", "default", "--mel-bins", "64")
+    assert code != 0 and "--mel-bins applies to a new model" in out.strip().splitlines()[-1]

@@ -281,6 +281,11 @@ def test_threads_and_the_online_teacher(teacher_run: Path, data: Path, tmp_path:
         assert metrics(out)[0]["kd_loss"] > 0
     finally:
         torch.set_num_threads(before)
+    # --arch cnn says which network it built
+    code, output = run("train", *data_args(data), "-o", str(tmp_path / "which"), "--arch", "cnn", "--cnn-width", "4",
+                       "--epochs", "1", "--batch-size", "6", "--quiet")
+    assert code == 0, output
+    assert ("timm is not installed" in output) != ("EfficientNet-B2" in output), output
     # A CNN student has no distillation token.
     code, output = run("train", *data_args(data), "-o", str(tmp_path / "cnn"), "--teacher", str(teacher_run),
                        "--kd-mode", "deit-hard", *TEACHER)
