@@ -114,7 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, required=True, help="Data and runs; finished runs are reused.")
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--epochs", type=int, default=30, help="Epochs of every transformer run.")
+    parser.add_argument("--epochs", type=int, default=15, help="Epochs of every transformer run.")
     parser.add_argument("--teacher-epochs", type=int, default=12)
     parser.add_argument("--teacher-width", type=int, default=16, help="--cnn-width of the teacher.")
     parser.add_argument("--mel-bins", type=int, default=64)
