@@ -21,10 +21,11 @@ from fastast_deploy.audio.labels import read_label_csv
 from fastast_deploy.audio.synthetic import SyntheticConfig, make_synthetic
 from fastast_deploy.checkpoints.native import load_model, save_checkpoint
 from fastast_deploy.cli.main import cli
+from fastast_deploy.errors import ConfigError
 from fastast_deploy.exporters.onnx_export import read_metadata
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
-from fastast_deploy.training.cmkd import cmkd_loss, kd_loss, task_loss, teacher_targets
+from fastast_deploy.training.cmkd import TokenHeads, cmkd_loss, kd_loss, task_loss, teacher_targets
 from fastast_deploy.training.config import TrainConfig
 from fastast_deploy.training.loop import lr_factor, mixup, spec_augment, train
 from fastast_deploy.training.teachers import CNNClassifier, CNNConfig, load_teacher, save_cnn
@@ -115,6 +116,97 @@ def test_singlelabel_losses_match_their_formulas() -> None:
     assert no_teacher.kd is None and float(no_teacher.total) == pytest.approx(ce, rel=1e-6)
 
 
+C = [[1.0, 0.5, -0.5], [0.2, -0.3, 0.9]]  # cls-token logits
+D = [[-1.0, 2.0, 0.0], [0.4, 0.1, -2.0]]  # dist-token logits
+
+
+def _ce(row: list[float], k: int) -> float:
+    return -math.log(_softmax(row)[k])
+
+
+def _kl(teacher: list[float], student: list[float], tau: float) -> float:
+    p, q = _softmax([v / tau for v in teacher]), _softmax([v / tau for v in student])
+    return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q, strict=True)) * tau**2
+
+
+def test_singlelabel_kd_modes_match_hand_computed_values() -> None:
+    labels, lam, tau = [2, 0], 0.25, 2.0
+    hard = [max(range(3), key=row.__getitem__) for row in T]  # the teacher's decisions: [0, 1]
+    assert hard == [0, 1]
+    expected = {
+        "soft": [lam * _ce(s, k) + (1 - lam) * _kl(t, s, tau) for s, t, k in zip(S, T, labels, strict=True)],
+        "hard": [lam * _ce(s, k) + (1 - lam) * _ce(s, h) for s, h, k in zip(S, hard, labels, strict=True)],
+        "deit-soft": [lam * _ce(c, k) + (1 - lam) * _kl(t, d, tau)
+                      for c, d, t, k in zip(C, D, T, labels, strict=True)],
+        "deit-hard": [lam * _ce(c, k) + (1 - lam) * _ce(d, h) for c, d, h, k in zip(C, D, hard, labels, strict=True)],
+    }
+    s, t, y = torch.tensor(S), torch.tensor(T), torch.eye(3)[labels]
+    tokens = (torch.tensor(C), torch.tensor(D))
+    for mode, per_clip in expected.items():
+        kd = teacher_targets(t, "singlelabel", tau, mode)
+        parts = cmkd_loss(s, y, kd, "singlelabel", lam, tau, mode, tokens)
+        assert float(parts.total) == pytest.approx(sum(per_clip) / 2, rel=1e-6), mode
+    # hard targets are one-hot whatever the temperature
+    assert torch.equal(teacher_targets(t, "singlelabel", 7.0, "deit-hard"), torch.eye(3)[hard])
+    with pytest.raises(ConfigError, match="distillation token"):
+        cmkd_loss(s, y, t.softmax(-1), "singlelabel", lam, tau, "deit-soft", None)
+
+
+def test_multilabel_kd_modes_match_hand_computed_values() -> None:
+    y = [[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]]
+    lam, tau = 0.4, 2.0
+    hard = [[1.0 if v > 0 else 0.0 for v in row] for row in T]  # sigmoid(teacher) > 0.5
+
+    def mean_bce(logits: list[list[float]], targets: list[list[float]], scale: float = 1.0) -> float:
+        return sum(_bce(a / scale, b) for ra, rb in zip(logits, targets, strict=True)
+                   for a, b in zip(ra, rb, strict=True)) / 6
+
+    soft_t = [[_sigmoid(v / tau) for v in row] for row in T]
+    expected = {
+        "soft": lam * mean_bce(S, y) + (1 - lam) * mean_bce(S, soft_t, tau),
+        "hard": lam * mean_bce(S, y) + (1 - lam) * mean_bce(S, hard),
+        "deit-soft": lam * mean_bce(C, y) + (1 - lam) * mean_bce(D, soft_t, tau),
+        "deit-hard": lam * mean_bce(C, y) + (1 - lam) * mean_bce(D, hard),
+    }
+    s, t, yt = torch.tensor(S), torch.tensor(T), torch.tensor(y)
+    for mode, value in expected.items():
+        parts = cmkd_loss(s, yt, teacher_targets(t, "multilabel", tau, mode), "multilabel", lam, tau, mode,
+                          (torch.tensor(C), torch.tensor(D)))
+        assert float(parts.total) == pytest.approx(value, rel=1e-6), mode
+
+
+def test_token_heads_read_the_cls_and_dist_tokens_apart() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_size("tiny", depth=2, input_frames=48, num_mel_bins=32, num_labels=4),
+                        TomeConfig((3, 3)))
+    x = torch.randn(2, 48, 32)
+    out = TokenHeads(model)(x)
+    assert out.shape == (2, 3, 4)
+    torch.testing.assert_close(out[:, 0], model(x))  # the pooled output is the model's own
+    # cls and dist alone, by hand: run the blocks, then the head on each token
+    h, size = model.embed(x), None
+    for block in model.blocks:
+        h, size, _ = block(h, size)
+    h = model.norm(h)
+    torch.testing.assert_close(out[:, 1], model.head(model.head_norm(h[:, 0])))
+    torch.testing.assert_close(out[:, 2], model.head(model.head_norm(h[:, 1])))
+    assert not torch.allclose(out[:, 1], out[:, 2])
+
+
+def test_recipes_fill_what_is_not_given() -> None:
+    from fastast_deploy.training.config import RECIPES
+
+    new = TrainConfig().resolved()
+    assert (new.lr, new.warmup_epochs, new.epochs) == (RECIPES["scratch"].lr, RECIPES["scratch"].warmup_epochs,
+                                                        RECIPES["scratch"].epochs)
+    cnn = TrainConfig(arch="compact-cnn", lr=0.01).resolved()
+    assert cnn.lr == 0.01 and cnn.epochs == RECIPES["cnn"].epochs
+    tuned = TrainConfig(model="some/checkpoint.safetensors").resolved()
+    assert tuned.lr == RECIPES["finetune"].lr
+    with pytest.raises(ConfigError, match="--teacher-inputs clean"):
+        TrainConfig(teacher_logits="t.npz")
+
+
 def test_lr_warms_up_then_decays_to_zero() -> None:
     assert [lr_factor(s, 10, 2) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
     assert lr_factor(6, 10, 2) == pytest.approx(0.5)  # half-way through the cosine
@@ -191,15 +283,40 @@ def test_student_distils_from_teacher_and_exports(teacher_run: Path, data: Path,
     assert meta["features"]["frames"] == 48 and meta["features"]["mean"] == pytest.approx(model.feature_config.mean)
     # That FastAST run teaches in turn, on its own features (128 mel bins) for a 64-bin student.
     code, output = run("train", *data_args(data), "-o", str(tmp_path / "second"), "--teacher", str(out),
-                       "--mel-bins", "64", *STUDENT)
+                       "--mel-bins", "64", "--teacher-inputs", "clean", *STUDENT)
     assert code == 0, output
     assert f"teacher {out}: val_acc" in output and load_model(tmp_path / "second" / "best").config.num_mel_bins == 64
+
+
+def test_threads_and_the_online_teacher(teacher_run: Path, data: Path, tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        out = tmp_path / "deit"
+        code, output = run("train", *data_args(data), "-o", str(out), "--teacher", str(teacher_run), "--threads", "1",
+                           "--kd-mode", "deit-soft", *STUDENT, "--stop-after", "1")
+        assert code == 0, output
+        assert torch.get_num_threads() == 1
+        assert "--kd-mode deit-soft, teacher on the augmented batches" in output
+        assert json.loads((out / "config.json").read_text())["threads"] == 1
+        assert metrics(out)[0]["kd_loss"] > 0
+    finally:
+        torch.set_num_threads(before)
+    # --arch cnn says which network it built
+    code, output = run("train", *data_args(data), "-o", str(tmp_path / "which"), "--arch", "cnn", "--cnn-width", "4",
+                       "--epochs", "1", "--batch-size", "6", "--quiet")
+    assert code == 0, output
+    assert ("timm is not installed" in output) != ("EfficientNet-B2" in output), output
+    # A CNN student has no distillation token.
+    code, output = run("train", *data_args(data), "-o", str(tmp_path / "cnn"), "--teacher", str(teacher_run),
+                       "--kd-mode", "deit-hard", *TEACHER)
+    assert_one_line_failure(code, output, "distillation token", "--kd-mode soft or hard")
 
 
 def test_precomputed_teacher_logits(teacher_run: Path, data: Path, tmp_path: Path) -> None:
     # The logits an online run saved are a valid --teacher-logits file, and give the same first epoch.
     online, offline = tmp_path / "online", tmp_path / "offline"
-    args = (*data_args(data), *STUDENT, "--stop-after", "1")
+    args = (*data_args(data), *STUDENT, "--stop-after", "1", "--teacher-inputs", "clean")
     assert run("train", *args, "-o", str(online), "--teacher", str(teacher_run))[0] == 0
     code, output = run("train", *args, "-o", str(offline), "--teacher-logits", str(online / "teacher_logits.npz"))
     assert code == 0, output

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fastast_deploy.errors import ConfigError
 from fastast_deploy.model.config import SIZES, ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import FastAST, build_model
 from fastast_deploy.model.flops import model_flops
@@ -13,14 +14,19 @@ from fastast_deploy.model.schedule import make_schedule, pad_schedule
 
 
 def model_for_info(source: str, tome_r: int | list[int] | None, inflection: float, frames: int | None,
-                   labels: str | None) -> FastAST:
-    """A checkpoint through ``load_model``, or an untrained model of a DeiT size when SOURCE is tiny/small/base."""
+                   labels: str | None, mel_bins: int | None = None) -> FastAST:
+    """A checkpoint through ``load_model``, or an untrained model of a DeiT size when SOURCE is tiny/small/base
+    (of ``frames`` x ``mel_bins`` inputs where given)."""
     if source in SIZES and not Path(source).exists():
-        config = ModelConfig.from_size(source, **({"input_frames": frames} if frames else {}))
+        sizes = {"input_frames": frames, "num_mel_bins": mel_bins}
+        config = ModelConfig.from_size(source, **{k: v for k, v in sizes.items() if v is not None})
         schedule = make_schedule(tome_r if tome_r is not None else 0, config.depth, inflection)
         return build_model(config, TomeConfig(schedule))
     from fastast_deploy.checkpoints.native import load_model
 
+    if mel_bins is not None:
+        raise ConfigError(f"--mel-bins applies to a new model (tiny / small / base); {source} is a checkpoint, "
+                          f"whose mel bins are fixed")
     return load_model(source, tome_r=tome_r, tome_inflection=inflection, input_frames=frames, labels=labels)
 
 

@@ -35,14 +35,15 @@ def cli() -> None:
 
 from fastast_deploy.cli.commands.bench import bench  # noqa: E402
 from fastast_deploy.cli.commands.engine import build_engine, inspect  # noqa: E402
+from fastast_deploy.cli.commands.evaluate import evaluate  # noqa: E402
 from fastast_deploy.cli.commands.model import export, info, lint  # noqa: E402
 from fastast_deploy.cli.commands.quickstart import quickstart  # noqa: E402
 from fastast_deploy.cli.commands.serve import predict, triton  # noqa: E402
 from fastast_deploy.cli.commands.train import make_dataset, train  # noqa: E402
 from fastast_deploy.cli.commands.verify import verify  # noqa: E402
 
-for _command in (info, export, lint, build_engine, inspect, verify, bench, quickstart, predict, triton, make_dataset,
-                 train):
+for _command in (info, export, lint, build_engine, inspect, verify, evaluate, bench, quickstart, predict, triton,
+                 make_dataset, train):
     cli.add_command(_command)
 
 

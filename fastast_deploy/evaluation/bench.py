@@ -27,6 +27,7 @@ class BenchOptions:
     rounds: int = 10
     frames: int | None = None
     input: str = INPUT_NAME  # "waveform": engines that compute their fbank in the graph
+    threads: int = 0  # ONNX Runtime intra-op threads; 0: its default
 
     def __post_init__(self) -> None:
         if self.input not in INPUT_NAMES:
@@ -48,7 +49,7 @@ def build_engines(source: str, options: BenchOptions, workdir: Path) -> dict[int
     if options.backend == "tensorrt":
         build_options = TrtBuildOptions(opt_batch=options.batch, max_batch=max(options.batch, 32))
     else:
-        build_options = OrtBuildOptions(provider=options.provider)
+        build_options = OrtBuildOptions(provider=options.provider, threads=options.threads)
     engines = {}
     for r in options.rs:
         model = load_model(source, tome_r=r, input_frames=options.frames)

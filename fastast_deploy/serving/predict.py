@@ -134,23 +134,26 @@ def _names(labels: Sequence[str] | None, count: int) -> list[str]:
     return [f"label_{i}" for i in range(count)]
 
 
-def open_classifier(target: str | os.PathLike, provider: str | None = None) -> Classifier:
-    """An engine or exported .onnx (through `load_engine`) when ``target`` is one, else a checkpoint SOURCE."""
+def open_classifier(target: str | os.PathLike, provider: str | None = None, threads: int | None = None) -> Classifier:
+    """An engine or exported .onnx (through `load_engine`) when ``target`` is one, else a checkpoint SOURCE (a CNN
+    from `train --arch cnn` too). ``threads``: ONNX Runtime intra-op threads, or torch threads (None: default)."""
     from fastast_deploy.engines.sidecar import read_sidecar
 
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
     path = Path(target)
     if path.suffix in ENGINE_SUFFIXES or (path.is_file() and read_sidecar(path) is not None):
-        return _engine_classifier(path, provider)
+        return _engine_classifier(path, provider, threads)
     if provider is not None:
         raise ConfigError(f"--provider applies to an engine or exported .onnx; {target} is run in PyTorch")
-    return _torch_classifier(target)
+    return _torch_classifier(target, threads)
 
 
-def _engine_classifier(path: Path, provider: str | None) -> Classifier:
+def _engine_classifier(path: Path, provider: str | None, threads: int | None = None) -> Classifier:
     from fastast_deploy.audio.features import FeatureConfig
     from fastast_deploy.engines import load_engine
 
-    engine = load_engine(path, provider=provider)
+    engine = load_engine(path, provider=provider, threads=threads)
     export = engine.metadata["export"]
     name = next(iter(engine.input_specs))
     num_labels = int(engine.output_specs[OUTPUT_NAME][0][-1])
@@ -197,13 +200,15 @@ def _waveform_classifier(path: Path, engine: Any, task: str | None, num_labels: 
                       engine.batch_range, infer, engine.close, [], WAVEFORM_NAME, samples)
 
 
-def _torch_classifier(source: str | os.PathLike) -> Classifier:
+def _torch_classifier(source: str | os.PathLike, threads: int | None = None) -> Classifier:
     import torch
 
     from fastast_deploy.audio.features import FeatureConfig
-    from fastast_deploy.checkpoints.native import load_model
+    from fastast_deploy.training.teachers import load_teacher, model_extra
 
-    model = load_model(source).eval()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    model = load_teacher(source)  # a CNN checkpoint or run, or anything load_model reads
     config = model.config
     features = model.feature_config or FeatureConfig(num_mel_bins=config.num_mel_bins, frames=config.input_frames)
 
@@ -211,7 +216,7 @@ def _torch_classifier(source: str | os.PathLike) -> Classifier:
         with torch.inference_mode():
             return model(torch.from_numpy(fbank)).float().numpy()
 
-    task = _task(model.source_info.get("extra"))
+    task = _task(model_extra(model))
     return Classifier(str(source), "pytorch", features, _names(model.label_names, config.num_labels), task,
                       BatchRange(1, 1, None), infer)
 

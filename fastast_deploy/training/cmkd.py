@@ -1,12 +1,20 @@
-"""Cross-model knowledge distillation (CMKD, Gong et al. 2022) losses, as FastAST trains with them.
+"""Distillation losses: CMKD (Gong et al. 2022) on the pooled output, as FastAST trains with it, and DeiT's
+(Touvron et al. 2021) through AST's distillation token.
 
-    loss = lambda * task_loss(student, labels) + (1 - lambda) * kd_loss(student / tau, teacher / tau)
+    soft:      lambda * task(pooled, labels) + (1 - lambda) * kd(pooled / tau, teacher / tau)          (CMKD)
+    hard:      lambda * task(pooled, labels) + (1 - lambda) * task(pooled, hard(teacher))
+    deit-soft: lambda * task(cls, labels)    + (1 - lambda) * kd(dist / tau, teacher / tau)
+    deit-hard: lambda * task(cls, labels)    + (1 - lambda) * task(dist, hard(teacher))                (DeiT)
 
-multilabel: BCE-with-logits against the labels; KD is BCE-with-logits of student / tau against sigmoid(teacher / tau).
-singlelabel: cross-entropy; KD is KL(softmax(teacher / tau) || softmax(student / tau)) * tau^2.
+multilabel: task is BCE-with-logits against the labels; kd is BCE-with-logits of student / tau against
+sigmoid(teacher / tau); hard(teacher) is sigmoid(teacher) > 0.5.
+singlelabel: task is cross-entropy; kd is KL(softmax(teacher / tau) || softmax(student / tau)) * tau^2; hard(teacher)
+is the one-hot argmax.
 
-Logits are (B, labels). Targets are (B, labels) probabilities: multi-hot, one-hot, or mixed by mixup. The KD target
-is a probability tensor too (`teacher_targets`), so that mixup can mix it the same way as the labels.
+``pooled`` is the model's output (cls and dist tokens averaged, then the head); ``cls`` and ``dist`` are the head
+applied to each token alone (`TokenHeads`), so that the deit modes train the two tokens apart, and inference, which
+averages them, reads both. Logits are (B, labels). Targets are (B, labels) probabilities: multi-hot, one-hot, or mixed
+by mixup. The KD target is a probability tensor too (`teacher_targets`), so that mixup can mix it like the labels.
 """
 
 from __future__ import annotations
@@ -15,10 +23,12 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from fastast_deploy.errors import ConfigError
-from fastast_deploy.training.config import TASKS
+from fastast_deploy.training.config import KD_MODES, TASKS
+
+TOKEN_MODES = ("deit-soft", "deit-hard")  # modes that read the cls and dist tokens apart
 
 
 class LossParts(NamedTuple):
@@ -41,11 +51,23 @@ def task_loss(logits: Tensor, targets: Tensor, task: str) -> Tensor:
     return F.cross_entropy(logits, targets)  # probability targets: -sum p log softmax, averaged over clips
 
 
-def teacher_targets(teacher_logits: Tensor, task: str, tau: float) -> Tensor:
-    """The KD target (B, labels): sigmoid(teacher / tau) for multilabel, softmax(teacher / tau) otherwise."""
+def teacher_targets(teacher_logits: Tensor, task: str, tau: float, mode: str = "soft") -> Tensor:
+    """The KD target (B, labels): sigmoid(teacher / tau) for multilabel, softmax(teacher / tau) otherwise; for the
+    hard modes the teacher's decision instead (sigmoid > 0.5, or the one-hot argmax)."""
     _check_task(task)
+    _check_mode(mode)
+    if mode.endswith("hard"):
+        logits = teacher_logits.float()
+        if task == "multilabel":
+            return (logits > 0).float()
+        return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
     scaled = teacher_logits.float() / tau
     return scaled.sigmoid() if task == "multilabel" else scaled.softmax(dim=-1)
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in KD_MODES:  # "auto" is resolved by TrainConfig.resolved before losses are made
+        raise ConfigError(f"unknown --kd-mode {mode!r}; available: {list(KD_MODES)}")
 
 
 def kd_loss_from_targets(student_logits: Tensor, targets: Tensor, task: str, tau: float) -> Tensor:
@@ -65,14 +87,45 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, task: str, tau: floa
 
 
 def cmkd_loss(student_logits: Tensor, targets: Tensor, kd_targets: Tensor | None, task: str, kd_lambda: float,
-              tau: float) -> LossParts:
-    """lambda * task + (1 - lambda) * KD; without a teacher (``kd_targets`` None) the task loss alone."""
+              tau: float, mode: str = "soft", token_logits: tuple[Tensor, Tensor] | None = None) -> LossParts:
+    """lambda * task + (1 - lambda) * KD as ``mode`` defines them (module docstring); without a teacher
+    (``kd_targets`` None) the task loss of the pooled output alone. ``kd_targets`` come from `teacher_targets` with
+    the same mode; the deit modes need ``token_logits`` = (cls, dist) logits (B, labels)."""
     if not 0.0 <= kd_lambda <= 1.0:
         raise ConfigError(f"--kd-lambda must be in [0, 1], got {kd_lambda}")
     if tau <= 0:
         raise ConfigError(f"--kd-tau must be > 0, got {tau}")
-    task_part = task_loss(student_logits, targets, task)
+    _check_mode(mode)
     if kd_targets is None:
+        task_part = task_loss(student_logits, targets, task)
         return LossParts(task_part, task_part, None)
-    kd_part = kd_loss_from_targets(student_logits, kd_targets, task, tau)
+    label_out, kd_out = student_logits, student_logits
+    if mode in TOKEN_MODES:
+        if token_logits is None:
+            raise ConfigError(f"--kd-mode {mode} needs a student with a distillation token (FastAST)")
+        label_out, kd_out = token_logits
+    task_part = task_loss(label_out, targets, task)
+    if mode.endswith("hard"):
+        kd_part = task_loss(kd_out, kd_targets, task)
+    else:
+        kd_part = kd_loss_from_targets(kd_out, kd_targets, task, tau)
     return LossParts(kd_lambda * task_part + (1 - kd_lambda) * kd_part, task_part, kd_part)
+
+
+class TokenHeads(nn.Module):
+    """A FastAST whose forward returns (B, 3, labels): the pooled output (the model's own), and the head applied
+    to the cls token alone and to the dist token alone. Wrapping the model (rather than reaching into it from the
+    loop) keeps DDP's gradient hooks on the module that runs."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, fbank: Tensor) -> Tensor:
+        m = self.model
+        x, size = m.embed(fbank), None
+        for block in m.blocks:
+            x, size, _ = block(x, size)
+        x = m.norm(x)  # (B, N, C)
+        tokens = torch.stack([(x[:, 0] + x[:, 1]) / 2, x[:, 0], x[:, 1]], dim=1)  # (B, 3, C)
+        return m.head(m.head_norm(tokens))  # (B, 3, labels)

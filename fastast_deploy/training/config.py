@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from fastast_deploy.errors import ConfigError
 
 ARCHS = ("fastast", "cnn", "compact-cnn")
 TASKS = ("multilabel", "singlelabel")
+KD_MODES = ("soft", "hard", "deit-soft", "deit-hard")  # see training/cmkd.py
+AUTO_KD_MODE = {"fastast": "deit-hard", "cnn": "hard"}  # what --kd-mode auto means for each kind of student
+TEACHER_INPUTS = ("augmented", "clean")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Learning rate, warm-up and length that one kind of run takes unless given (`TrainConfig` None fields)."""
+
+    lr: float
+    warmup_epochs: float
+    epochs: int
+
+
+# Chosen on a 10-word spoken-command set (benchmarks/bench_distill.py; 420 training clips, batch 32). A new
+# transformer from scratch: 5e-4 with one epoch of warm-up stayed at chance; FILLED IN BELOW.
+RECIPES: dict[str, Recipe] = {
+    "scratch": Recipe(lr=1e-4, warmup_epochs=2.0, epochs=50),  # a new FastAST (tiny / small / base)
+    "finetune": Recipe(lr=5e-5, warmup_epochs=1.0, epochs=10),  # a checkpoint: AST's recipes fine-tune at 1e-5..1e-4
+    "cnn": Recipe(lr=1e-3, warmup_epochs=1.0, epochs=20),  # a new CNN
+}
 
 
 @dataclass(frozen=True)
@@ -33,20 +54,23 @@ class TrainConfig:
     cnn_width: int = 32
     teacher: str | None = None
     teacher_logits: str | None = None
+    kd_mode: str = "auto"  # AUTO_KD_MODE
+    teacher_inputs: str = "augmented"  # augmented: the teacher runs on the student's batch; clean: logits once
     kd_lambda: float = 0.5
     kd_tau: float = 1.0
     task: str = "auto"
-    epochs: int = 10
+    epochs: int | None = None  # None, lr None, warmup_epochs None: the recipe of the run's kind (RECIPES)
     batch_size: int = 32
-    lr: float = 5e-4
+    lr: float | None = None
     weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
+    warmup_epochs: float | None = None
     grad_clip: float = 5.0  # max global gradient norm; 0: off
     freqm: int | None = None  # SpecAugment widest frequency mask; None: a fifth of the mel bins
     timem: int | None = None  # widest time mask; None: a fifth of the frames
     mixup: float = 0.0  # probability that a clip is mixed with another
     mixup_alpha: float = 10.0  # Beta(alpha, alpha) mixing weight, as AST
     seed: int = 0
+    threads: int | None = None  # torch intra-op threads; None: torch's default
     amp: bool = True  # on CUDA only
     device: str = "auto"
     stop_after: int | None = None  # stop after this many epochs (the schedule still spans `epochs`)
@@ -58,6 +82,16 @@ class TrainConfig:
             raise ConfigError(f"unknown --task {self.task!r}; available: auto, {', '.join(TASKS)}")
         if self.teacher and self.teacher_logits:
             raise ConfigError("give either --teacher or --teacher-logits, not both")
+        if self.kd_mode not in ("auto", *KD_MODES):
+            raise ConfigError(f"unknown --kd-mode {self.kd_mode!r}; available: auto, {', '.join(KD_MODES)}")
+        if self.teacher_inputs not in TEACHER_INPUTS:
+            raise ConfigError(f"unknown --teacher-inputs {self.teacher_inputs!r}; available: {list(TEACHER_INPUTS)}")
+        if self.teacher_logits and self.teacher_inputs == "augmented":
+            raise ConfigError("--teacher-logits are fixed logits of the clean clips: give --teacher-inputs clean, or "
+                              "--teacher SOURCE for a teacher that sees the student's augmented batch")
+        if self.arch != "fastast" and self.kd_mode.startswith("deit") and (self.teacher or self.teacher_logits):
+            raise ConfigError(f"--kd-mode {self.kd_mode} distils through the distillation token of a FastAST; "
+                              f"a CNN student takes --kd-mode soft or hard")
         if self.arch != "fastast" and self.tome_r is not None:
             raise ConfigError(f"--tome-r applies to FastAST students, not --arch {self.arch}")
         if not 0.0 <= self.kd_lambda <= 1.0:
@@ -66,13 +100,35 @@ class TrainConfig:
             raise ConfigError(f"--kd-tau must be > 0, got {self.kd_tau}")
         if not 0.0 <= self.mixup <= 1.0:
             raise ConfigError(f"--mixup must be a probability in [0, 1], got {self.mixup}")
-        for name in ("epochs", "batch_size", "mel_bins", "cnn_width"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
+        for name in ("epochs", "batch_size", "mel_bins", "cnn_width", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if self.warmup_epochs is not None and self.warmup_epochs < 0:
+            raise ConfigError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
         if self.stop_after is not None and self.stop_after < 1:
             raise ConfigError(f"--stop-after must be >= 1, got {self.stop_after}")
+
+    def kind(self) -> str:
+        """Which recipe applies: "cnn", "finetune" (a FastAST from a checkpoint) or "scratch" (a new FastAST)."""
+        from pathlib import Path
+
+        from fastast_deploy.model.config import SIZES
+
+        if self.arch != "fastast":
+            return "cnn"
+        return "scratch" if self.model in SIZES and not Path(self.model).exists() else "finetune"
+
+    def resolved(self) -> TrainConfig:
+        """This config with lr, warm-up and epochs that were left None taken from the run kind's recipe, and
+        --kd-mode auto made the student's best mode."""
+        recipe = RECIPES[self.kind()]
+        mode = AUTO_KD_MODE["fastast" if self.arch == "fastast" else "cnn"] if self.kd_mode == "auto" else self.kd_mode
+        return replace(self, kd_mode=mode, lr=recipe.lr if self.lr is None else self.lr,
+                       warmup_epochs=recipe.warmup_epochs if self.warmup_epochs is None else self.warmup_epochs,
+                       epochs=recipe.epochs if self.epochs is None else self.epochs)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -26,7 +26,7 @@ from fastast_deploy.audio.datasets import Dataset, DatasetError
 from fastast_deploy.errors import ConfigError
 from fastast_deploy.evaluation.metrics import accuracy, mean_average_precision
 from fastast_deploy.files import write_bytes_atomic, write_json_atomic
-from fastast_deploy.training.cmkd import cmkd_loss, teacher_targets
+from fastast_deploy.training.cmkd import TOKEN_MODES, TokenHeads, cmkd_loss, teacher_targets
 from fastast_deploy.training.config import ARCHS, TrainConfig
 from fastast_deploy.training.setup import Distributed, Prepared, init_distributed, prepare
 from fastast_deploy.training.state import Progress, load_state, save_state
@@ -52,6 +52,8 @@ Log = Callable[[str], None]
 
 def train(config: TrainConfig, *, resume: bool = False, log: Log = print, progress: bool = True) -> TrainResult:
     """Run (or, with ``resume``, continue) the training ``config`` describes; see the module docstring."""
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     dist = init_distributed(config.device)
     run = Path(config.output)
     try:
@@ -73,18 +75,19 @@ def _silent(_: str) -> None:
 
 
 def _run_config(run: Path, config: TrainConfig, resume: bool) -> TrainConfig:
-    """A new run needs a fresh directory; a resumed one takes the saved config (only ``stop_after`` and ``device``
-    may change)."""
+    """A new run needs a fresh directory; a resumed one takes the saved config (only ``stop_after``, ``device`` and
+    ``threads`` may change). Either way, the lr, warm-up and epochs left None come from the run kind's recipe."""
     saved = run / CONFIG_FILE
     if resume:
         if not saved.is_file() or not (run / "last").is_file():
             raise ConfigError(f"cannot resume: {run} holds no run ({CONFIG_FILE} and last expected); "
                               f"start a new one without --resume")
         data = json.loads(saved.read_text(encoding="utf-8"))
-        return replace(TrainConfig.from_dict(data), stop_after=config.stop_after, device=config.device)
+        return replace(TrainConfig.from_dict(data), stop_after=config.stop_after, device=config.device,
+                       threads=config.threads).resolved()
     if (run / "last").exists() or saved.exists():
         raise ConfigError(f"{run} already holds a run; continue it with --resume or choose another -o")
-    return config
+    return config.resolved()
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -167,9 +170,11 @@ def _fit(config: TrainConfig, prep: Prepared, dist: Distributed, run: Path, resu
         log(f"resuming {run} after epoch {state.epoch} (step {state.step})")
     rng = np.random.default_rng()
     rng.bit_generator.state = state.aug_state
-    net = model
+    tokens = prep.has_teacher and config.kd_mode in TOKEN_MODES
+    net: nn.Module = TokenHeads(model) if tokens else model
+    teacher = prep.online_teacher
     if dist.world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     freqm = config.freqm if config.freqm is not None else prep.features.num_mel_bins // 5
     timem = config.timem if config.timem is not None else prep.features.frames // 5
     history: list[dict[str, Any]] = []
@@ -185,13 +190,17 @@ def _fit(config: TrainConfig, prep: Prepared, dist: Distributed, run: Path, resu
         for idx in bar:
             x = spec_augment(train_x[idx], freqm, timem, rng)
             kd = None if prep.teacher_logits is None else teacher_targets(
-                prep.teacher_logits[idx], prep.task, config.kd_tau)
+                prep.teacher_logits[idx], prep.task, config.kd_tau, config.kd_mode)
             x, (y, kd) = mixup(x, [train_y[idx], kd], config.mixup, config.mixup_alpha, rng)
             x, y = x.to(device, non_blocking=True), y.to(device)
             kd = None if kd is None else kd.to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = net(x)
-            parts = cmkd_loss(logits.float(), y, kd, prep.task, config.kd_lambda, config.kd_tau)
+                if teacher is not None:  # the teacher answers on exactly the batch the student sees
+                    with torch.no_grad():
+                        kd = teacher_targets(teacher(x).float(), prep.task, config.kd_tau, config.kd_mode)
+                out = net(x).float()
+            logits, heads = (out[:, 0], (out[:, 1], out[:, 2])) if tokens else (out, None)
+            parts = cmkd_loss(logits, y, kd, prep.task, config.kd_lambda, config.kd_tau, config.kd_mode, heads)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(parts.total).backward()
@@ -220,7 +229,7 @@ def _fit(config: TrainConfig, prep: Prepared, dist: Distributed, run: Path, resu
             state.best, state.best_epoch = value, state.epoch
         state.aug_state = rng.bit_generator.state
         row = {"epoch": state.epoch, "step": state.step, "lr": scheduler.get_last_lr()[0],
-               **{k: v / len(batches) for k, v in sums.items() if k != "kd_loss" or prep.teacher_logits is not None},
+               **{k: v / len(batches) for k, v in sums.items() if k != "kd_loss" or prep.has_teacher},
                name: value, "seconds": time.perf_counter() - start}
         history.append(row)
         if dist.rank == 0:

@@ -88,6 +88,11 @@ class Prepared:
     teacher_logits: Tensor | None = None  # (N, labels), rows in training-set order
     teacher_info: dict[str, Any] = field(default_factory=dict)
     teacher_metric: float | None = None
+    online_teacher: nn.Module | None = None  # --teacher-inputs augmented: runs on every training batch
+
+    @property
+    def has_teacher(self) -> bool:
+        return self.teacher_logits is not None or self.online_teacher is not None
 
     def save(self, model: nn.Module, path: Path, extra: dict[str, Any]) -> None:
         """A checkpoint in the project's format, carrying labels, features and (FastAST) the ToMe schedule."""
@@ -116,7 +121,8 @@ def prepare(config: TrainConfig, dist: Distributed, log: Log, progress: bool, re
     if config.teacher_logits is not None:
         teacher_logits = read_teacher_logits(config.teacher_logits, train_ds)
         teacher_info = {"logits": config.teacher_logits}
-    elif config.teacher is not None and resume and saved_logits.is_file():  # the logits this run trained with
+    elif (config.teacher is not None and config.teacher_inputs == "clean" and resume
+          and saved_logits.is_file()):  # the logits this run trained with
         teacher_logits = read_teacher_logits(saved_logits, train_ds)
         teacher_info = {"source": config.teacher, "logits": str(saved_logits)}
     elif config.teacher is not None:
@@ -140,7 +146,10 @@ def prepare(config: TrainConfig, dist: Distributed, log: Log, progress: bool, re
         f"{prep.chance:.4f}")
     if teacher is not None:
         _teacher_logits(config, teacher, prep, train_ds, val_ds, train_raw, val_raw, dist)
-        log(f"teacher {config.teacher}: {name} {prep.teacher_metric:.4f}")
+        log(f"teacher {config.teacher}: {name} {prep.teacher_metric:.4f}; --kd-mode {config.kd_mode}, teacher on "
+            f"the {config.teacher_inputs} {'batches' if config.teacher_inputs == 'augmented' else 'clips'}")
+        if config.teacher_inputs == "augmented":
+            prep.online_teacher = _online_teacher(teacher, prep.features, config.teacher).to(dist.device)
         if dist.rank == 0:
             write_teacher_logits(saved_logits, prep.teacher_logits, train_ds.clips, labels.names)
     return prep
@@ -232,7 +241,12 @@ def _student(config: TrainConfig, source: Any, labels: LabelSet, features: Featu
         arch = default_cnn_arch() if config.arch == "cnn" else "compact"
         model: nn.Module = CNNClassifier(CNNConfig(len(labels), features.frames, features.num_mel_bins, arch,
                                                    config.cnn_width))
-        log(f"student: CNN {arch}, {_count(model)} parameters")
+        why = ""
+        if config.arch == "cnn":  # say which network --arch cnn chose, and why
+            why = (" (--arch cnn: timm is installed; --arch compact-cnn for the compact CNN)" if arch != "compact"
+                   else " (--arch cnn: timm is not installed, so not EfficientNet-B2)")
+        name = "EfficientNet-B2 (timm, random init)" if arch == "efficientnet_b2" else f"{arch} CNN"
+        log(f"student: {name}{why}, {_count(model)} parameters")
     elif source is None:
         depth = {"depth": config.depth} if config.depth is not None else {}
         cfg = ModelConfig.from_size(config.model, input_frames=features.frames, num_mel_bins=features.num_mel_bins,
@@ -301,6 +315,37 @@ def _teacher_logits(config: TrainConfig, teacher: nn.Module, prep: Prepared, tra
     prep.teacher_logits = predict(teacher, train_x, 64, dist.device)
     _, prep.teacher_metric = evaluate(predict(teacher, val_x, 64, dist.device), prep.val_y, prep.task)
     prep.teacher_info = {"source": str(config.teacher), "val_metric": prep.teacher_metric}
+
+
+class _Renormalised(nn.Module):
+    """A teacher fed the student's normalised fbank (B, T, F), renormalised to the teacher's own mean and std."""
+
+    def __init__(self, teacher: nn.Module, student: FeatureConfig, own: FeatureConfig) -> None:
+        super().__init__()
+        self.teacher = teacher
+        # (raw - m_s) / (2 s_s) -> (raw - m_t) / (2 s_t)
+        self.scale = student.std / own.std
+        self.shift = (student.mean - own.mean) / (2 * own.std)
+
+    def forward(self, fbank: Tensor) -> Tensor:
+        return self.teacher(fbank * self.scale + self.shift)
+
+
+def _online_teacher(teacher: nn.Module, student: FeatureConfig, source: str) -> nn.Module:
+    """The teacher in eval mode, frozen, taking the student's inputs; refused when it takes another input shape."""
+    own = getattr(teacher, "feature_config", None) or student
+    shape = (teacher.config.input_frames, teacher.config.num_mel_bins)
+    if shape != (student.frames, student.num_mel_bins) or own.sample_rate != student.sample_rate:
+        raise ConfigError(f"teacher {source} takes {shape[0]} frames x {shape[1]} mel bins, the student "
+                          f"{student.frames} x {student.num_mel_bins}: it cannot see the student's batches; give "
+                          f"--teacher-inputs clean (logits of the clean clips, computed once) or a teacher of the "
+                          f"student's input size")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    teacher = teacher.eval()
+    if (own.mean, own.std) == (student.mean, student.std):
+        return teacher
+    return _Renormalised(teacher, student, own).eval()
 
 
 def _preview(names: tuple[str, ...] | list[str] | None) -> str:

@@ -105,6 +105,7 @@ class CNNClassifier(nn.Module):
         self.body = CompactCNN(config) if config.arch == "compact" else TimmCNN(config)
         self.label_names: tuple[str, ...] | None = None
         self.feature_config: FeatureConfig | None = None
+        self.extra: dict[str, Any] = {}  # what training recorded (task, metrics), set by `load_cnn`
 
     def forward(self, fbank: Tensor) -> Tensor:
         """(B, T, F) normalised fbank -> logits (B, labels)."""
@@ -175,7 +176,16 @@ def load_cnn(path: str | os.PathLike[str]) -> CNNClassifier:
     load_state_dict_strict(model, load_file(str(path), device="cpu"), f"CNN checkpoint {path}")
     model.label_names = tuple(meta["labels"]) if meta.get("labels") else None
     model.feature_config = features
+    model.extra = meta.get("extra") if isinstance(meta.get("extra"), dict) else {}
     return model.eval()
+
+
+def model_extra(model: nn.Module) -> dict[str, Any]:
+    """What training recorded in a checkpoint (``task``, ``metrics``, ...) for a CNN or FastAST; {} if nothing."""
+    extra = getattr(model, "extra", None)
+    if extra is None:
+        extra = (getattr(model, "source_info", None) or {}).get("extra")
+    return extra if isinstance(extra, dict) else {}
 
 
 def resolve_run(source: str | os.PathLike[str]) -> Path:

@@ -31,8 +31,12 @@ from fastast_deploy.errors import ConfigError
 @click.option("--labels", type=click.Path(dir_okay=False), default=None, help="Label CSV for an AST data .json.")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("bench"),
               show_default=True, help="Folder for the engines, bench.json and bench.png.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="ONNX Runtime intra-op threads of every engine, and torch threads for the export [default: "
+              "their own choice].")
 def bench(source: str, tome_r: str, backend: str, provider: str, batch: int, rounds: int, warmup: int,
-          frames: int | None, graph_input: str, data: str | None, labels: str | None, output: Path) -> None:
+          frames: int | None, graph_input: str, data: str | None, labels: str | None, output: Path,
+          threads: int | None) -> None:
     """Export and build SOURCE at each r, then time them side by side (and score them on --data)."""
     from fastast_deploy.engines.build import check_ready
     from fastast_deploy.evaluation.bench import BenchOptions, format_table, plot
@@ -43,8 +47,12 @@ def bench(source: str, tome_r: str, backend: str, provider: str, batch: int, rou
     rs = tuple(rs) if isinstance(rs, list) else (rs,)
     if len(set(rs)) != len(rs):
         raise ConfigError(f"--tome-r lists a value twice: {list(rs)}")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     options = BenchOptions(rs=rs, backend=backend, provider=provider, batch=batch, warmup=warmup, rounds=rounds,
-                           frames=frames, input=graph_input)
+                           frames=frames, input=graph_input, threads=threads or 0)
     written = {f"-o's {name}": output / name for name in ("bench.json", "bench.png")}
     for r in rs:  # the exports and engines bench writes into -o, each with its sidecar
         for name in (f"r{r}.onnx", f"r{r}.ort.onnx", f"r{r}.plan"):

@@ -19,13 +19,17 @@ from fastast_deploy.files import json_text
 @tome_options
 @click.option("--labels", type=click.Path(dir_okay=False), default=None,
               help="AST class_labels_indices.csv giving label names (for an original .pth).")
+@click.option("--mel-bins", type=click.IntRange(min=16), default=None,
+              help="Mel bins of a new model (tiny / small / base) [default: 128].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def info(source: str, tome_r: str | None, tome_inflection: float, frames: int | None, labels: str | None,
-         as_json: bool) -> None:
-    """Show a model's config, parameters, token count per layer and FLOPs with and without merging."""
+         mel_bins: int | None, as_json: bool) -> None:
+    """Show a model's config, parameters, token count per layer and FLOPs with and without merging.
+
+    SOURCE may be tiny / small / base for a new model, of --frames x --mel-bins inputs."""
     from fastast_deploy.cli.info import describe_model, format_description, model_for_info
 
-    model = model_for_info(source, parse_r(tome_r), tome_inflection, frames, labels)
+    model = model_for_info(source, parse_r(tome_r), tome_inflection, frames, labels, mel_bins)
     report = describe_model(model)
     click.echo(json_text(report) if as_json else format_description(report))
 

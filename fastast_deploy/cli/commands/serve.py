@@ -32,10 +32,13 @@ from fastast_deploy.serving.triton import KINDS, SERVE_BACKENDS, TritonOptions
               "none].")
 @click.option("--provider", type=click.Choice(list(PROVIDERS)), default=None,
               help="ONNX Runtime provider for an exported .onnx [default: cpu].")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="ONNX Runtime intra-op threads for an engine, torch threads for a checkpoint [default: their own "
+              "choice].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--all-scores", is_flag=True, help="Every label's score: in the JSON, and as the text listing.")
 def predict(model: str, audio: tuple[Path, ...], top_k: int, hop_s: float | None, pool: str, batch: int | None,
-            provider: str | None, as_json: bool, all_scores: bool) -> None:
+            provider: str | None, threads: int | None, as_json: bool, all_scores: bool) -> None:
     """Label names and scores for each AUDIO file, from an engine, an exported .onnx or a checkpoint SOURCE
     (run in PyTorch).
 
@@ -54,7 +57,7 @@ def predict(model: str, audio: tuple[Path, ...], top_k: int, hop_s: float | None
     )
 
     options = PredictOptions(top_k=top_k, hop_s=hop_s, pool=pool, batch=batch)
-    classifier = open_classifier(model, provider)
+    classifier = open_classifier(model, provider, threads)
     for note in classifier.notes:
         click.echo(f"warning: {note}", err=True)
     labels = classifier.labels

@@ -10,11 +10,18 @@ from click.core import ParameterSource
 from fastast_deploy.audio.synthetic import SyntheticConfig
 from fastast_deploy.cli.commands.options import parse_r
 from fastast_deploy.errors import ConfigError
-from fastast_deploy.training.config import ARCHS, TrainConfig
+from fastast_deploy.training.config import ARCHS, AUTO_KD_MODE, KD_MODES, RECIPES, TEACHER_INPUTS, TrainConfig
 
 _S = SyntheticConfig()
 _T = TrainConfig()
-RESUME_KEEPS = ("output", "resume", "stop_after", "device", "quiet")  # the only options a resume may give
+RESUME_KEEPS = ("output", "resume", "stop_after", "device", "threads", "quiet")  # the only options a resume may give
+
+
+def _recipe(field: str) -> str:
+    """The recipe defaults of one setting, for help text: "[default: new FastAST 2e-4, checkpoint 5e-5, CNN 1e-3]"."""
+    values = {kind: getattr(r, field) for kind, r in RECIPES.items()}
+    return (f"[default: new FastAST {values['scratch']:g}, fine-tuning a checkpoint {values['finetune']:g}, "
+            f"CNN {values['cnn']:g}]")
 
 
 @click.group("make-dataset")
@@ -88,18 +95,29 @@ def synthetic(output: Path, classes: int, clips_per_class: int, seconds: float, 
               help="Online teacher: a CNN or FastAST run or checkpoint, or an AST checkpoint with the same labels.")
 @click.option("--teacher-logits", type=click.Path(dir_okay=False), default=None,
               help=".npz with logits (N, labels) and clips (N,): the training clips' ids as the data lists them.")
+@click.option("--kd-mode", type=click.Choice(["auto", *KD_MODES]), default=_T.kd_mode, show_default=True,
+              help="soft: CMKD's KL to the teacher's softmax on the pooled output; hard: cross-entropy to the "
+              "teacher's decision on the pooled output; deit-soft / deit-hard: the labels through the cls token, the "
+              f"teacher (soft / its decision) through the distillation token, as DeiT. auto: "
+              f"{AUTO_KD_MODE['fastast']} for FastAST, {AUTO_KD_MODE['cnn']} for a CNN student (what distilled best "
+              "in benchmarks/bench_distill.py).")
+@click.option("--teacher-inputs", type=click.Choice(TEACHER_INPUTS), default=_T.teacher_inputs, show_default=True,
+              help="augmented: the teacher answers on the student's augmented batch each step; clean: its logits "
+              "of the clean clips, computed once (the only choice with --teacher-logits).")
 @click.option("--kd-lambda", type=click.FloatRange(0.0, 1.0), default=_T.kd_lambda, show_default=True,
               help="Weight of the label loss; 1 - lambda weighs the distillation loss.")
 @click.option("--kd-tau", type=click.FloatRange(0.0, min_open=True), default=_T.kd_tau, show_default=True,
               help="Distillation temperature.")
 @click.option("--task", type=click.Choice(["auto", "multilabel", "singlelabel"]), default=_T.task,
               show_default=True, help="auto: single-label when every clip has one label.")
-@click.option("--epochs", type=click.IntRange(min=1), default=_T.epochs, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help=f"Length. {_recipe('epochs')}")
 @click.option("--batch-size", type=click.IntRange(min=1), default=_T.batch_size, show_default=True,
               help="Global batch, split across torchrun processes.")
-@click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=_T.lr, show_default=True)
+@click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=None,
+              help=f"Peak AdamW learning rate. {_recipe('lr')}")
 @click.option("--weight-decay", type=click.FloatRange(0.0), default=_T.weight_decay, show_default=True)
-@click.option("--warmup-epochs", type=click.FloatRange(0.0), default=_T.warmup_epochs, show_default=True)
+@click.option("--warmup-epochs", type=click.FloatRange(0.0), default=None,
+              help=f"Linear warm-up, then cosine decay. {_recipe('warmup_epochs')}")
 @click.option("--grad-clip", type=click.FloatRange(0.0), default=_T.grad_clip, show_default=True,
               help="Max gradient norm; 0 turns clipping off.")
 @click.option("--freqm", type=click.IntRange(min=0), default=None,
@@ -113,6 +131,8 @@ def synthetic(output: Path, classes: int, clips_per_class: int, seconds: float, 
               help="ESC-50-style CSV: validate on this fold and train on the others (no --val needed).")
 @click.option("--skip-missing", is_flag=True, help="Train without missing audio files (counted in a warning).")
 @click.option("--seed", type=int, default=_T.seed, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch CPU threads [default: torch's choice, all cores]; 1 on a shared machine.")
 @click.option("--device", default=_T.device, show_default=True, help="auto, cpu or cuda.")
 @click.option("--no-amp", is_flag=True, help="Train in float32 on CUDA too.")
 @click.option("--stop-after", type=click.IntRange(min=1), default=None, metavar="EPOCHS",
@@ -123,10 +143,11 @@ def synthetic(output: Path, classes: int, clips_per_class: int, seconds: float, 
 def train(ctx: click.Context, train_data: str | None, val_data: str | None, labels: str | None, output: Path,
           model: str, arch: str, depth: int | None, frames: int | None, mel_bins: int, feature_stats: str,
           tome_r: str | None, tome_inflection: float, no_prop_attn: bool, cnn_width: int, teacher: str | None,
-          teacher_logits: str | None, kd_lambda: float, kd_tau: float, task: str, epochs: int, batch_size: int,
-          lr: float, weight_decay: float, warmup_epochs: float, grad_clip: float, freqm: int | None,
-          timem: int | None, mixup: float, mixup_alpha: float, val_fold: int | None, skip_missing: bool, seed: int,
-          device: str, no_amp: bool, stop_after: int | None, resume: bool, quiet: bool) -> None:
+          teacher_logits: str | None, kd_mode: str, teacher_inputs: str, kd_lambda: float, kd_tau: float, task: str,
+          epochs: int | None, batch_size: int, lr: float | None, weight_decay: float, warmup_epochs: float | None,
+          grad_clip: float, freqm: int | None, timem: int | None, mixup: float, mixup_alpha: float,
+          val_fold: int | None, skip_missing: bool, seed: int, threads: int | None, device: str, no_amp: bool,
+          stop_after: int | None, resume: bool, quiet: bool) -> None:
     """Train FastAST with Token Merging in the loop (or a CNN teacher), optionally distilled from a teacher (CMKD).
 
     Writes RUN/metrics.jsonl (one line per epoch) and the checkpoints RUN/last and RUN/best, which every SOURCE
@@ -140,8 +161,8 @@ def train(ctx: click.Context, train_data: str | None, val_data: str | None, labe
                  if p.name not in RESUME_KEEPS and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
         if given:
             raise ConfigError(f"--resume continues {output} with its saved settings; drop {', '.join(given)} "
-                              f"(only --stop-after and --device may be given)")
-        config = TrainConfig(output=str(output), stop_after=stop_after, device=device)
+                              f"(only --stop-after, --device and --threads may be given)")
+        config = TrainConfig(output=str(output), stop_after=stop_after, device=device, threads=threads)
     else:
         if train_data is None:
             raise ConfigError("--train is required (an AST data .json, an ESC-50-style .csv or a folder per class)")
@@ -151,10 +172,11 @@ def train(ctx: click.Context, train_data: str | None, val_data: str | None, labe
             skip_missing=skip_missing, model=model, arch=arch, depth=depth, frames=frames, mel_bins=mel_bins,
             feature_stats=feature_stats, tome_r=r, tome_inflection=tome_inflection,
             prop_attn=False if no_prop_attn else None, cnn_width=cnn_width, teacher=teacher,
-            teacher_logits=teacher_logits, kd_lambda=kd_lambda, kd_tau=kd_tau, task=task, epochs=epochs,
+            teacher_logits=teacher_logits, kd_mode=kd_mode, teacher_inputs=teacher_inputs, kd_lambda=kd_lambda,
+            kd_tau=kd_tau, task=task, epochs=epochs,
             batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
             grad_clip=grad_clip, freqm=freqm, timem=timem, mixup=mixup, mixup_alpha=mixup_alpha, seed=seed,
-            amp=not no_amp, device=device, stop_after=stop_after)
+            threads=threads, amp=not no_amp, device=device, stop_after=stop_after)
     result = run_training(config, resume=resume, log=click.echo, progress=not quiet)
     if result.best is not None:
         click.echo(f"best {result.metric} {result.best:.4f} at epoch {result.best_epoch}; checkpoints "

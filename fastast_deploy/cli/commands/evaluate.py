@@ -1,0 +1,42 @@
+"""`fastast-deploy evaluate`: accuracy or mAP of a checkpoint or engine on a labelled data list."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from fastast_deploy.evaluation.evaluate import EvaluateOptions
+
+_E = EvaluateOptions()
+
+
+@click.command()
+@click.argument("model", metavar="SOURCE|ENGINE")
+@click.option("--data", required=True, metavar="DATA",
+              help="Labelled clips: an AST data .json (with --labels), an ESC-50-style .csv or a folder per class.")
+@click.option("--labels", type=click.Path(dir_okay=False), default=None,
+              help="Label CSV (index,mid,display_name); required for an AST data .json.")
+@click.option("--batch", type=click.IntRange(min=1), default=_E.batch, show_default=True,
+              help="Clips per inference call (an engine's own batch range permitting).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch threads for a checkpoint, ONNX Runtime intra-op threads for an engine [default: their "
+              "own choice].")
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default=None,
+              help="ONNX Runtime provider for an exported .onnx [default: cpu].")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object, per-class figures "
+              "included.")
+def evaluate(model: str, data: str, labels: str | None, batch: int, threads: int | None, provider: str | None,
+             as_json: bool) -> None:
+    """Score MODEL on DATA: accuracy for single-label data (and per class the share right), mAP for multi-label
+    data (and per class its AP).
+
+    MODEL is a checkpoint SOURCE run in PyTorch (FastAST, AST, a CNN from `train --arch cnn`, or a training run
+    directory, meaning its best checkpoint), or an engine or exported .onnx. Clips are featurised with the
+    model's recorded feature settings; data labels are matched to the model's outputs by name.
+    """
+    from fastast_deploy.evaluation.evaluate import evaluate as run_evaluate
+    from fastast_deploy.evaluation.evaluate import format_report
+
+    report = run_evaluate(model, data, labels, EvaluateOptions(batch=batch, threads=threads, provider=provider))
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
