@@ -32,7 +32,7 @@ import torch
 
 from fastast_deploy.audio.features import FeatureConfig, waveform_to_input
 from fastast_deploy.contract import INPUT_NAME, WAVEFORM_NAME
-from fastast_deploy.evaluation.inputs import waveform_like
+from fastast_deploy.evaluation.metrics import waveform_like
 from fastast_deploy.evaluation.timing import time_interleaved
 from fastast_deploy.exporters.fbank_graph import WaveformFbank, waveform_samples
 from fastast_deploy.exporters.onnx_export import PART_KEY, ExportOptions, export_onnx

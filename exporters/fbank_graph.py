@@ -35,7 +35,7 @@ from fastast_deploy.audio.features import (
     _fbank_weights,
     _frame_sizes,
 )
-from fastast_deploy.serving.predict import waveform_samples
+from fastast_deploy.audio.windows import waveform_samples
 
 __all__ = ["WaveformFbank", "check_waveform_parity", "graph_features", "input_shape", "waveform_samples"]
 
@@ -144,8 +144,7 @@ def check_waveform_parity(model: nn.Module, onnx_bytes: bytes, options: object, 
 
     from fastast_deploy.contract import WAVEFORM_NAME
     from fastast_deploy.errors import FastASTError
-    from fastast_deploy.evaluation.inputs import waveform_like
-    from fastast_deploy.evaluation.metrics import compare_logits, merge_agreement
+    from fastast_deploy.evaluation.metrics import compare_logits, merge_agreement, waveform_like
 
     from .parity import ATOL, FP16_MIN_COSINE, RTOL, torch_outputs
 

@@ -30,13 +30,8 @@ from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
 from fastast_deploy.model.schedule import make_schedule
-from fastast_deploy.serving.triton import (
-    TritonOptions,
-    model_config,
-    model_from_sidecar,
-    read_served_model,
-    write_repository,
-)
+from fastast_deploy.serving.triton import TritonOptions, model_config, model_from_sidecar, read_served_model
+from fastast_deploy.serving.triton_repo import write_repository
 
 TINY = ModelConfig.from_size("tiny", depth=2, input_frames=128, num_labels=4)
 LABELS = ("dog", "rain", "siren", "wind")

@@ -17,7 +17,7 @@ import torch
 
 from fastast_deploy.audio.features import FeatureConfig, read_audio, resample, waveform_to_input
 from fastast_deploy.contract import WAVEFORM_NAME
-from fastast_deploy.evaluation.inputs import waveform_like
+from fastast_deploy.evaluation.metrics import waveform_like
 from fastast_deploy.exporters.fbank_graph import WaveformFbank, reference_fbank, waveform_samples
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
 from fastast_deploy.exporters.parity import torch_outputs

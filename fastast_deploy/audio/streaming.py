@@ -11,7 +11,6 @@ one-shot ``resample`` gives, so the windows are the ones ``split_windows`` cuts 
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator
 
@@ -21,6 +20,7 @@ import soxr
 import torch
 
 from fastast_deploy.audio.features import FeatureConfig, _frame_sizes, fbank, normalize, pad_or_cut
+from fastast_deploy.audio.windows import window_count
 from fastast_deploy.errors import AudioError, error_summary
 
 BLOCK_SECONDS = 10.0  # audio read and resampled per step
@@ -48,11 +48,6 @@ def _resampled_blocks(path: str | os.PathLike, rate: int) -> Iterator[np.ndarray
     except (sf.SoundFileError, RuntimeError, ValueError) as err:
         raise AudioError(f"cannot read audio file {path} ({error_summary(err)}); expected an audio file "
                          "libsndfile can decode (WAV, FLAC, OGG)") from None
-
-
-def window_count(total_frames: int, frames: int, hop: int) -> int:
-    """How many windows of ``frames`` every ``hop`` cover ``total_frames`` (the last zero-padded)."""
-    return 1 if total_frames <= frames else 1 + math.ceil((total_frames - frames) / hop)
 
 
 def _scan(path: str | os.PathLike, rate: int) -> tuple[float, int]:

@@ -239,24 +239,6 @@ def _checkpoint_reference(source: str, inputs: InputSet, export: dict[str, Any])
     return Reference("checkpoint", str(resolved), np.concatenate(logits), labels, per_block)
 
 
-def waveform_like(num: int, samples: int, seed: int = 0, rate: int = 16000) -> np.ndarray:
-    """Waveform-in graph inputs (num, samples) float32: a tone, a linear chirp and white noise at random gains
-    per clip; every other clip is shorter than the input (from 30 % to 90 % of it) and padded with NaN (no
-    audio past its end), so the pad path of the in-graph features is exercised."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(samples) / rate
-    out = np.empty((num, samples), np.float32)
-    for i in range(num):
-        f0, f1, f2 = rng.uniform(100, rate / 2.5, size=3)
-        gains = rng.uniform(0.02, 0.3, size=3)
-        chirp = np.sin(2 * np.pi * (f1 * t + (f2 - f1) * t**2 / (2 * t[-1])))
-        wave = gains[0] * np.sin(2 * np.pi * f0 * t) + gains[1] * chirp + gains[2] * rng.standard_normal(samples)
-        out[i] = wave
-        if i % 2 == 1:
-            out[i, int(samples * rng.uniform(0.3, 0.9)) :] = np.nan
-    return out
-
-
 def load_waveform_inputs(spec: str, num: int, samples: int, seed: int, export: dict[str, Any],
                          labels_csv: str | None = None) -> InputSet:
     """Inputs of a waveform-in engine: ``waveform`` (N, samples) and, for the reference, ``fbank`` (N, T, F), the
@@ -268,6 +250,7 @@ def load_waveform_inputs(spec: str, num: int, samples: int, seed: int, export: d
         raise VerifyUsageError("the engine records no feature settings, so audio cannot be turned into its input")
     config = FeatureConfig.from_dict(export["features"])
     if spec == "random":
+        from fastast_deploy.evaluation.metrics import waveform_like
         from fastast_deploy.exporters.fbank_graph import reference_fbank
 
         waves = waveform_like(num, samples, seed, config.sample_rate)
@@ -285,7 +268,7 @@ def load_waveform_inputs(spec: str, num: int, samples: int, seed: int, export: d
 def first_window(path: str | os.PathLike, config: Any, samples: int) -> np.ndarray:
     """(samples,) float32: an audio file's first waveform window at the model's rate, NaN past its end."""
     from fastast_deploy.audio.features import read_audio
-    from fastast_deploy.serving.predict import waveform_windows
+    from fastast_deploy.audio.windows import waveform_windows
 
     waveform, rate = read_audio(path)
     return waveform_windows(waveform, rate, config, config.frames, samples)[0]

@@ -109,3 +109,21 @@ def mean_average_precision(logits: np.ndarray, targets: np.ndarray) -> float:
     """Mean AP over the labels that have at least one positive clip (AudioSet's mAP)."""
     aps = [average_precision(logits[:, k], targets[:, k]) for k in range(targets.shape[1]) if targets[:, k].any()]
     return float(np.mean(aps)) if aps else float("nan")
+
+
+def waveform_like(num: int, samples: int, seed: int = 0, rate: int = 16000) -> np.ndarray:
+    """Waveform-in graph inputs (num, samples) float32: a tone, a linear chirp and white noise at random gains
+    per clip; every other clip is shorter than the input (from 30 % to 90 % of it) and padded with NaN (no
+    audio past its end), so the pad path of the in-graph features is exercised."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / rate
+    out = np.empty((num, samples), np.float32)
+    for i in range(num):
+        f0, f1, f2 = rng.uniform(100, rate / 2.5, size=3)
+        gains = rng.uniform(0.02, 0.3, size=3)
+        chirp = np.sin(2 * np.pi * (f1 * t + (f2 - f1) * t**2 / (2 * t[-1])))
+        wave = gains[0] * np.sin(2 * np.pi * f0 * t) + gains[1] * chirp + gains[2] * rng.standard_normal(samples)
+        out[i] = wave
+        if i % 2 == 1:
+            out[i, int(samples * rng.uniform(0.3, 0.9)) :] = np.nan
+    return out

@@ -77,6 +77,8 @@ class Classifier:
         (default: no overlap): (W, T, F) normalised fbank, or (W, samples) waveform windows at the model's rate
         (NaN past the clip's end), which give the same fbank inside the graph. An AudioError for a clip shorter
         than one frame."""
+        from fastast_deploy.audio.windows import fbank_windows, waveform_windows
+
         hop = self.features.frames if hop is None else hop
         if self.input_name == WAVEFORM_NAME:
             assert self.samples is not None, "a waveform-in classifier knows its window length"
@@ -181,6 +183,7 @@ def _engine_classifier(path: Path, provider: str | None, threads: int | None = N
 
 def _waveform_classifier(path: Path, engine: Any, task: str | None, num_labels: int) -> Classifier:
     from fastast_deploy.audio.features import FeatureConfig
+    from fastast_deploy.audio.windows import waveform_samples
 
     export = engine.metadata["export"]
     samples = int(engine.input_specs[WAVEFORM_NAME][0][1])
@@ -233,62 +236,6 @@ def hop_frames(hop_s: float | None, frames: int) -> int:
                           f"{frames * FRAME_SHIFT_MS / 1000:g} s, the model's window)")
     return hop
 
-
-def split_windows(features: torch.Tensor, frames: int, hop: int) -> torch.Tensor:
-    """(T_total, F) fbank -> (W, frames, F) windows starting every ``hop`` frames, the last zero-padded.
-
-    W = 1 when T_total <= frames, else 1 + ceil((T_total - frames) / hop).
-    """
-    import torch
-
-    from fastast_deploy.audio.features import pad_or_cut
-
-    total = features.shape[0]
-    count = 1 if total <= frames else 1 + math.ceil((total - frames) / hop)
-    return torch.stack([pad_or_cut(features[i * hop :], frames) for i in range(count)])  # (W, frames, F)
-
-
-def fbank_windows(waveform: torch.Tensor, sample_rate: int, config: FeatureConfig, hop: int) -> np.ndarray:
-    """Normalised model inputs (W, T, F) float32 of one (samples,) clip at ``sample_rate``."""
-    from fastast_deploy.audio.features import normalize, waveform_fbank
-
-    features = waveform_fbank(waveform, sample_rate, config)  # (T_total, F)
-    windows = split_windows(features, config.frames, hop)
-    return normalize(windows, config.mean, config.std).numpy().astype(np.float32, copy=False)
-
-
-def waveform_samples(config: FeatureConfig) -> int:
-    """Samples of a waveform window: the shortest waveform giving exactly ``config.frames`` Kaldi frames."""
-    win, shift = _frame_lengths(config.sample_rate)
-    return win + shift * (config.frames - 1)
-
-
-def _frame_lengths(sample_rate: int) -> tuple[int, int]:
-    from fastast_deploy.audio.features import FRAME_LENGTH_MS, FRAME_SHIFT_MS
-
-    return sample_rate * FRAME_LENGTH_MS // 1000, sample_rate * FRAME_SHIFT_MS // 1000
-
-
-def waveform_windows(waveform: torch.Tensor, sample_rate: int, config: FeatureConfig, hop: int,
-                     samples: int) -> np.ndarray:
-    """Waveform-in model inputs (W, samples) float32 of one (samples,) clip: resampled to the model's rate, cut
-    into windows starting every ``hop`` frames, NaN past the clip's end. Window w holds the samples of fbank
-    frames w * hop ... w * hop + frames - 1, and its NaN tail marks the frames `split_windows` zero-pads, so the
-    in-graph fbank equals `fbank_windows` (W is the same)."""
-    from fastast_deploy.audio.features import FRAME_LENGTH_MS, resample
-
-    audio = resample(waveform, sample_rate, config.sample_rate).numpy().astype(np.float32, copy=False)
-    win, shift = _frame_lengths(config.sample_rate)
-    if len(audio) < win:
-        raise AudioError(f"audio has {len(audio)} samples at {config.sample_rate} Hz, shorter than one "
-                         f"{FRAME_LENGTH_MS} ms frame ({win} samples); expected at least {win} samples")
-    total = 1 + (len(audio) - win) // shift  # Kaldi frames with snip_edges
-    count = 1 if total <= config.frames else 1 + math.ceil((total - config.frames) / hop)
-    out = np.full((count, samples), np.nan, dtype=np.float32)
-    for i in range(count):
-        clip = audio[i * hop * shift : i * hop * shift + samples]
-        out[i, : len(clip)] = clip
-    return out
 
 
 def activate(logits: np.ndarray, activation: str) -> np.ndarray:

@@ -125,7 +125,8 @@ def triton(ctx: click.Context, model: Path, repo: Path, name: str | None, max_ba
     and REPO/NAME/README.md (how the backend's stub finds its packages). Nothing is written when a check fails.
     """
     from fastast_deploy.files import check_outputs_apart
-    from fastast_deploy.serving.triton import default_name, read_served_model, write_repository
+    from fastast_deploy.serving.triton import read_served_model
+    from fastast_deploy.serving.triton_repo import default_name, write_repository
 
     given = ctx.get_parameter_source("max_queue_delay_us") not in (ParameterSource.DEFAULT, None)
     if dynamic_batching is False and given:
