@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from onnx import TensorProto
 
+from .lint_report import Finding
+
 if TYPE_CHECKING:
     import onnx
 
-    from .lint import Finding
     from .onnx_graph import GraphIndex
 
 PART_KEY = "fastast_deploy.part"
@@ -30,8 +31,6 @@ _KEEP_FLOAT = frozenset({"LayerNormalization", "Softmax"})
 
 def check_qdq(g: GraphIndex, tensorrt: int) -> list[Finding]:
     """Findings for every Q/DQ node of the graph; nothing for a graph without any."""
-    from .lint import Finding
-
     qdq = [i for i, n in enumerate(g.nodes) if n.op_type in _QDQ and n.domain in ("", "ai.onnx")]
     if not qdq:
         return []
@@ -48,8 +47,6 @@ def check_qdq(g: GraphIndex, tensorrt: int) -> list[Finding]:
 
 
 def _check_one(g: GraphIndex, i: int, matching: set[int]) -> list[Finding]:
-    from .lint import Finding
-
     node, name, op = g.nodes[i], g.names[i], g.nodes[i].op_type
     findings = []
 
@@ -106,8 +103,6 @@ def _is_weight(g: GraphIndex, node: onnx.NodeProto) -> bool:
 
 def _check_axis(g: GraphIndex, i: int, node: onnx.NodeProto) -> list[Finding]:
     """Per-channel weight scales must run along the consumer's output channels."""
-    from .lint import Finding
-
     axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
     dims = g.shape(node.output[0]) or g.shape(node.input[0]) or []
     rank = len(dims)

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -275,14 +275,19 @@ def export_onnx(
 
     output = prepare_output(output)
     metadata = build_metadata(model, options, source_info or getattr(model, "source_info", None))
+    merging = sum(1 for r in model.schedule if r > 0)
     if options.precision == "int8":
         from .quantize import export_int8
 
-        data, parity = export_int8(model, options, metadata, calibration, quantize, check)
-        proto = onnx.load_from_string(data)
+        traced = to_onnx(model, replace(options, precision="fp32", debug_merges=True))
+        check_graph(traced, model.tome.merge_impl, merging)
+        traced = onnx.load_from_string(serialize(traced, metadata))  # tags the merge nodes
+        proto, parity = export_int8(model, traced, options, metadata, calibration, quantize, check)
+        check_graph(proto, model.tome.merge_impl, merging)
+        data = serialize(proto, metadata)
     else:
         proto = to_onnx(model, options)
-        check_graph(proto, model.tome.merge_impl, sum(1 for r in model.schedule if r > 0))
+        check_graph(proto, model.tome.merge_impl, merging)
         tag_nodes(proto)
         metadata["tome"]["merge_nodes"] = merge_node_counts(proto, PART_KEY, model.schedule)  # per merging block
         data = serialize(proto, metadata)

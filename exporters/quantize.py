@@ -346,33 +346,24 @@ def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def export_int8(model: Any, options: Any, metadata: dict[str, Any], calibration: np.ndarray | None,
-                quantize: QuantizeOptions | None, check: bool) -> tuple[bytes, dict[str, Any] | None]:
-    """The int8 branch of ``export_onnx``: trace in fp32 with the merge positions as outputs, tag, quantise,
-    check parity against the fp32 model (top-1 and merge decisions), drop the debug outputs unless asked for.
-    Returns the serialised model (with ``metadata``, which gains a "quantization" entry) and the parity figures."""
-    from dataclasses import replace
-
-    import onnx
-
+def export_int8(model: Any, traced: Any, options: Any, metadata: dict[str, Any], calibration: np.ndarray | None,
+                quantize: QuantizeOptions | None, check: bool) -> tuple[Any, dict[str, Any] | None]:
+    """The int8 branch of ``export_onnx``, given the fp32 graph ``traced`` with the merge positions as outputs and
+    its merge nodes tagged: quantise, check parity against the fp32 model (top-1 and merge decisions), drop the
+    debug outputs unless asked for. Returns the quantised graph (``metadata`` gains a "quantization" entry) and
+    the parity figures."""
     from fastast_deploy.contract import merge_output_names
 
-    from .onnx_export import check_graph, serialize, to_onnx
     from .parity import check_parity_int8
 
     if calibration is None or len(calibration) == 0:
         raise ConfigError("an int8 export needs calibration clips: give --calib DATA (audio, a data file or an "
                           ".npz of model inputs)")
     quantize = quantize or QuantizeOptions()
-    merging = sum(1 for r in model.schedule if r > 0)
-    proto = to_onnx(model, replace(options, precision="fp32", debug_merges=True))
-    check_graph(proto, model.tome.merge_impl, merging)
-    proto = onnx.load_from_string(serialize(proto, metadata))  # tags the merge nodes
     calib, held, note = split_clips(calibration, quantize)
-    quantized, summary = quantize_int8(proto, calib, quantize, options.batch)
+    quantized, summary = quantize_int8(traced, calib, quantize, options.batch)
     metadata["quantization"] = summary
     parity = check_parity_int8(model, quantized, held, note, options.batch) if check else None
     if not options.debug_merges:
         drop_outputs(quantized, set(merge_output_names(model.schedule)))
-    check_graph(quantized, model.tome.merge_impl, merging)
-    return serialize(quantized, metadata), parity
+    return quantized, parity

@@ -28,12 +28,10 @@ from fastast_deploy import __version__
 from fastast_deploy.contract import OUTPUT_NAME, sidecar_path
 from fastast_deploy.engines.base import BATCH, BatchRange, EngineError
 from fastast_deploy.errors import ConfigError, FastASTError
+from fastast_deploy.serving.pbtxt import pb_list, pb_string, pb_tensor
 
 PLATFORMS = {"tensorrt": ("tensorrt_plan", "model.plan"), "onnxruntime": ("onnxruntime_onnx", "model.onnx")}
 KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
-DATA_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
-              "bool": "TYPE_BOOL"}
-LABELS_FILE = "labels.txt"
 CONFIG_FILE = "config.pbtxt"
 VERSION = "1"
 DEFAULT_MAX_BATCH = 32  # for an engine without an upper batch bound (ONNX Runtime)
@@ -165,47 +163,6 @@ def default_kind(model: ServedModel) -> str:
     return "cpu" if provider == "cpu" else "gpu"
 
 
-def _quote(text: str) -> str:
-    """A protobuf text-format string literal: printable ASCII as is, everything else as octal escapes."""
-    out = []
-    for byte in text.encode():
-        char = chr(byte)
-        if char in '"\\':
-            out.append("\\" + char)
-        elif 0x20 <= byte < 0x7F:
-            out.append(char)
-        else:
-            out.append(f"\\{byte:03o}")
-    return '"' + "".join(out) + '"'
-
-
-def _dims(name: str, shape: list[Any], batched: bool) -> list[int]:
-    if batched:
-        if shape[0] != BATCH:
-            raise FastASTError(f"tensor {name!r} has shape {shape}; expected a dynamic batch first")
-        return [int(d) for d in shape[1:]]
-    return [int(d) for d in shape]
-
-
-def _tensor(name: str, spec: dict[str, Any], batched: bool, label_file: bool = False) -> list[str]:
-    dtype = DATA_TYPES.get(spec["dtype"])
-    if dtype is None:
-        raise FastASTError(f"tensor {name!r} has dtype {spec['dtype']}, which this writer does not map; "
-                           f"known: {sorted(DATA_TYPES)}")
-    dims = ", ".join(str(d) for d in _dims(name, spec["shape"], batched))
-    lines = ["  {", f"    name: {_quote(name)}", f"    data_type: {dtype}", f"    dims: [ {dims} ]"]
-    if label_file:
-        lines.append(f"    label_filename: {_quote(LABELS_FILE)}")
-    return [*lines, "  }"]
-
-
-def _block(field: str, items: list[list[str]]) -> list[str]:
-    lines = [f"{field} ["]
-    for i, item in enumerate(items):
-        lines += item[:-1] + [item[-1] + ("," if i < len(items) - 1 else "")]
-    return [*lines, "]"]
-
-
 def resolve_batching(model: ServedModel, options: TritonOptions) -> tuple[int, bool, list[str]]:
     """(max_batch_size, dynamic batching on, notes); a ConfigError for settings the model cannot serve."""
     static = model.static_batch
@@ -287,10 +244,10 @@ def model_config(model: ServedModel, name: str, options: TritonOptions) -> Trito
     else:
         lines = [f"# Triton model configuration written by fastast-deploy {__version__} from {model.path.name}"]
         lines += [f"# {c}" for c in comments]
-        lines += [f"name: {_quote(name)}", f"platform: {_quote(model.platform)}", f"max_batch_size: {largest}"]
-        inputs = [_tensor(n, s, batched) for n, s in model.inputs.items()]
-    lines += _block("input", inputs)
-    lines += _block("output", [_tensor(n, s, batched, label_file=n == OUTPUT_NAME and bool(model.labels))
+        lines += [f"name: {pb_string(name)}", f"platform: {pb_string(model.platform)}", f"max_batch_size: {largest}"]
+        inputs = [pb_tensor(n, s, batched) for n, s in model.inputs.items()]
+    lines += pb_list("input", inputs)
+    lines += pb_list("output", [pb_tensor(n, s, batched, label_file=n == OUTPUT_NAME and bool(model.labels))
                                for n, s in model.outputs.items()])
     if dynamic:
         lines.append("dynamic_batching {")
@@ -300,15 +257,16 @@ def model_config(model: ServedModel, name: str, options: TritonOptions) -> Trito
     group = ["  {", f"    count: {options.instances}", f"    kind: {KINDS[kind]}"]
     if options.gpus:
         group.append(f"    gpus: [ {', '.join(str(g) for g in options.gpus)} ]")
-    lines += _block("instance_group", [[*group, "  }"]])
+    lines += pb_list("instance_group", [[*group, "  }"]])
     if model.compute_capability:
         cc = model.compute_capability
-        lines += _block("cc_model_filenames", [["  {", f"    key: {_quote(cc)}", f"    value: {_quote(model.filename)}",
-                                                "  }"]])
+        entry = ["  {", f"    key: {pb_string(cc)}", f"    value: {pb_string(model.filename)}", "  }"]
+        lines += pb_list("cc_model_filenames", [entry])
         if not options.gpus:
             notes.append(f"{model.path.name} runs only on GPUs of compute capability {cc}: Triton puts an instance "
                          f"on every GPU it sees, and one on a GPU of another compute capability finds no plan "
                          f"(there is no model.plan); on such a host give --gpus with the indices of the {cc} GPUs")
     for key, value in params.items():
-        lines += ["parameters {", f"  key: {_quote(key)}", f"  value: {{ string_value: {_quote(str(value))} }}", "}"]
+        lines += ["parameters {", f"  key: {pb_string(key)}",
+                  f"  value: {{ string_value: {pb_string(str(value))} }}", "}"]
     return TritonConfig("\n".join(lines) + "\n", largest, dynamic, kind, tuple(notes + backend_notes))

@@ -50,19 +50,19 @@ def python_config_lines(model: Any, name: str, largest: int, site_packages: Sequ
     """(header lines, input tensor blocks, parameters) for ``backend: "python"``. A waveform-in model takes
     raw audio of any length (``dims: [ -1 ]``): model.py cuts each clip to the model's window or pads it with
     NaN (no audio), as `predict` does for one window."""
-    from fastast_deploy.serving.triton import _quote, _tensor
+    from fastast_deploy.serving.pbtxt import pb_string, pb_tensor
 
     header = [f"# Triton model configuration written by fastast-deploy {__version__} from {model.path.name}",
               "# Served by Triton's Python backend with fastast_deploy.engines; see README.md for how the stub finds",
               "# numpy, onnxruntime (or tensorrt) and fastast_deploy.",
-              f"name: {_quote(name)}", 'backend: "python"', f"max_batch_size: {largest}"]
+              f"name: {pb_string(name)}", 'backend: "python"', f"max_batch_size: {largest}"]
     batched = largest > 0
     inputs = []
     for tensor, spec in model.inputs.items():
         if tensor == WAVEFORM_NAME:
             shape = [spec["shape"][0], -1] if batched else [spec["shape"][0], -1]
             spec = {**spec, "shape": shape}
-        inputs.append(_tensor(tensor, spec, batched))
+        inputs.append(pb_tensor(tensor, spec, batched))
     params = {ENGINE_PARAM: model.filename, PROVIDER_PARAM: provider,
               SITE_PACKAGES_PARAM: os.pathsep.join(site_packages)}
     return header, inputs, params

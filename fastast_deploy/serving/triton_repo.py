@@ -12,9 +12,9 @@ from pathlib import Path
 
 from fastast_deploy.contract import sidecar_path
 from fastast_deploy.errors import FastASTError
+from fastast_deploy.serving.pbtxt import LABELS_FILE
 from fastast_deploy.serving.triton import (
     CONFIG_FILE,
-    LABELS_FILE,
     VERSION,
     ServedModel,
     TritonConfig,
