@@ -34,7 +34,7 @@ from fastast_deploy.evaluation.metrics import compare_logits, fbank_like, merge_
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import FastAST, build_model
 from fastast_deploy.model.flops import flop_ratio
-from fastast_deploy.model.tome import make_schedule
+from fastast_deploy.model.schedule import make_schedule
 
 
 def ints(text: str) -> list[int]:

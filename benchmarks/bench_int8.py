@@ -29,7 +29,7 @@ from fastast_deploy.exporters.quantize import QuantizeOptions
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import FastAST, build_model
 from fastast_deploy.model.flops import flop_ratio
-from fastast_deploy.model.tome import make_schedule
+from fastast_deploy.model.schedule import make_schedule
 
 
 def model_at(config: ModelConfig, r: int) -> FastAST:

@@ -38,7 +38,7 @@ from fastast_deploy.exporters.fbank_graph import WaveformFbank, waveform_samples
 from fastast_deploy.exporters.onnx_export import PART_KEY, ExportOptions, export_onnx
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
-from fastast_deploy.model.tome import make_schedule
+from fastast_deploy.model.schedule import make_schedule
 
 
 def session(path: Path, threads: int, profile: bool = False) -> ort.InferenceSession:

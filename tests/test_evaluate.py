@@ -12,8 +12,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from fastast_deploy.audio.datasets import fbank_cache, normalize_cache, read_data_json, read_label_csv
+from fastast_deploy.audio.datasets import fbank_cache, normalize_cache, read_data_json
 from fastast_deploy.audio.features import FeatureConfig
+from fastast_deploy.audio.labels import read_label_csv
 from fastast_deploy.audio.synthetic import SyntheticConfig, make_synthetic
 from fastast_deploy.checkpoints.native import save_checkpoint
 from fastast_deploy.cli.main import cli

@@ -33,7 +33,7 @@ from fastast_deploy.exporters.quantize import (
 )
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import FastAST, build_model
-from fastast_deploy.model.tome import make_schedule
+from fastast_deploy.model.schedule import make_schedule
 
 TINY = ModelConfig(embed_dim=64, depth=2, num_heads=2, mlp_dim=128, input_frames=64, num_mel_bins=32, num_labels=5)
 QUICK = QuantizeOptions(clips=4, parity_clips=4)

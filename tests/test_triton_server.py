@@ -32,7 +32,7 @@ from fastast_deploy.contract import WAVEFORM_NAME
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
-from fastast_deploy.model.tome import make_schedule
+from fastast_deploy.model.schedule import make_schedule
 
 pytestmark = pytest.mark.triton
 

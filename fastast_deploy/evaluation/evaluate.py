@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from fastast_deploy.audio.datasets import Dataset, DatasetError, LabelSet, detect_task, load_dataset, read_label_csv
-from fastast_deploy.errors import ConfigError
+from fastast_deploy.audio.datasets import Dataset, detect_task, load_dataset
+from fastast_deploy.audio.labels import LabelSet, read_label_csv
+from fastast_deploy.errors import ConfigError, DatasetError
 from fastast_deploy.evaluation.metrics import accuracy, average_precision, mean_average_precision
 
 REPORT_SCHEMA = "fastast-deploy/evaluate"

@@ -24,7 +24,6 @@ from fastast_deploy.evaluation.inputs import (
     load_inputs,
     load_reference,
     load_waveform_inputs,
-    waveform_like,
 )
 from fastast_deploy.evaluation.metrics import (
     accuracy,
@@ -32,6 +31,7 @@ from fastast_deploy.evaluation.metrics import (
     fbank_like,
     mean_average_precision,
     merge_agreement,
+    waveform_like,
 )
 from fastast_deploy.evaluation.timing import time_interleaved
 

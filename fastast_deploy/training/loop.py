@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fastast_deploy.audio.datasets import Dataset, DatasetError
-from fastast_deploy.errors import ConfigError
+from fastast_deploy.audio.datasets import Dataset
+from fastast_deploy.errors import ConfigError, DatasetError
 from fastast_deploy.evaluation.metrics import accuracy, mean_average_precision
 from fastast_deploy.files import write_bytes_atomic, write_json_atomic
 from fastast_deploy.training.cmkd import TOKEN_MODES, TokenHeads, cmkd_loss, teacher_targets

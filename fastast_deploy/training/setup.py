@@ -15,7 +15,6 @@ from torch import Tensor, nn
 
 from fastast_deploy.audio.datasets import (
     Dataset,
-    DatasetError,
     check_label_sets,
     fbank_cache,
     fbank_stats,
@@ -25,7 +24,7 @@ from fastast_deploy.audio.datasets import (
 )
 from fastast_deploy.audio.features import PRESETS, FeatureConfig
 from fastast_deploy.audio.labels import LabelSet, read_label_csv
-from fastast_deploy.errors import ConfigError
+from fastast_deploy.errors import ConfigError, DatasetError
 from fastast_deploy.model.config import SIZES, ModelConfig, TomeConfig
 from fastast_deploy.training.teachers import first_differences, read_teacher_logits, write_teacher_logits
 

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fastast_deploy.audio.datasets import Dataset, DatasetError
+from fastast_deploy.audio.datasets import Dataset
 from fastast_deploy.audio.features import FeatureConfig
-from fastast_deploy.errors import CheckpointError, ConfigError, error_summary
+from fastast_deploy.errors import CheckpointError, ConfigError, DatasetError, error_summary
 from fastast_deploy.files import atomic_path
 
 CNN_METADATA_KEY = "fastast_deploy_cnn"
