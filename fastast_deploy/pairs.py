@@ -116,3 +116,64 @@ def _load(path: Path) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     return data if isinstance(data, dict) else None
+
+
+# ---- several files committed as one (a training step: checkpoint, state pair, metrics) ---------------------------
+
+JOURNAL = ".fastast-commit.json"  # the redo log of a commit in progress, in the folder it commits to
+
+
+def commit_files(folder: Path, staged: dict[str, Path]) -> None:
+    """Move each fully written temp in ``staged`` (final name in ``folder`` -> temp in ``folder``) into place as
+    one commit: the list is journalled first, so a commit cut at any point is finished by ``recover_commit``
+    (every temp was complete before the journal was written). Call it holding the folder's lock."""
+    journal = folder / JOURNAL
+    _step("staged")
+    write_json_atomic(journal, {name: tmp.name for name, tmp in staged.items()})
+    _step("journal")
+    _redo(folder, {name: tmp.name for name, tmp in staged.items()})
+    journal.unlink()
+    _step("done")
+
+
+def _redo(folder: Path, moves: dict[str, str]) -> None:
+    for i, (name, tmp) in enumerate(moves.items()):
+        if (folder / tmp).exists():
+            os.replace(folder / tmp, folder / name)
+        if i == 0:
+            _step("first")
+
+
+def recover_commit(folder: Path) -> bool:
+    """Finish a commit that ``commit_files`` left cut in ``folder``; True when there was one."""
+    journal = folder / JOURNAL
+    if not journal.is_file():
+        return False
+    moves = read_json_object(journal, what="commit journal")
+    _redo(folder, {str(k): str(v) for k, v in moves.items()})
+    journal.unlink()
+    return True
+
+
+@contextlib.contextmanager
+def exclusive_folder(folder: Path, what: str) -> Iterator[None]:
+    """Hold ``folder``'s lock for the whole block (a training run); a FastASTError at once when another process
+    holds it."""
+    if folder.exists() and not folder.is_dir():
+        raise FastASTError(f"{folder} is a file; give a folder for the {what} to write into")
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FastASTError(f"cannot create {folder}: {err.strerror}") from None
+    try:
+        with folder_lock(folder, blocking=False) as locked:
+            if not locked:
+                raise FastASTError(f"{folder} is in use by another {what} (its lock is held); wait for it to finish "
+                                   "or give another output folder")
+            yield
+    except BaseException:
+        if created:  # a run that failed before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from fastast_deploy.audio.datasets import Dataset
 from fastast_deploy.errors import ConfigError, DatasetError
 from fastast_deploy.evaluation.metrics import accuracy, mean_average_precision
 from fastast_deploy.files import write_bytes_atomic, write_json_atomic
+from fastast_deploy.pairs import exclusive_folder
 from fastast_deploy.training.cmkd import TOKEN_MODES, TokenHeads, cmkd_loss, teacher_targets
 from fastast_deploy.training.config import ARCHS, TrainConfig
 from fastast_deploy.training.setup import Distributed, Prepared, init_distributed, prepare
@@ -34,6 +36,7 @@ from fastast_deploy.training.state import Progress, load_state, save_state
 __all__ = ["ARCHS", "TrainConfig", "TrainResult", "train"]
 
 CONFIG_FILE = "config.json"
+STAGED = ".staged"  # suffix of the temps a save writes before committing them
 
 
 @dataclass(frozen=True)
@@ -57,17 +60,25 @@ def train(config: TrainConfig, *, resume: bool = False, log: Log = print, progre
     dist = init_distributed(config.device)
     run = Path(config.output)
     try:
-        config = _run_config(run, config, resume)
         if dist.rank != 0:
-            log = _silent
-        prep = prepare(config, dist, log, progress and dist.rank == 0, resume)
-        if not resume:
-            dist.barrier()  # every process has checked the run directory before rank 0 writes into it
-            if dist.rank == 0:
-                write_json_atomic(run / CONFIG_FILE, config.to_dict())
-        return _fit(config, prep, dist, run, resume, log, progress and dist.rank == 0)
+            return _train(config, run, dist, resume, log, progress)
+        with exclusive_folder(run, "train"):  # one training per run directory; held until it ends
+            _clean_staged(run)
+            return _train(config, run, dist, resume, log, progress)
     finally:
         dist.close()
+
+
+def _train(config: TrainConfig, run: Path, dist: Distributed, resume: bool, log: Log, progress: bool) -> TrainResult:
+    config = _run_config(run, config, resume)
+    if dist.rank != 0:
+        log = _silent
+    prep = prepare(config, dist, log, progress and dist.rank == 0, resume)
+    if not resume:
+        dist.barrier()  # every process has checked the run directory before rank 0 writes into it
+        if dist.rank == 0:
+            write_json_atomic(run / CONFIG_FILE, config.to_dict())
+    return _fit(config, prep, dist, run, resume, log, progress and dist.rank == 0)
 
 
 def _silent(_: str) -> None:
@@ -242,15 +253,34 @@ def _fit(config: TrainConfig, prep: Prepared, dist: Distributed, run: Path, resu
 
 def _save(run: Path, prep: Prepared, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
           scaler: Any, state: Progress, row: dict[str, Any], improved: bool) -> None:
-    """State pair, then RUN/last (whose step ties it to the pair), RUN/best when improved, then the metrics line."""
+    """State pair, RUN/last (whose step ties it to the pair), RUN/best when improved and the metrics line, written
+    whole to temps and then committed as one (``pairs.commit_files``): a run killed at any point resumes from the
+    previous epoch or from this one, never from a mix."""
+    from fastast_deploy.pairs import commit_files
+    from fastast_deploy.training.state import state_paths
+
     extra = {"epoch": state.epoch, "step": state.step, "task": prep.task, "metrics": row,
              "teacher": prep.teacher_info}
-    save_state(run, optimizer, scheduler, state, scaler)
-    prep.save(model, run / "last", extra)
+    tensors, meta = state_paths(run)
+    names = (tensors.name, meta.name, "last", "metrics.jsonl", *(["best"] if improved else []))
+    staged = {name: run / f".{name}.{os.getpid()}{STAGED}" for name in names}
+    save_state(run, optimizer, scheduler, state, scaler, to=(staged[tensors.name], staged[meta.name]))
+    prep.save(model, staged["last"], extra)
     if improved:
-        prep.save(model, run / "best", extra)
-    with (run / "metrics.jsonl").open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+        prep.save(model, staged["best"], extra)
+    metrics = run / "metrics.jsonl"
+    before = metrics.read_bytes() if metrics.is_file() else b""
+    staged["metrics.jsonl"].write_bytes(before + (json.dumps(row) + "\n").encode())
+    commit_files(run, staged)
+
+
+def _clean_staged(run: Path) -> None:
+    """Temps of a save that was killed before its commit started (a cut commit is finished first)."""
+    from fastast_deploy.pairs import recover_commit
+
+    recover_commit(run)
+    for stale in run.glob(f".*{STAGED}"):
+        stale.unlink(missing_ok=True)
 
 
 def _check_last(run: Path, model: nn.Module) -> None:

@@ -39,8 +39,9 @@ def state_paths(run: Path) -> tuple[Path, Path]:
 
 
 def save_state(run: Path, optimizer: torch.optim.Optimizer, scheduler: Any, progress: Progress,
-               scaler: Any | None = None) -> None:
-    """Write the pair: tensors first, then the JSON that names their sha256."""
+               scaler: Any | None = None, to: tuple[Path, Path] | None = None) -> None:
+    """Write the pair: tensors first, then the JSON that names their sha256; to ``state_paths(run)``, or to the
+    (tensors, JSON) paths ``to`` (temps that a commit then moves into place)."""
     tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -67,7 +68,7 @@ def save_state(run: Path, optimizer: torch.optim.Optimizer, scheduler: Any, prog
         "rng_numpy": {"kind": np_state[0], "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
                       "cached_gaussian": float(np_state[4])},
     }
-    tensor_path, json_path = state_paths(run)
+    tensor_path, json_path = to or state_paths(run)
     with atomic_path(tensor_path) as tmp:
         save_file(tensors, tmp)
     meta["tensors_sha256"] = sha256_file(tensor_path)

@@ -62,7 +62,8 @@ def info(source: str, tome_r: str | None, tome_inflection: float, frames: int | 
               "past a clip's end; the model's Kaldi fbank is computed inside the graph, in float32.")
 @click.option("--debug-merges", is_flag=True, help="Add each merging block's source / destination positions as "
               "outputs merge{i}_src / merge{i}_dst, for parity debugging.")
-@click.option("--no-check", is_flag=True, help="Skip the ONNX Runtime parity check against PyTorch.")
+@click.option("--no-check", is_flag=True,
+              help="Skip the TensorRT lint gate and the ONNX Runtime parity check against PyTorch.")
 @click.option("--labels", type=click.Path(dir_okay=False), default=None,
               help="AST class_labels_indices.csv giving label names (for an original .pth).")
 def export(source: str, output: Path, tome_r: str | None, tome_inflection: float, frames: int | None,

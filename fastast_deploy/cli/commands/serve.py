@@ -107,6 +107,8 @@ def predict(model: str, audio: tuple[Path, ...], top_k: int, hop_s: float | None
               help="How long the dynamic batcher waits to fill a batch.")
 @click.option("--kind", type=click.Choice(list(KINDS)), default=None,
               help="Instance kind [default: gpu for TensorRT plans and GPU-provider ONNX Runtime engines, else cpu].")
+@click.option("--gpus", default=None, metavar="I1,I2,...",
+              help="GPU indices the instances run on (an explicit gpus list) [default: every GPU Triton sees].")
 @click.option("--backend", "serve_backend", type=click.Choice(SERVE_BACKENDS), default=TritonOptions.backend,
               show_default=True,
               help="platform: Triton's tensorrt_plan / onnxruntime_onnx backend; python: Triton's Python backend "
@@ -118,7 +120,7 @@ def predict(model: str, audio: tuple[Path, ...], top_k: int, hop_s: float | None
 @click.pass_context
 def triton(ctx: click.Context, model: Path, repo: Path, name: str | None, max_batch: int | None, instances: int,
            dynamic_batching: bool | None, preferred_batch: str | None, max_queue_delay_us: int, kind: str | None,
-           serve_backend: str, site_packages: str | None, force: bool) -> None:
+           gpus: str | None, serve_backend: str, site_packages: str | None, force: bool) -> None:
     """Write a Triton Inference Server model repository for MODEL (a TensorRT plan, an ONNX Runtime engine or
     an exported .onnx): REPO/NAME/config.pbtxt, REPO/NAME/1/model.plan or model.onnx with its sidecar, and
     REPO/NAME/labels.txt for Triton's classification extension. With --backend python, also REPO/NAME/1/model.py
@@ -134,7 +136,8 @@ def triton(ctx: click.Context, model: Path, repo: Path, name: str | None, max_ba
     preferred = parse_sizes(preferred_batch, "--preferred-batch") if preferred_batch else ()
     options = TritonOptions(name=name, max_batch=max_batch, instances=instances, dynamic_batching=dynamic_batching,
                             preferred_batch=preferred, max_queue_delay_us=max_queue_delay_us, kind=kind,
-                            backend=serve_backend, site_packages=_site_packages(site_packages))
+                            backend=serve_backend, site_packages=_site_packages(site_packages),
+                            gpus=_gpu_indices(gpus))
     check_outputs_apart({"-o": repo / (name or default_name(model))}, {"ENGINE": model},
                         replaced_folders=("-o",))
     result = write_repository(read_served_model(model), repo, options, force=force)
@@ -156,3 +159,16 @@ def _site_packages(text: str | None) -> tuple[str, ...] | None:
     if text == "none":
         return ()
     return tuple(p for p in text.split(os.pathsep) if p)
+
+
+def _gpu_indices(value: str | None) -> tuple[int, ...]:
+    """``--gpus 0,2`` -> (0, 2); a ConfigError for anything but comma-separated indices >= 0."""
+    if value is None:
+        return ()
+    try:
+        indices = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--gpus takes comma-separated GPU indices, got {value!r}") from None
+    if not indices or min(indices) < 0:
+        raise ConfigError(f"--gpus takes GPU indices >= 0, got {value!r}")
+    return indices
