@@ -42,3 +42,31 @@ def test_percentiles_by_hand() -> None:
 def test_bad_settings_are_refused(kwargs: dict[str, int]) -> None:
     with pytest.raises(ConfigError):
         time_interleaved({"a": lambda: None}, **kwargs)
+
+
+def test_tensorrt_engines_get_device_time_side_by_side() -> None:
+    import numpy as np
+
+    from fastast_deploy.engines.gpu import DeviceTiming
+    from fastast_deploy.evaluation.verify import time_side_by_side
+
+    calls: list[tuple[str, int, int]] = []
+
+    class FakeTrt:  # the parts of TensorRTEngine that timing uses
+        def __init__(self, name: str, compute_ms: float) -> None:
+            self.name, self.compute_ms = name, compute_ms
+            self.input_specs = {"fbank": (("batch", 16, 8), np.dtype("float32"))}
+
+        def infer(self, feed: dict) -> dict:
+            return {"logits": np.zeros((len(feed["fbank"]), 2), np.float32)}
+
+        def time_device(self, feed: dict, warmup: int = 3, iterations: int = 20) -> DeviceTiming:
+            calls.append((self.name, warmup, iterations))
+            return DeviceTiming(0.5, self.compute_ms, self.compute_ms, 0.25, self.compute_ms + 0.75, 1, "fake")
+
+    rows = time_side_by_side({"engine": FakeTrt("engine", 2.0), "baseline": FakeTrt("baseline", 3.0)}, batch=2,
+                             warmup=1, rounds=3)
+    assert [c[0] for c in calls] == ["engine", "baseline"] * 3  # alternating, one timed run per round
+    assert [c[1] for c in calls] == [1, 1, 0, 0, 0, 0] and all(c[2] == 1 for c in calls)
+    assert rows["engine"]["device"]["compute_ms"] == 2.0 and rows["baseline"]["device"]["latency_ms"] == 3.75
+    assert rows["engine"]["clips_per_s"] > 0  # wall clock stays beside it

@@ -143,7 +143,26 @@ def time_side_by_side(engines: dict[str, Engine], batch: int, warmup: int, round
     feed = engine_feed(next(iter(engines.values())), batch, seed=7)
     timed = time_interleaved({name: partial(e.infer, feed) for name, e in engines.items()}, batch=batch,
                              warmup=warmup, rounds=rounds)
-    return {name: t.as_dict() for name, t in timed.items()}
+    rows: dict[str, dict[str, Any]] = {name: t.as_dict() for name, t in timed.items()}
+    if all(callable(getattr(e, "time_device", None)) for e in engines.values()):  # TensorRT: device time too
+        for name, device in device_side_by_side(engines, feed, warmup, rounds).items():
+            rows[name]["device"] = device
+    return rows
+
+
+def device_side_by_side(engines: dict[str, Engine], feed: dict[str, np.ndarray], warmup: int,
+                        rounds: int) -> dict[str, dict[str, Any]]:
+    """GPU compute with host copies apart (``TensorRTEngine.time_device``, as trtexec reports them), the engines
+    alternating one timed run per round like ``time_interleaved``; medians over rounds in ms."""
+    from fastast_deploy.engines.gpu import summarize_device_times
+
+    runs: dict[str, list[Any]] = {name: [] for name in engines}
+    for index in range(rounds):
+        for name, engine in engines.items():
+            runs[name].append(engine.time_device(feed, warmup=warmup if index == 0 else 0, iterations=1))
+    return {name: summarize_device_times([t.h2d_ms / 1e3 for t in timed], [t.compute_ms / 1e3 for t in timed],
+                                         [t.d2h_ms / 1e3 for t in timed], timed[0].source).to_dict()
+            for name, timed in runs.items()}
 
 
 def build_baseline(engine: Engine, source: str, workdir: Path) -> Engine:
@@ -176,7 +195,8 @@ def speed_section(engine: Engine, options: SpeedOptions, source: str | None) -> 
     export = engine.metadata["export"]
     ratio = flop_ratio(ModelConfig.from_dict(export["model"]), export["tome"]["effective_schedule"])
     batches = [b for b in options.batches if b in engine.batch_range] or [engine.batch_range.min]
-    section: dict[str, Any] = {"flop_ratio": ratio, "batches": {}, "baseline": None, "timing": "wall clock"}
+    section: dict[str, Any] = {"flop_ratio": ratio, "batches": {}, "baseline": None, "timing": "wall clock"
+                               + ("; TensorRT device time under 'device'" if engine.backend == "tensorrt" else "")}
     with tempfile.TemporaryDirectory(prefix="fastast-verify-") as tmp:
         baseline = None
         if options.baseline == "auto":
