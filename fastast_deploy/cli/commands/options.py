@@ -10,14 +10,14 @@ from fastast_deploy.errors import ConfigError, FastASTError
 from fastast_deploy.model.schedule import check_r
 
 
-def parse_sizes(value: str, option: str, error: type[FastASTError] = ConfigError) -> tuple[int, ...]:
-    """``"1,8"`` -> (1, 8): comma-separated sizes >= 1 for ``option``; ``error`` names the exit code."""
+def parse_sizes(value: str, option: str, error: type[FastASTError] = ConfigError, minimum: int = 1) -> tuple[int, ...]:
+    """``"1,8"`` -> (1, 8): comma-separated ints >= ``minimum`` for ``option``; ``error`` names the exit code."""
     try:
         sizes = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise error(f"{option} takes comma-separated ints, got {value!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise error(f"{option} takes sizes >= 1, got {value!r}")
+    if not sizes or min(sizes) < minimum:
+        raise error(f"{option} takes values >= {minimum}, got {value!r}")
     return sizes
 
 

@@ -137,7 +137,7 @@ def triton(ctx: click.Context, model: Path, repo: Path, name: str | None, max_ba
     options = TritonOptions(name=name, max_batch=max_batch, instances=instances, dynamic_batching=dynamic_batching,
                             preferred_batch=preferred, max_queue_delay_us=max_queue_delay_us, kind=kind,
                             backend=serve_backend, site_packages=_site_packages(site_packages),
-                            gpus=_gpu_indices(gpus))
+                            gpus=parse_sizes(gpus, "--gpus", minimum=0) if gpus else ())
     check_outputs_apart({"-o": repo / (name or default_name(model))}, {"ENGINE": model},
                         replaced_folders=("-o",))
     result = write_repository(read_served_model(model), repo, options, force=force)
@@ -160,15 +160,3 @@ def _site_packages(text: str | None) -> tuple[str, ...] | None:
         return ()
     return tuple(p for p in text.split(os.pathsep) if p)
 
-
-def _gpu_indices(value: str | None) -> tuple[int, ...]:
-    """``--gpus 0,2`` -> (0, 2); a ConfigError for anything but comma-separated indices >= 0."""
-    if value is None:
-        return ()
-    try:
-        indices = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(f"--gpus takes comma-separated GPU indices, got {value!r}") from None
-    if not indices or min(indices) < 0:
-        raise ConfigError(f"--gpus takes GPU indices >= 0, got {value!r}")
-    return indices
