@@ -8,6 +8,7 @@ r = 16 (merging alone; int8 adds to it), at batch 1 and 8, through ``time_interl
 medians).
 
     python benchmarks/bench_int8.py --out /tmp/bench-int8
+    python benchmarks/bench_int8.py --out /tmp/bench-int8 --reuse        # time those exports again
     python benchmarks/bench_int8.py --size tiny --frames 128 --rounds 5   # quicker
 """
 
@@ -53,6 +54,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calib-clips", type=int, default=8)
+    parser.add_argument("--reuse", action="store_true", help="Time the exports already in --out (skip exporting).")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -60,16 +62,16 @@ def main() -> None:
     merged, plain = model_at(config, args.r), model_at(config, 0)
     calibration = fbank_like(args.calib_clips, config.input_frames, config.num_mel_bins, seed=1)
     quantize = QuantizeOptions(clips=args.calib_clips)
-    paths = {
-        f"fp32 r={args.r}": export_onnx(merged, args.out / "fp32-r.onnx", ExportOptions(), check=False).path,
+    fp32, int8 = f"fp32 r={args.r}", f"int8 r={args.r}"
+    paths = {fp32: args.out / "fp32-r.onnx", int8: args.out / "int8-r.onnx", "fp32 r=0": args.out / "fp32-r0.onnx"}
+    if not args.reuse:
+        export_onnx(merged, paths[fp32], ExportOptions(), check=False)
         # check=False: random weights give near-tied logits, so top-1 agreement says nothing here
-        f"int8 r={args.r}": export_onnx(merged, args.out / "int8-r.onnx", ExportOptions(precision="int8"),
-                                        calibration=calibration, quantize=quantize, check=False).path,
-        "fp32 r=0": export_onnx(plain, args.out / "fp32-r0.onnx", ExportOptions(), check=False).path,
-    }
+        export_onnx(merged, paths[int8], ExportOptions(precision="int8"), calibration=calibration,
+                    quantize=quantize, check=False)
+        export_onnx(plain, paths["fp32 r=0"], ExportOptions(), check=False)
     sessions = {name: session(path, args.threads) for name, path in paths.items()}
     ratio = flop_ratio(config, merged.schedule)
-    fp32, int8 = f"fp32 r={args.r}", f"int8 r={args.r}"
     results: dict[str, object] = {
         "machine": f"{platform.machine()} {platform.processor() or ''} ({args.threads} ORT threads)".strip(),
         "onnxruntime": ort.__version__, "geometry": f"{args.size}, T={args.frames}, r={args.r}",

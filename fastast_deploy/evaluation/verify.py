@@ -55,7 +55,7 @@ class Thresholds:
 DEFAULT_THRESHOLDS = {
     "fp32": Thresholds(atol=1e-4, rtol=1e-3, min_cosine=0.9999, min_top1=0.99),
     "fp16": Thresholds(atol=5e-2, rtol=5e-2, min_cosine=0.999, min_top1=0.98),
-    "int8": Thresholds(atol=0.5, rtol=0.1, min_cosine=0.99, min_top1=0.97),
+    "int8": Thresholds(atol=0.5, rtol=0.1, min_cosine=0.98, min_top1=0.97),
 }
 
 
