@@ -123,7 +123,7 @@ def test_int8_export_passes_lint_on_tensorrt_10_and_11(int8_export: tuple[FastAS
 
 def test_lint_catches_a_dq_feeding_the_matching(int8_export: tuple[FastAST, Path], tmp_path: Path) -> None:
     proto = onnx.load(str(int8_export[1]))
-    scores = next(n for n in proto.graph.node if _tagged(n) and n.op_type == "MatMul")  # the A.B^T scores
+    scores = next(n for n in proto.graph.node if _tagged(n) and n.op_type in ("MatMul", "Einsum"))  # A.B^T scores
     source = scores.input[0]
     proto.graph.initializer.extend([numpy_helper.from_array(np.array(0.01, np.float32), "probe_s"),
                                     numpy_helper.from_array(np.array(0, np.int8), "probe_zp")])
