@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--optimize", action="store_true", help="also time our exports built with --optimize")
     parser.add_argument("--cases", default="512:50,1024:100", help="T:r pairs")
     parser.add_argument("--out", type=Path, default=None, help="folder for the exports (default: a temp folder)")
+    parser.add_argument("--reuse", action="store_true", help="reuse exports already in --out (same code only)")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="fastast-bench-optimum-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -69,15 +70,20 @@ def main() -> None:
     results: dict[str, object] = {}
     for frames, r in cases:
         hf_dir = hf_directory(args.size, frames, out)
-        paths: dict[str, Path] = {"optimum": export_with_optimum(args.optimum_cli, hf_dir, out / f"optimum-{frames}")}
+        peer = out / f"optimum-{frames}"
+        paths: dict[str, Path] = {"optimum": peer / "model.onnx" if args.reuse and (peer / "model.onnx").is_file()
+                                  else export_with_optimum(args.optimum_cli, hf_dir, peer)}
         ratio = 1.0
         for rr in (0, r):
             model = load_model(hf_dir, tome_r=rr)
             if rr:
                 ratio = flop_ratio(model.config, model.schedule)
-            paths[f"ours r={rr}"] = export_onnx(model, out / f"ours-{frames}-r{rr}.onnx", ExportOptions()).path
+            path = out / f"ours-{frames}-r{rr}.onnx"
+            if not (args.reuse and path.is_file()):  # the export checks parity with PyTorch on one batch
+                export_onnx(model, path, ExportOptions(), parity_inputs=1)
+            paths[f"ours r={rr}"] = path
             if args.optimize:
-                built = build_onnxruntime_engine(paths[f"ours r={rr}"], out / f"ours-{frames}-r{rr}-opt.onnx",
+                built = build_onnxruntime_engine(path, out / f"ours-{frames}-r{rr}-opt.onnx",
                                                  OrtBuildOptions(threads=args.threads, optimize=True))
                 paths[f"ours r={rr} --optimize"] = built.path
         sessions = {name: session(path, args.threads) for name, path in paths.items()}

@@ -16,6 +16,7 @@ Step 2 is kept only when ``fuse_attention`` is set (measured: see OrtBuildOption
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -100,9 +101,18 @@ def fuse_for_onnxruntime(model: Any, export: dict[str, Any], use_gpu: bool, atte
         model, fused_attention = fuse_attention(model)
     options = FusionOptions("vit")
     options.enable_attention = False  # step 2 did what it could; its own pattern does not match this graph
-    optimized = optimize_model(model, model_type="vit", num_heads=int(cfg["num_heads"]),
-                               hidden_size=int(cfg["embed_dim"]), optimization_options=options, opt_level=0,
-                               use_gpu=use_gpu)
+    # ORT's symbolic shape inference fails on the merge ops (OneHot, GatherND with batch_dims), and without it the
+    # SkipLayerNormalization fusion gives up; without the shape check it fuses, taking the Add's second input as
+    # the skip: residual adds of equal shapes here, or the (1, N, C) position table, which SkipLayerNormalization
+    # broadcasts. The parity check after the build guards either way.
+    options.enable_shape_inference = False
+    logging.disable(logging.WARNING)  # its fusions warn about the shape inference switched off above
+    try:
+        optimized = optimize_model(model, model_type="vit", num_heads=int(cfg["num_heads"]),
+                                   hidden_size=int(cfg["embed_dim"]), optimization_options=options, opt_level=0,
+                                   use_gpu=use_gpu)
+    finally:
+        logging.disable(logging.NOTSET)
     proto = optimized.model
     counts: dict[str, int] = {}
     for node in proto.graph.node:

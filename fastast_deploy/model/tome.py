@@ -141,8 +141,9 @@ def merge_tokens(x: Tensor, size: Tensor | None, metric: Tensor, r: int,
                  impl: MergeImpl = "matmul") -> tuple[Tensor, Tensor, Matching]:
     """``bipartite_match`` then ``merge_wavg``: x (B, N, C), size (B, N, 1) or None, metric (B, N, hd) ->
     x (B, N - r, C), size (B, N - r, 1), the decisions. Under ONNX export the matmul form is one custom op, which
-    the exporter translates into a merge block of about 20 nodes; eager PyTorch runs the functions above."""
-    if impl == "matmul" and torch.compiler.is_exporting():
+    the exporter translates into a merge block of 20 nodes; eager PyTorch and plain torch.export run the functions
+    above."""
+    if impl == "matmul" and torch.compiler.is_exporting() and torch.onnx.is_in_onnx_export():  # not torch.export
         merged, new_size, src, dst, unm = torch.ops.fastast.tome_merge(x, size, metric, r)
     else:
         merged, new_size, src, dst, unm = _merge_eager(x, size, metric, r, impl)
