@@ -285,7 +285,7 @@ def test_threads_and_the_online_teacher(teacher_run: Path, data: Path, tmp_path:
     code, output = run("train", *data_args(data), "-o", str(tmp_path / "which"), "--arch", "cnn", "--cnn-width", "4",
                        "--epochs", "1", "--batch-size", "6", "--quiet")
     assert code == 0, output
-    assert ("timm is not installed" in output) != ("EfficientNet-B2" in output), output
+    assert ("compact CNN (--arch cnn: timm is not installed" in output) != ("EfficientNet-B2 (timm" in output), output
     # A CNN student has no distillation token.
     code, output = run("train", *data_args(data), "-o", str(tmp_path / "cnn"), "--teacher", str(teacher_run),
                        "--kd-mode", "deit-hard", *TEACHER)
