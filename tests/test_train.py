@@ -202,8 +202,10 @@ def test_recipes_fill_what_is_not_given() -> None:
     assert cnn.lr == 0.01 and cnn.epochs == RECIPES["cnn"].epochs
     tuned = TrainConfig(model="some/checkpoint.safetensors").resolved()
     assert tuned.lr == RECIPES["finetune"].lr
+    assert TrainConfig(teacher_logits="t.npz").resolved().teacher_inputs == "clean"
+    assert TrainConfig(teacher="t").resolved().teacher_inputs == "augmented"
     with pytest.raises(ConfigError, match="--teacher-inputs clean"):
-        TrainConfig(teacher_logits="t.npz")
+        TrainConfig(teacher_logits="t.npz", teacher_inputs="augmented")
 
 
 def test_lr_warms_up_then_decays_to_zero() -> None:
