@@ -203,8 +203,10 @@ def test_recipes_fill_what_is_not_given() -> None:
     assert cnn.lr == 0.01 and cnn.epochs == RECIPES["cnn"].epochs
     tuned = TrainConfig(model="some/checkpoint.safetensors").resolved()
     assert tuned.lr == RECIPES["finetune"].lr
+    assert TrainConfig(teacher_logits="t.npz").resolved().teacher_inputs == "clean"
+    assert TrainConfig(teacher="t").resolved().teacher_inputs == "augmented"
     with pytest.raises(ConfigError, match="--teacher-inputs clean"):
-        TrainConfig(teacher_logits="t.npz")
+        TrainConfig(teacher_logits="t.npz", teacher_inputs="augmented")
 
 
 def test_lr_warms_up_then_decays_to_zero() -> None:
@@ -306,7 +308,7 @@ def test_threads_and_the_online_teacher(teacher_run: Path, data: Path, tmp_path:
     code, output = run("train", *data_args(data), "-o", str(tmp_path / "which"), "--arch", "cnn", "--cnn-width", "4",
                        "--epochs", "1", "--batch-size", "6", "--quiet")
     assert code == 0, output
-    assert ("timm is not installed" in output) != ("EfficientNet-B2" in output), output
+    assert ("compact CNN (--arch cnn: timm is not installed" in output) != ("EfficientNet-B2 (timm" in output), output
     # A CNN student has no distillation token.
     code, output = run("train", *data_args(data), "-o", str(tmp_path / "cnn"), "--teacher", str(teacher_run),
                        "--kd-mode", "deit-hard", *TEACHER)

@@ -11,7 +11,7 @@ ARCHS = ("fastast", "cnn", "compact-cnn")
 TASKS = ("multilabel", "singlelabel")
 KD_MODES = ("soft", "hard", "deit-soft", "deit-hard")  # see training/cmkd.py
 AUTO_KD_MODE = {"fastast": "deit-hard", "cnn": "hard"}  # what --kd-mode auto means for each kind of student
-TEACHER_INPUTS = ("augmented", "clean")
+TEACHER_INPUTS = ("auto", "augmented", "clean")  # auto: augmented with --teacher, clean with --teacher-logits
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class TrainConfig:
     teacher: str | None = None
     teacher_logits: str | None = None
     kd_mode: str = "auto"  # AUTO_KD_MODE
-    teacher_inputs: str = "augmented"  # augmented: the teacher runs on the student's batch; clean: logits once
+    teacher_inputs: str = "auto"  # augmented: the teacher runs on the student's batch; clean: logits once
     kd_lambda: float = 0.5
     kd_tau: float = 1.0
     task: str = "auto"
@@ -126,7 +126,10 @@ class TrainConfig:
         --kd-mode auto made the student's best mode."""
         recipe = RECIPES[self.kind()]
         mode = AUTO_KD_MODE["fastast" if self.arch == "fastast" else "cnn"] if self.kd_mode == "auto" else self.kd_mode
-        return replace(self, kd_mode=mode, lr=recipe.lr if self.lr is None else self.lr,
+        inputs = self.teacher_inputs
+        if inputs == "auto":
+            inputs = "clean" if self.teacher_logits else "augmented"
+        return replace(self, kd_mode=mode, teacher_inputs=inputs, lr=recipe.lr if self.lr is None else self.lr,
                        warmup_epochs=recipe.warmup_epochs if self.warmup_epochs is None else self.warmup_epochs,
                        epochs=recipe.epochs if self.epochs is None else self.epochs)
 

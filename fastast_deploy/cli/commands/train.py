@@ -103,7 +103,8 @@ def synthetic(output: Path, classes: int, clips_per_class: int, seconds: float, 
               "in benchmarks/bench_distill.py).")
 @click.option("--teacher-inputs", type=click.Choice(TEACHER_INPUTS), default=_T.teacher_inputs, show_default=True,
               help="augmented: the teacher answers on the student's augmented batch each step; clean: its logits "
-              "of the clean clips, computed once (the only choice with --teacher-logits).")
+              "of the clean clips, computed once (the only choice with --teacher-logits). auto: augmented with "
+              "--teacher, clean with --teacher-logits.")
 @click.option("--kd-lambda", type=click.FloatRange(0.0, 1.0), default=_T.kd_lambda, show_default=True,
               help="Weight of the label loss; 1 - lambda weighs the distillation loss.")
 @click.option("--kd-tau", type=click.FloatRange(0.0, min_open=True), default=_T.kd_tau, show_default=True,
