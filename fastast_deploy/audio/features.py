@@ -73,15 +73,21 @@ SPEECHCOMMANDS = FeatureConfig(frames=128, mean=-6.845978, std=5.5654526)
 PRESETS: dict[str, FeatureConfig] = {"audioset": AUDIOSET, "esc50": ESC50, "speechcommands": SPEECHCOMMANDS}
 
 
+def audio_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` when it names a file; an AudioError saying what it is otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise AudioError(f"audio file {path} {what}; expected a readable audio file (WAV, FLAC, OGG)")
+    return path
+
+
 def read_audio(path: str | os.PathLike[str]) -> tuple[torch.Tensor, int]:
     """Read an audio file with libsndfile (WAV, FLAC, OGG, ...) as float32 and downmix to mono.
 
     Returns (waveform of shape (samples,), sample rate in Hz).
     """
-    path = Path(path)
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise AudioError(f"audio file {path} {what}; expected a readable audio file (WAV, FLAC, OGG)")
+    path = audio_path(path)
     try:
         data, rate = sf.read(path, dtype="float32", always_2d=True)  # (samples, channels)
     except (sf.SoundFileError, RuntimeError, ValueError) as err:

@@ -19,7 +19,7 @@ import soundfile as sf
 import soxr
 import torch
 
-from fastast_deploy.audio.features import FeatureConfig, _frame_sizes, fbank, normalize, pad_or_cut
+from fastast_deploy.audio.features import FeatureConfig, _frame_sizes, audio_path, fbank, normalize, pad_or_cut
 from fastast_deploy.audio.windows import window_count
 from fastast_deploy.errors import AudioError, error_summary
 
@@ -28,6 +28,7 @@ BLOCK_SECONDS = 10.0  # audio read and resampled per step
 
 def _resampled_blocks(path: str | os.PathLike, rate: int) -> Iterator[np.ndarray]:
     """Mono float32 blocks of the file at ``rate`` (soxr HQ, as ``features.resample``); AudioError on bad data."""
+    path = audio_path(path)
     try:
         with sf.SoundFile(str(path)) as f:
             source_rate = f.samplerate
