@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,19 +36,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from fastast_deploy.evaluation.timing import cpu_name
 from fastast_deploy.training.config import AUTO_KD_MODE  # noqa: E402
 
 CLI = [sys.executable, "-c", "from fastast_deploy.cli.main import main; main()"]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def cli(*args: str, log: Path | None = None) -> str:

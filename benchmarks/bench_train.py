@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from fastast_deploy.evaluation.timing import time_interleaved
+from fastast_deploy.evaluation.timing import cpu_name, time_interleaved
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
 from fastast_deploy.model.flops import flop_ratio
@@ -52,16 +51,6 @@ DATA = ("--classes", "10", "--clips-per-class", "50", "--seconds", "1.3", "--see
 TEACHER = ("--arch", "compact-cnn", "--cnn-width", "16", "--frames", "128", "--epochs", "15", "--lr", "1e-3", "--quiet")
 STUDENT = ("--model", "tiny", "--depth", "6", "--tome-r", "8", "--frames", "128", "--mel-bins", "64", "--epochs", "30",
            "--batch-size", "16", "--lr", "1e-3", "--quiet")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def ints(text: str) -> list[int]:

@@ -6,9 +6,11 @@ to round, and the figures are medians and percentiles over rounds. numpy only: e
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -59,3 +61,14 @@ def time_interleaved(runs: Mapping[K, Callable[[], object]], *, batch: int = 1, 
             runs[key]()
             seconds[key].append(clock() - start)
     return {key: summarise(seconds[key], batch) for key in keys}
+
+
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (what every benchmark prints it ran on), else platform's word."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -23,15 +22,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fastast_deploy.audio.datasets import Dataset
-from fastast_deploy.errors import ConfigError, DatasetError
-from fastast_deploy.evaluation.metrics import accuracy, mean_average_precision
+from fastast_deploy.errors import ConfigError
 from fastast_deploy.files import write_bytes_atomic, write_json_atomic
 from fastast_deploy.pairs import exclusive_folder
 from fastast_deploy.training.cmkd import TOKEN_MODES, TokenHeads, cmkd_loss, teacher_targets
 from fastast_deploy.training.config import ARCHS, TrainConfig
 from fastast_deploy.training.setup import Distributed, Prepared, init_distributed, prepare
 from fastast_deploy.training.state import Progress, load_state, save_state
+from fastast_deploy.training.steps import evaluate, predict
 
 __all__ = ["ARCHS", "TrainConfig", "TrainResult", "train"]
 
@@ -140,22 +138,6 @@ def mixup(x: Tensor, targets: list[Tensor | None], p: float, alpha: float,
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: Tensor, batch_size: int, device: torch.device) -> Tensor:
-    """Logits (N, labels) of ``model`` in eval mode over inputs (N, T, F), float32 on the CPU."""
-    was_training = model.training
-    model.eval()
-    outs = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
-    model.train(was_training)
-    return torch.cat(outs)
-
-
-def evaluate(logits: Tensor, targets: Tensor, task: str) -> tuple[str, float]:
-    """("val_acc", accuracy) for single-label tasks, ("val_map", mAP) for multi-label ones."""
-    if task == "singlelabel":
-        return "val_acc", accuracy(logits.numpy(), targets.numpy())
-    return "val_map", mean_average_precision(logits.numpy(), targets.numpy())
-
-
 def _fit(config: TrainConfig, prep: Prepared, dist: Distributed, run: Path, resume: bool, log: Log,
          progress: bool) -> TrainResult:
     from torch.utils.data import DistributedSampler
@@ -349,20 +331,3 @@ def _bar(items: list[Any], desc: str, enabled: bool) -> Any:
     return tqdm(items, desc=desc, leave=False, dynamic_ncols=True, disable=None)  # off when not a terminal
 
 
-def check_task(task: str, *datasets: Dataset) -> str:
-    """The task to train: detected from the labels for "auto"; a single-label task refuses multi-label clips."""
-    from fastast_deploy.audio.datasets import detect_task
-
-    detected = detect_task(*datasets)
-    if task == "auto":
-        return detected
-    if task == "singlelabel" and detected == "multilabel":
-        count = sum(1 for d in datasets for e in d.examples if len(e.labels) != 1)
-        raise DatasetError(f"--task singlelabel, but {count} clips have several labels; use --task multilabel")
-    return task
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)

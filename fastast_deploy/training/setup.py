@@ -29,7 +29,7 @@ from fastast_deploy.model.config import SIZES, ModelConfig, TomeConfig
 from fastast_deploy.training.teachers import first_differences, read_teacher_logits, write_teacher_logits
 
 if TYPE_CHECKING:
-    from fastast_deploy.training.loop import TrainConfig
+    from fastast_deploy.training.config import TrainConfig
 
 Log = Callable[[str], None]
 TEACHER_LOGITS_FILE = "teacher_logits.npz"
@@ -107,7 +107,7 @@ class Prepared:
 
 def prepare(config: TrainConfig, dist: Distributed, log: Log, progress: bool, resume: bool = False) -> Prepared:
     """Check and load everything; a resumed run reuses the teacher logits it saved."""
-    from fastast_deploy.training.loop import check_task, seed_everything
+    from fastast_deploy.training.steps import check_task, seed_everything
 
     seed_everything(config.seed)
     labels = read_label_csv(config.labels) if config.labels else None
@@ -300,7 +300,7 @@ def _teacher_logits(config: TrainConfig, teacher: nn.Module, prep: Prepared, tra
                     train_raw: Tensor, val_raw: Tensor, dist: Distributed) -> None:
     """The teacher's logits on the clean (unaugmented) training clips, and its validation metric, computed once with
     the teacher's own feature settings."""
-    from fastast_deploy.training.loop import evaluate, predict
+    from fastast_deploy.training.steps import evaluate, predict
 
     tf = getattr(teacher, "feature_config", None) or prep.features
     shape = (teacher.config.input_frames, teacher.config.num_mel_bins)
