@@ -137,7 +137,6 @@ def mixup(x: Tensor, targets: list[Tensor | None], p: float, alpha: float,
     return mixed_x, out
 
 
-@torch.no_grad()
 def _fit(config: TrainConfig, prep: Prepared, dist: Distributed, run: Path, resume: bool, log: Log,
          progress: bool) -> TrainResult:
     from torch.utils.data import DistributedSampler

@@ -14,6 +14,7 @@ from fastast_deploy.errors import DatasetError
 from fastast_deploy.evaluation.metrics import accuracy, mean_average_precision
 
 
+@torch.no_grad()
 def predict(model: nn.Module, x: Tensor, batch_size: int, device: torch.device) -> Tensor:
     """Logits (N, labels) of ``model`` in eval mode over inputs (N, T, F), float32 on the CPU."""
     was_training = model.training
