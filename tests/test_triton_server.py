@@ -128,7 +128,10 @@ def triton_server(waveform_repo: tuple[Path, Path], tmp_path_factory: pytest.Tem
                "--metrics-address", "127.0.0.1", f"--http-port={ports[0]}", f"--grpc-port={ports[1]}",
                f"--metrics-port={ports[2]}", "--exit-timeout-secs=10"]
     with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        # cwd outside the source tree: the stub puts its working directory first on sys.path, where the
+        # checkout's fastast_deploy/ (without exporters/ and engines/ inside) would shadow the installed package.
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   cwd=work)
     try:
         _wait_ready(process, f"127.0.0.1:{ports[0]}", log)
         yield Server(process, f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}", log)
