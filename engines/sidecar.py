@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fastast_deploy import __version__
-from fastast_deploy.contract import sidecar_path
+from fastast_deploy.contract import BACKENDS, sidecar_path
 from fastast_deploy.errors import FastASTError
 from fastast_deploy.files import sha256_file
 from fastast_deploy.pairs import read_pair_sidecar
@@ -19,7 +19,6 @@ from .onnx_model import OnnxModelInfo
 from .schema import SIDECAR, check_fields
 
 FORMAT_VERSION = 1
-BACKENDS = ("onnxruntime", "tensorrt")
 REQUIRED = ("format_version", "backend", "engine", "source", "batch", "inputs", "outputs", "precision", "export",
             "versions")
 # what loaders read from the backend's own entry

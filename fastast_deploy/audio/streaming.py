@@ -101,7 +101,7 @@ def stream_windows(path: str | os.PathLike, config: FeatureConfig, hop: int) -> 
 def stream_waveform_windows(path: str | os.PathLike, config: FeatureConfig, hop: int,
                             samples: int) -> Iterator[np.ndarray]:
     """Waveform-in model inputs (samples,) float32, window by window: the resampled clip from each window's
-    start, NaN past the clip's end (the frames the graph zero-pads), as ``predict.waveform_windows`` cuts them."""
+    start, NaN past the clip's end (the frames the graph zero-pads), as ``windows.waveform_windows`` cuts them."""
     _, length, starts = _starts(path, config, hop)
     for chunk in _window_samples(path, config.sample_rate, length, starts, samples):
         out = np.full(samples, np.nan, dtype=np.float32)

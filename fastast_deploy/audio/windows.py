@@ -1,4 +1,4 @@
-"""An audio clip cut into model-input windows: normalised fbank windows (W, T, F) for fbank-in models and
+"""An audio clip cut into model-input windows: fbank windows (W, T, F) for fbank-in models and
 waveform windows (W, samples) for waveform-in ones, the two giving the same features (``predict`` feeds them;
 ``audio.streaming`` cuts the same windows from a file in constant memory)."""
 
@@ -13,10 +13,8 @@ from fastast_deploy.audio.features import (
     FRAME_LENGTH_MS,
     FeatureConfig,
     _frame_sizes,
-    normalize,
     pad_or_cut,
     resample,
-    waveform_fbank,
 )
 from fastast_deploy.errors import AudioError
 
@@ -35,13 +33,6 @@ def split_windows(features: torch.Tensor, frames: int, hop: int) -> torch.Tensor
     return torch.stack([pad_or_cut(features[i * hop :], frames) for i in range(count)])  # (W, frames, F)
 
 
-def fbank_windows(waveform: torch.Tensor, sample_rate: int, config: FeatureConfig, hop: int) -> np.ndarray:
-    """Normalised model inputs (W, T, F) float32 of one (samples,) clip at ``sample_rate``."""
-    features = waveform_fbank(waveform, sample_rate, config)  # (T_total, F)
-    windows = split_windows(features, config.frames, hop)
-    return normalize(windows, config.mean, config.std).numpy().astype(np.float32, copy=False)
-
-
 def waveform_samples(config: FeatureConfig) -> int:
     """Samples of a waveform window: the shortest waveform giving exactly ``config.frames`` Kaldi frames."""
     win, shift, _ = _frame_sizes(config.sample_rate)
@@ -53,7 +44,7 @@ def waveform_windows(waveform: torch.Tensor, sample_rate: int, config: FeatureCo
     """Waveform-in model inputs (W, samples) float32 of one (samples,) clip: resampled to the model's rate, cut
     into windows starting every ``hop`` frames, NaN past the clip's end. Window w holds the samples of fbank
     frames w * hop ... w * hop + frames - 1, and its NaN tail marks the frames `split_windows` zero-pads, so the
-    in-graph fbank equals `fbank_windows` (W is the same)."""
+    in-graph fbank equals the whole-clip fbank cut by `split_windows` (W is the same)."""
     audio = resample(waveform, sample_rate, config.sample_rate).numpy().astype(np.float32, copy=False)
     win, shift, _ = _frame_sizes(config.sample_rate)
     if len(audio) < win:

@@ -1,7 +1,7 @@
 """Label scores for audio files, from a checkpoint (run in PyTorch), an exported .onnx or a built engine.
 
 Engines take the normalised fbank (``fbank`` input) or the waveform (``waveform`` input: the fbank is computed
-inside the graph); `Classifier.audio_inputs` turns a waveform into whichever the model takes, resampled on the
+inside the graph); `Classifier.file_inputs` turns an audio file into whichever the model takes, resampled on the
 host. A file longer than the model's input of T frames is cut into windows of T frames that start every ``hop``
 frames (default T: no overlap); the last window is zero-padded as `features.pad_or_cut` pads. Windows of
 consecutive files share inference batches of a size the engine accepts, and each file's per-window scores
@@ -24,7 +24,6 @@ from fastast_deploy.engines.base import BatchRange, batch_chunks
 from fastast_deploy.errors import AudioError, ConfigError, FastASTError
 
 if TYPE_CHECKING:  # torch and the feature code load with the first prediction, not with the CLI
-    import torch
 
     from fastast_deploy.audio.features import FeatureConfig
 
@@ -72,22 +71,11 @@ class Classifier:
     input_name: str = INPUT_NAME  # INPUT_NAME or WAVEFORM_NAME: what `infer` takes
     samples: int | None = None  # waveform inputs: samples per window
 
-    def audio_inputs(self, waveform: torch.Tensor, sample_rate: int, hop: int | None = None) -> np.ndarray:
-        """What ``infer`` takes for one clip (samples,) at ``sample_rate``, cut into windows every ``hop`` frames
-        (default: no overlap): (W, T, F) normalised fbank, or (W, samples) waveform windows at the model's rate
-        (NaN past the clip's end), which give the same fbank inside the graph. An AudioError for a clip shorter
-        than one frame."""
-        from fastast_deploy.audio.windows import fbank_windows, waveform_windows
-
-        hop = self.features.frames if hop is None else hop
-        if self.input_name == WAVEFORM_NAME:
-            assert self.samples is not None, "a waveform-in classifier knows its window length"
-            return waveform_windows(waveform, sample_rate, self.features, hop, self.samples)
-        return fbank_windows(waveform, sample_rate, self.features, hop)
-
     def file_inputs(self, path: str | os.PathLike, hop: int | None = None) -> Iterator[np.ndarray]:
-        """``audio_inputs`` of an audio file, window by window, streamed from the file in constant memory
-        (``audio.streaming``): (T, F) normalised fbank, or (samples,) waveform windows."""
+        """What ``infer`` takes for an audio file, window by window every ``hop`` frames (default: no overlap),
+        streamed from the file in constant memory (``audio.streaming``): (T, F) normalised fbank, or (samples,)
+        waveform windows at the model's rate (NaN past the clip's end), which give the same fbank inside the
+        graph."""
         from fastast_deploy.audio.streaming import stream_waveform_windows, stream_windows
 
         hop = self.features.frames if hop is None else hop
