@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fastast_deploy.contract import WAVEFORM_NAME
 from fastast_deploy.errors import FastASTError
 
 from .base import format_shape
@@ -112,6 +113,12 @@ def format_description(report: dict[str, Any]) -> str:
         if nodes:  # recorded at export (absent from exports older than the count)
             lines.append(("merge nodes", f"{sum(nodes)} ONNX nodes in {len(nodes)} merging blocks, "
                                          f"{min(nodes)}-{max(nodes)} per merge"))
+    features = report.get("features")
+    if features:
+        where = "inside the graph (float32), from the waveform" if WAVEFORM_NAME in report["inputs"] else "fed in"
+        lines.append(("features", f"Kaldi fbank {where}: {features['sample_rate']} Hz mono, 25 ms frames every "
+                                  f"10 ms, {features['num_mel_bins']} mel bins, mean {features['mean']:.4g}, std "
+                                  f"{features['std']:.4g}"))
     model = report["model"] or {}
     if model:
         lines.append(("model", f"embed {model.get('embed_dim')}, depth {model.get('depth')}, heads "

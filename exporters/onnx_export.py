@@ -39,7 +39,14 @@ from fastast_deploy.files import prepare_output
 from fastast_deploy.model.fastast import FastAST
 from fastast_deploy.pairs import atomic_pair
 
-from .fbank_graph import FEATURE_FUNCTION, graph_features, input_shape, waveform_features
+from .fbank_graph import (
+    FEATURE_FUNCTION,
+    check_prepended,
+    graph_features,
+    input_shape,
+    prepend_features,
+    waveform_features,
+)
 from .merge_graph import drop_split_counts, merge_node_counts, translation_table
 from .metadata import read_metadata
 from .precision import compute_in_fp32
@@ -279,10 +286,15 @@ def export_onnx(
     if options.precision == "int8":
         from .quantize import export_int8
 
-        traced = to_onnx(model, replace(options, precision="fp32", debug_merges=True))
+        # Waveform-in: the fbank-in graph is quantised on fbank clips, then the float32 features go in front.
+        traced = to_onnx(model, replace(options, precision="fp32", debug_merges=True, input=INPUT_NAME))
         check_graph(traced, model.tome.merge_impl, merging)
         traced = onnx.load_from_string(serialize(traced, metadata))  # tags the merge nodes
         proto, parity = export_int8(model, traced, options, metadata, calibration, quantize, check)
+        if options.input == WAVEFORM_NAME:
+            fbank_in, proto = proto, prepend_features(proto, model, options.batch, options.opset)
+            if check and parity is not None:
+                parity["waveform"] = check_prepended(fbank_in, proto, model, options.batch)
         check_graph(proto, model.tome.merge_impl, merging)
         data = serialize(proto, metadata)
     else:
