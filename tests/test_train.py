@@ -347,6 +347,12 @@ def test_resume_continues_exactly(data: Path, tmp_path: Path) -> None:
     assert not torch.equal(other["head.weight"], whole["head.weight"])
 
 
+def test_resume_refuses_new_settings_naming_the_flags_given(data: Path, tmp_path: Path) -> None:
+    code, output = run("train", *data_args(data), "-o", str(tmp_path / "run"), "--resume", "--epochs", "3")
+    assert code != 0 and "Traceback" not in output
+    assert "drop --train, --val, --labels, --epochs " in output, output
+
+
 def test_multilabel_data_trains_with_map(tmp_path: Path) -> None:
     make_synthetic(tmp_path / "data", SyntheticConfig(classes=4, clips_per_class=5, seconds=0.3, max_events=2))
     code, output = run("train", *data_args(tmp_path / "data"), "-o", str(tmp_path / "run"), *STUDENT)

@@ -158,7 +158,7 @@ def train(ctx: click.Context, train_data: str | None, val_data: str | None, labe
     from fastast_deploy.training.loop import train as run_training
 
     if resume:
-        given = [f"--{p.name.replace('_', '-')}" for p in ctx.command.params
+        given = [max(p.opts, key=len) for p in ctx.command.params
                  if p.name not in RESUME_KEEPS and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
         if given:
             raise ConfigError(f"--resume continues {output} with its saved settings; drop {', '.join(given)} "
