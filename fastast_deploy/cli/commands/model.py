@@ -121,6 +121,11 @@ def export(source: str, output: Path, tome_r: str | None, tome_inflection: float
         click.echo(f"int8 vs fp32 on {result.parity['source']}: top-1 agreement "
                    f"{result.parity['top1_agreement']:.3f}; clips with identical merges per block: {blocks or 'none'}"
                    f"; share of merge pairs kept per block: {pairs or 'none'}")
+        wave = result.parity.get("waveform")
+        if wave:
+            click.echo(f"in-graph features (float32) vs the project's fbank into the int8 model, {wave['inputs']} "
+                       f"waveforms: top-1 agreement {wave['top1_agreement']:.3f}, max |logit diff| "
+                       f"{wave['max_abs_diff']:.3g}")
 
 
 @click.command()
