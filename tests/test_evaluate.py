@@ -105,6 +105,18 @@ def test_onnx_export_scores_the_same(case: dict[str, Any], tmp_path: Path) -> No
     check_report(report, case)
 
 
+def test_waveform_in_export_scores_the_same(case: dict[str, Any], tmp_path: Path) -> None:
+    """The engine computes the features itself: evaluate feeds it each file's audio (its first window)."""
+    pytest.importorskip("onnxruntime")
+    root = case["root"]
+    code, out = run("export", root / "model.safetensors", "-o", tmp_path / "w.onnx", "--input", "waveform")
+    assert code == 0, out
+    code, out = run("evaluate", tmp_path / "w.onnx", "--data", root / "hand.json", "--labels",
+                    root / "data" / "labels.csv", "--json", "--batch", "4")
+    assert code == 0, out
+    check_report(json.loads(out), case)
+
+
 def test_cnn_checkpoint_is_evaluated_and_predicted(case: dict[str, Any], tmp_path: Path) -> None:
     root, labels = case["root"], case["labels"]
     torch.manual_seed(1)

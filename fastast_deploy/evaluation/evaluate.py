@@ -19,6 +19,7 @@ import numpy as np
 
 from fastast_deploy.audio.datasets import Dataset, detect_task, load_dataset
 from fastast_deploy.audio.labels import LabelSet, read_label_csv
+from fastast_deploy.contract import INPUT_NAME, WAVEFORM_NAME
 from fastast_deploy.errors import ConfigError, DatasetError
 from fastast_deploy.evaluation.metrics import accuracy, average_precision, mean_average_precision
 
@@ -54,6 +55,7 @@ class Scorer:
     task: str | None  # as the model records it, None where it does not
     logits: Callable[[np.ndarray], np.ndarray]
     close: Callable[[], None] = lambda: None
+    waveform_samples: int | None = None  # a waveform-in engine: ``logits`` takes (N, samples) waveforms instead
 
 
 def open_scorer(target: str | os.PathLike[str], options: EvaluateOptions = EvaluateOptions()) -> Scorer:
@@ -75,10 +77,14 @@ def _engine_scorer(path: Path, options: EvaluateOptions) -> Scorer:
 
     engine = load_engine(path, provider=options.provider, threads=options.threads)
     export = engine.metadata["export"]
-    _, frames, mels = engine.input_specs["fbank"][0]
-    if export.get("features"):
+    samples = None
+    if WAVEFORM_NAME in engine.input_specs:  # the graph computes the features: it takes the audio itself
+        samples = int(engine.input_specs[WAVEFORM_NAME][0][1])
+        features = FeatureConfig.from_dict(export["features"])
+    elif export.get("features"):
         features = FeatureConfig.from_dict(export["features"])
     else:
+        _, frames, mels = engine.input_specs[INPUT_NAME][0]
         features = FeatureConfig(num_mel_bins=int(mels), frames=int(frames))
     extra = (export.get("source") or {}).get("extra") or {}
     labels = tuple(engine.labels) if engine.labels else None
@@ -87,7 +93,7 @@ def _engine_scorer(path: Path, options: EvaluateOptions) -> Scorer:
         return np.asarray(run_engine(engine, fbank, options.batch)["logits"], dtype=np.float32)
 
     return Scorer(str(path), engine.backend, features, labels, int(export["model"]["num_labels"]),
-                  extra.get("task") if isinstance(extra, dict) else None, logits, engine.close)
+                  extra.get("task") if isinstance(extra, dict) else None, logits, engine.close, samples)
 
 
 def _torch_scorer(source: str | os.PathLike[str], options: EvaluateOptions) -> Scorer:
@@ -149,8 +155,12 @@ def evaluate(target: str | os.PathLike[str], data: str | os.PathLike[str], label
     try:
         columns = label_columns(dataset, scorer)
         features = scorer.features
-        fbank = normalize_cache(fbank_cache([e.path for e in dataset.examples], features), features).numpy()
-        logits = scorer.logits(fbank.astype(np.float32, copy=False))
+        files = [e.path for e in dataset.examples]
+        if scorer.waveform_samples is not None:
+            logits = _waveform_logits(scorer, files, options.batch)
+        else:
+            fbank = normalize_cache(fbank_cache(files, features), features).numpy()
+            logits = scorer.logits(fbank.astype(np.float32, copy=False))
     finally:
         scorer.close()
     if not np.isfinite(logits).all():
@@ -165,6 +175,20 @@ def evaluate(target: str | os.PathLike[str], data: str | os.PathLike[str], label
     }
     report.update(score(logits[:, columns], targets, dataset.labels.names, task))
     return report
+
+
+def _waveform_logits(scorer: Scorer, files: list[Any], batch: int) -> np.ndarray:
+    """Logits of a waveform-in engine, ``batch`` files at a time: each file's first window at the model's rate, NaN
+    past its end (the graph's padding), as training's fbank of a clip takes its first frames."""
+    from fastast_deploy.evaluation.inputs import first_window
+
+    samples = scorer.waveform_samples
+    assert samples is not None
+    outs = []
+    for start in range(0, len(files), batch):
+        waves = np.stack([first_window(f, scorer.features, samples) for f in files[start : start + batch]])
+        outs.append(scorer.logits(waves))
+    return np.concatenate(outs)
 
 
 def score(logits: np.ndarray, targets: np.ndarray, names: tuple[str, ...], task: str) -> dict[str, Any]:
