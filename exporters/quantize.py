@@ -72,7 +72,7 @@ def load_calibration(spec: str | os.PathLike, frames: int, mel: int, export: dic
     """Model inputs (N, frames, mel) float32 from ``spec``: an .npz with an ``fbank`` array of model inputs, or any
     data the project reads (a folder of audio or one folder per class, an AST data .json, an ESC-50 style .csv, a
     Polygraphy inputs .json), turned into inputs with the model's feature settings (``export["features"]``)."""
-    from fastast_deploy.evaluation.inputs import load_inputs
+    from fastast_deploy.evaluation.inputs import is_ast_data_json, load_inputs
 
     path = Path(spec)
     if not path.exists():
@@ -82,7 +82,7 @@ def load_calibration(spec: str | os.PathLike, frames: int, mel: int, export: dic
         raise CalibrationError(f"--calib {spec}: a {path.suffix or 'suffix-less'} file; expected an .npz, a .json, "
                                "a .csv or a folder")
     try:
-        if path.suffix == ".csv" or path.suffix == ".json" and _is_data_json(path):
+        if path.suffix == ".csv" or path.suffix == ".json" and is_ast_data_json(path):
             fbank = _listed_audio(path, export)
         else:
             fbank = load_inputs(str(path), 0, frames, mel, 0, export).fbank
@@ -96,16 +96,6 @@ def load_calibration(spec: str | os.PathLike, frames: int, mel: int, export: dic
     if bad:
         raise CalibrationError(f"--calib {spec}: {bad} of {len(fbank)} clips hold NaN or inf")
     return np.ascontiguousarray(fbank[:limit], dtype=np.float32)
-
-
-def _is_data_json(path: Path) -> bool:
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(data, dict) and isinstance(data.get("data"), list)
 
 
 def _listed_audio(path: Path, export: dict[str, Any]) -> np.ndarray:

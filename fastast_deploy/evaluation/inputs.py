@@ -59,7 +59,7 @@ def load_inputs(spec: str, num: int, frames: int, mel: int, seed: int, export: d
     if path.suffix == ".npz":
         return _checked(InputSet(_npz_array(path, "fbank"), [], str(path)), frames, mel)
     if path.suffix == ".json":
-        if _is_ast_data_json(path):
+        if is_ast_data_json(path):
             return _data_json(path, labels_csv, export)
         return _checked(InputSet(_polygraphy_inputs(path), [], str(path)), frames, mel)
     raise VerifyUsageError(f"--inputs {spec}: expected random, a folder, an .npz or a Polygraphy .json")
@@ -137,7 +137,8 @@ def _audio_folder(path: Path, export: dict[str, Any]) -> InputSet:
     return InputSet(np.stack(arrays), names, str(path), known if (known >= 0).all() else None, skipped, read)
 
 
-def _is_ast_data_json(path: Path) -> bool:
+def is_ast_data_json(path: Path) -> bool:
+    """Whether ``path`` holds an AST data file, ``{"data": [...]}`` (not, e.g., a Polygraphy inputs .json)."""
     import json
 
     try:
@@ -257,7 +258,7 @@ def load_waveform_inputs(spec: str, num: int, samples: int, seed: int, export: d
         return InputSet(reference_fbank(waves, config), [f"random-{i}" for i in range(num)],
                         f"random waveforms (seed {seed})", waveform=waves)
     path = Path(spec)
-    if not (path.is_dir() or path.suffix == ".json" and path.is_file() and _is_ast_data_json(path)):
+    if not (path.is_dir() or path.suffix == ".json" and path.is_file() and is_ast_data_json(path)):
         raise VerifyUsageError(f"--inputs {spec}: a waveform-in engine takes random, a folder of audio or an AST "
                                "data .json (fbank arrays are no input for it)")
     inputs = load_inputs(spec, num, config.frames, config.num_mel_bins, seed, export, labels_csv)
