@@ -44,7 +44,7 @@ from .fbank_graph import (
     check_prepended,
     graph_features,
     input_shape,
-    prepend_features,
+    join_features,
     waveform_features,
 )
 from .merge_graph import drop_split_counts, merge_node_counts, translation_table
@@ -113,36 +113,45 @@ class _ExportGraph(nn.Module):
 
 
 def to_onnx(model: FastAST, options: ExportOptions) -> onnx.ModelProto:
-    """Trace with torch.export and convert with the dynamo exporter; constants folded by its optimizer."""
+    """The model (and, for ``--input waveform``, its fbank in front) as ONNX, through `trace`."""
     model = copy.deepcopy(model).eval()
     if options.precision == "fp16":
         model = model.half()  # matching and weighted merges still run in float32 (see fastast_deploy.model.tome)
     features = waveform_features(model) if options.input == WAVEFORM_NAME else None
     graph = _ExportGraph(model, options.debug_merges, features)
-    example_batch = options.batch or 2  # 2, not 1: an example batch of 1 would be specialised away
-    example = torch.zeros(example_batch, *input_shape(model, options.input))
-    dynamic = None if options.batch else ({0: torch.export.Dim("batch", min=1, max=4096)},)
     output_names = [OUTPUT_NAME] + (merge_output_names(model.schedule) if options.debug_merges else [])
+    proto = trace(graph, input_shape(model, options.input), options.input, output_names, options.batch,
+                  options.opset)
+    drop_split_counts(proto)
+    if options.precision == "fp16":  # LayerNorm / Softmax compute in fp32 between Casts (trt_ops.FP32_COMPUTE_OPS)
+        compute_in_fp32(proto)
+    return proto
+
+
+def trace(module: nn.Module, shape: tuple[int, ...], input_name: str, output_names: list[str], batch: int | None,
+          opset: int) -> onnx.ModelProto:
+    """``module`` on inputs (batch, *shape) traced with torch.export and converted by the dynamo exporter,
+    constants folded by its optimizer; ``batch`` None: a dynamic batch, named "batch" on every graph input and
+    output. FastASTError with the gist of the exporter's report when it fails."""
+    example = torch.zeros(batch or 2, *shape)  # 2, not 1: an example batch of 1 would be specialised away
+    dynamic = None if batch else ({0: torch.export.Dim("batch", min=1, max=4096)},)
     # The exporter logs a warning for every optional torchvision op it cannot register: noise for this model.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(
-                graph, (example,), dynamo=True, input_names=[options.input], output_names=output_names,
-                dynamic_shapes=dynamic, opset_version=options.opset, external_data=False, optimize=True,
+                module, (example,), dynamo=True, input_names=[input_name], output_names=output_names,
+                dynamic_shapes=dynamic, opset_version=opset, external_data=False, optimize=True,
                 verbose=False, custom_translation_table=translation_table(),
             )
         except Exception as err:  # the exporter's own errors are long multi-page reports
             raise FastASTError(f"torch.onnx.export failed: {error_summary(err)}") from err
     proto = program.model_proto
-    drop_split_counts(proto)
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    if opset != options.opset:
-        raise FastASTError(f"the exporter produced opset {opset}, not the requested {options.opset}")
-    if options.precision == "fp16":  # LayerNorm / Softmax compute in fp32 between Casts (trt_ops.FP32_COMPUTE_OPS)
-        compute_in_fp32(proto)
-    if options.batch is None:  # name the symbolic dim "batch" on every graph input and output
+    produced = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if produced != opset:
+        raise FastASTError(f"the exporter produced opset {produced}, not the requested {opset}")
+    if batch is None:  # name the symbolic dim "batch" on every graph input and output
         for value in list(proto.graph.input) + list(proto.graph.output):
             dim = value.type.tensor_type.shape.dim[0]
             if not dim.HasField("dim_value"):
@@ -292,7 +301,9 @@ def export_onnx(
         traced = onnx.load_from_string(serialize(traced, metadata))  # tags the merge nodes
         proto, parity = export_int8(model, traced, options, metadata, calibration, quantize, check)
         if options.input == WAVEFORM_NAME:
-            fbank_in, proto = proto, prepend_features(proto, model, options.batch, options.opset)
+            front = trace(waveform_features(model).eval(), input_shape(model, WAVEFORM_NAME), WAVEFORM_NAME,
+                          [INPUT_NAME], options.batch, options.opset)
+            fbank_in, proto = proto, join_features(front, proto)
             if check and parity is not None:
                 parity["waveform"] = check_prepended(fbank_in, proto, model, options.batch)
         check_graph(proto, model.tome.merge_impl, merging)
