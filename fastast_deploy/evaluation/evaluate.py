@@ -19,7 +19,6 @@ import numpy as np
 
 from fastast_deploy.audio.datasets import Dataset, detect_task, load_dataset
 from fastast_deploy.audio.labels import LabelSet, read_label_csv
-from fastast_deploy.contract import INPUT_NAME, WAVEFORM_NAME
 from fastast_deploy.errors import ConfigError, DatasetError
 from fastast_deploy.evaluation.metrics import accuracy, average_precision, mean_average_precision
 
@@ -71,21 +70,14 @@ def open_scorer(target: str | os.PathLike[str], options: EvaluateOptions = Evalu
 
 
 def _engine_scorer(path: Path, options: EvaluateOptions) -> Scorer:
-    from fastast_deploy.audio.features import FeatureConfig
     from fastast_deploy.engines import load_engine
     from fastast_deploy.evaluation.verify import run_engine
+    from fastast_deploy.serving.predict import engine_features
 
     engine = load_engine(path, provider=options.provider, threads=options.threads)
     export = engine.metadata["export"]
-    samples = None
-    if WAVEFORM_NAME in engine.input_specs:  # the graph computes the features: it takes the audio itself
-        samples = int(engine.input_specs[WAVEFORM_NAME][0][1])
-        features = FeatureConfig.from_dict(export["features"])
-    elif export.get("features"):
-        features = FeatureConfig.from_dict(export["features"])
-    else:
-        _, frames, mels = engine.input_specs[INPUT_NAME][0]
-        features = FeatureConfig(num_mel_bins=int(mels), frames=int(frames))
+    # A waveform-in graph computes the features itself (samples not None): it takes each clip's audio.
+    features, samples, _ = engine_features(path, engine)
     extra = (export.get("source") or {}).get("extra") or {}
     labels = tuple(engine.labels) if engine.labels else None
 
@@ -157,7 +149,7 @@ def evaluate(target: str | os.PathLike[str], data: str | os.PathLike[str], label
         features = scorer.features
         files = [e.path for e in dataset.examples]
         if scorer.waveform_samples is not None:
-            logits = _waveform_logits(scorer, files, options.batch)
+            logits = _waveform_logits(scorer, files, scorer.waveform_samples, options.batch)
         else:
             fbank = normalize_cache(fbank_cache(files, features), features).numpy()
             logits = scorer.logits(fbank.astype(np.float32, copy=False))
@@ -177,13 +169,11 @@ def evaluate(target: str | os.PathLike[str], data: str | os.PathLike[str], label
     return report
 
 
-def _waveform_logits(scorer: Scorer, files: list[Any], batch: int) -> np.ndarray:
+def _waveform_logits(scorer: Scorer, files: list[Any], samples: int, batch: int) -> np.ndarray:
     """Logits of a waveform-in engine, ``batch`` files at a time: each file's first window at the model's rate, NaN
     past its end (the graph's padding), as training's fbank of a clip takes its first frames."""
     from fastast_deploy.evaluation.inputs import first_window
 
-    samples = scorer.waveform_samples
-    assert samples is not None
     outs = []
     for start in range(0, len(files), batch):
         waves = np.stack([first_window(f, scorer.features, samples) for f in files[start : start + batch]])

@@ -140,16 +140,41 @@ def open_classifier(target: str | os.PathLike, provider: str | None = None, thre
 
 
 def _engine_classifier(path: Path, provider: str | None, threads: int | None = None) -> Classifier:
-    from fastast_deploy.audio.features import FeatureConfig
     from fastast_deploy.engines import load_engine
 
     engine = load_engine(path, provider=provider, threads=threads)
     export = engine.metadata["export"]
-    name = next(iter(engine.input_specs))
     num_labels = int(engine.output_specs[OUTPUT_NAME][0][-1])
     task = _task((export.get("source") or {}).get("extra"))
-    if name == WAVEFORM_NAME:
-        return _waveform_classifier(path, engine, task, num_labels)
+    features, samples, notes = engine_features(path, engine)
+    name = INPUT_NAME if samples is None else WAVEFORM_NAME
+
+    def infer(x: np.ndarray) -> np.ndarray:
+        return np.asarray(engine.infer({name: x})[OUTPUT_NAME], dtype=np.float32)
+
+    return Classifier(str(path), engine.backend, features, _names(engine.labels, num_labels), task,
+                      engine.batch_range, infer, engine.close, notes, name, samples)
+
+
+def engine_features(path: Path, engine: Any) -> tuple[FeatureConfig, int | None, list[str]]:
+    """The feature settings an engine's input is made with, its window in samples where it takes waveforms (the
+    graph computes the fbank) else None, and notes; ConfigError, the engine closed, where the settings recorded
+    at export do not give the graph's input."""
+    from fastast_deploy.audio.features import FeatureConfig
+    from fastast_deploy.audio.windows import waveform_samples
+
+    export = engine.metadata["export"]
+    if WAVEFORM_NAME in engine.input_specs:
+        samples = int(engine.input_specs[WAVEFORM_NAME][0][1])
+        if not export.get("features"):
+            engine.close()
+            raise ConfigError(f"{path} takes waveforms but records no feature settings; re-export the model")
+        features = FeatureConfig.from_dict(export["features"])
+        if samples != waveform_samples(features):
+            engine.close()
+            raise ConfigError(f"{path}: its feature settings give windows of {waveform_samples(features)} samples, "
+                              f"the graph takes {samples}; re-export the model")
+        return features, samples, []
     _, frames, mels = engine.input_specs[INPUT_NAME][0]
     notes = []
     if export.get("features"):
@@ -161,34 +186,7 @@ def _engine_classifier(path: Path, provider: str | None, threads: int | None = N
         engine.close()
         raise ConfigError(f"{path}: its feature settings give {features.frames} x {features.num_mel_bins} inputs, "
                           f"the graph takes {frames} x {mels}; re-export the model")
-
-    def infer(fbank: np.ndarray) -> np.ndarray:
-        return np.asarray(engine.infer({INPUT_NAME: fbank})[OUTPUT_NAME], dtype=np.float32)
-
-    return Classifier(str(path), engine.backend, features, _names(engine.labels, num_labels), task,
-                      engine.batch_range, infer, engine.close, notes)
-
-
-def _waveform_classifier(path: Path, engine: Any, task: str | None, num_labels: int) -> Classifier:
-    from fastast_deploy.audio.features import FeatureConfig
-    from fastast_deploy.audio.windows import waveform_samples
-
-    export = engine.metadata["export"]
-    samples = int(engine.input_specs[WAVEFORM_NAME][0][1])
-    if not export.get("features"):
-        engine.close()
-        raise ConfigError(f"{path} takes waveforms but records no feature settings; re-export the model")
-    features = FeatureConfig.from_dict(export["features"])
-    if samples != waveform_samples(features):
-        engine.close()
-        raise ConfigError(f"{path}: its feature settings give windows of {waveform_samples(features)} samples, the "
-                          f"graph takes {samples}; re-export the model")
-
-    def infer(waveforms: np.ndarray) -> np.ndarray:
-        return np.asarray(engine.infer({WAVEFORM_NAME: waveforms})[OUTPUT_NAME], dtype=np.float32)
-
-    return Classifier(str(path), engine.backend, features, _names(engine.labels, num_labels), task,
-                      engine.batch_range, infer, engine.close, [], WAVEFORM_NAME, samples)
+    return features, None, notes
 
 
 def _torch_classifier(source: str | os.PathLike, threads: int | None = None) -> Classifier:
