@@ -1,4 +1,5 @@
-"""The ONNX form of one block's Token Merging (``fastast::tome_merge``, see fastast_deploy.model.tome): 20 nodes.
+"""The ONNX form of one block's Token Merging (``fastast::tome_merge``, see fastast_deploy.model.tome): 20 nodes
+(19 in the first merging block, where every size is 1).
 
 The dynamo exporter writes the PyTorch merge as ~60 nodes, most of them Shape / Slice / Unsqueeze / Reshape /
 Expand plumbing for the batch offsets of row gathers. This translation, handed to ``torch.onnx.export`` through
@@ -8,12 +9,18 @@ at export time, in ops that ONNX Runtime and TensorRT both run natively (no Scat
 - the matching works in token-position space: scores of every token (B, N, |B| - 1) against the B tokens but
   dist, one TopK(k=1) for each token's best partner and its score together, then a constant bias ranks
   cls and dist below every A token and the B tokens below those, so one descending TopK over all N positions,
-  split in three, gives the sources (best first), the kept tokens (cls and dist among them) and nothing else;
+  split in three, gives the sources (best first), the kept tokens (cls and dist among them) and the B tokens;
   an ascending TopK puts the kept positions back in order. ONNX defines TopK to put the lower index first among
   equal values, as PyTorch's stable sort and first-maximum argmax do, so ties break the same way;
 - tokens and sizes travel as one tensor z = [x * s, s] (B, N, C + 1): one GatherND (batch_dims=1, so no batch
-  offsets) per row set, and the one-hot scatter of sources into destinations plus both weighted sums are one
-  OneHot and one Einsum over z; one Split and one Div at the end.
+  offsets) takes the sources' rows, and one more takes every row the output keeps, already in output order (cls,
+  dist, kept A tokens ascending, then the B tokens); the sources are added into their destinations' output rows by
+  one OneHot and one MatMul over z, which adds both weighted sums at once; one Split and one Div at the end.
+  The one-hot product is a MatMul rather than an Einsum: ONNX Runtime 1.32's CPU Einsum ran it 2.3-4.4x slower
+  (AST-small, T = 512, block 0, batch 8 and 1). A constant table maps each destination to its output row and drops
+  the trailing dim that the MatMul layout cannot have, in one GatherND. The scores stay one Einsum (a MatMul
+  would need a Transpose too, the 21st node), and TopK(k=1) stays (ArgMax + ReduceMax is one node more and no
+  faster on ONNX Runtime's CPU).
 The matching and the sums run in float32 whatever the model dtype (Cast nodes only in fp16 / bf16 graphs).
 """
 
@@ -65,21 +72,24 @@ def tome_merge(x: ir.Value, size: ir.Value | None, metric: ir.Value, r: int) -> 
     best, partner = op.TopK(scores, one, axis=-1, largest=1, sorted=1)  # (B, N, 1) each
     keys = op.Add(best, op.Constant(value=ir.tensor(rank_bias(n))))  # (B, N, 1)
     _, order = op.TopK(keys, _const([n]), axis=1, largest=1, sorted=1)  # (B, N, 1) positions, best first
-    src, kept_pos, _ = op.Split(order, _const([r, kept, t2 - 1]), axis=1, num_outputs=3)
+    src, kept_pos, b_pos = op.Split(order, _const([r, kept, t2 - 1]), axis=1, num_outputs=3)
     kept_pos, _ = op.TopK(kept_pos, _const([kept]), axis=1, largest=0, sorted=1)  # (B, kept, 1) ascending
     dst = op.GatherElements(partner, src, axis=1)  # (B, r, 1): index among the B tokens but dist
+    # Where B token k lands in the output (cls, dist, kept A tokens, then the B tokens in order): row kept + k.
+    # A GatherND into that table also drops the trailing 1, which the one-hot MatMul below needs gone.
+    dst_row = op.GatherND(_const(np.arange(kept, kept + t2 - 1)), dst)  # (B, r)
 
-    # Weighted merge of z = [x * s, s].
+    # Weighted merge of z = [x * s, s]: the kept rows and the B tokens gathered in output order, plus the
+    # sources added into their destinations as one one-hot MatMul.
     xf = _float(x)
     if size is None:
         z = op.Pad(xf, _const([0, 0, 0, 0, 0, 1]), op.Constant(value=ir.tensor(np.float32(1.0))))
     else:
         z = op.Concat(op.Mul(xf, size), size, axis=-1)  # (B, N, C + 1)
-    onehot = op.OneHot(dst, _const([t2 - 1]), op.Constant(value=ir.tensor(np.array([0, 1], np.float32))),
-                       axis=-1)  # (B, r, 1, t2 - 1)
-    added = op.Einsum(onehot, op.GatherND(z, src, batch_dims=1), equation="brxj,brc->bjc")  # (B, t2 - 1, C + 1)
-    dst_z = op.Add(op.Slice(z, *odd_from_3), added)
-    merged = op.Concat(op.GatherND(z, kept_pos, batch_dims=1), dst_z, axis=1)  # (B, N - r, C + 1)
+    onehot = op.OneHot(dst_row, _const([n - r]), op.Constant(value=ir.tensor(np.array([0, 1], np.float32))),
+                       axis=1)  # (B, N - r, r): column k marks the output row source k adds into
+    rows = op.GatherND(z, op.Concat(kept_pos, b_pos, axis=1), batch_dims=1)  # (B, N - r, C + 1)
+    merged = op.Add(rows, op.MatMul(onehot, op.GatherND(z, src, batch_dims=1)))  # (B, N - r, C + 1)
     sums, new_size = op.Split(merged, _const([c, 1]), axis=-1, num_outputs=2)
     merged_x = op.Div(sums, new_size)
     if x.dtype != ir.DataType.FLOAT:  # a Cast to float32 itself would survive: the exporter cannot type Splits
