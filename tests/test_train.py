@@ -204,6 +204,16 @@ def test_recipes_fill_what_is_not_given() -> None:
     tuned = TrainConfig(model="some/checkpoint.safetensors").resolved()
     assert tuned.lr == RECIPES["finetune"].lr
     assert TrainConfig(teacher_logits="t.npz").resolved().teacher_inputs == "clean"
+    from fastast_deploy.training.config import KD_RECIPES
+
+    for mode, kd in KD_RECIPES.items():  # the KD weight and temperature follow the mode unless given
+        arch = "fastast" if mode.startswith("deit") else "compact-cnn"
+        got = TrainConfig(arch=arch, kd_mode=mode, teacher="t").resolved()
+        assert (got.kd_lambda, got.kd_tau) == (kd.kd_lambda, kd.kd_tau)
+    auto = TrainConfig(teacher="t").resolved()
+    assert (auto.kd_mode, auto.kd_lambda, auto.kd_tau) == ("soft", 0.1, 4.0)
+    given = TrainConfig(teacher="t", kd_lambda=0.7, kd_tau=2.0).resolved()
+    assert (given.kd_lambda, given.kd_tau) == (0.7, 2.0)
     assert TrainConfig(teacher="t").resolved().teacher_inputs == "augmented"
     with pytest.raises(ConfigError, match="--teacher-inputs clean"):
         TrainConfig(teacher_logits="t.npz", teacher_inputs="augmented")
@@ -299,7 +309,7 @@ def test_threads_and_the_online_teacher(teacher_run: Path, data: Path, tmp_path:
                            "--kd-mode", "deit-soft", *STUDENT, "--stop-after", "1")
         assert code == 0, output
         assert torch.get_num_threads() == 1
-        assert "--kd-mode deit-soft, teacher on the augmented batches" in output
+        assert "--kd-mode deit-soft, --kd-lambda 0.1, --kd-tau 4, teacher on the augmented batches" in output
         assert json.loads((out / "config.json").read_text())["threads"] == 1
         assert metrics(out)[0]["kd_loss"] > 0
     finally:

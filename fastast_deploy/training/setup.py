@@ -145,8 +145,10 @@ def prepare(config: TrainConfig, dist: Distributed, log: Log, progress: bool, re
         f"{prep.chance:.4f}")
     if teacher is not None:
         _teacher_logits(config, teacher, prep, train_ds, val_ds, train_raw, val_raw, dist)
-        log(f"teacher {config.teacher}: {name} {prep.teacher_metric:.4f}; --kd-mode {config.kd_mode}, teacher on "
-            f"the {config.teacher_inputs} {'batches' if config.teacher_inputs == 'augmented' else 'clips'}")
+        tau = f", --kd-tau {config.kd_tau:g}" if "soft" in config.kd_mode else ""
+        log(f"teacher {config.teacher}: {name} {prep.teacher_metric:.4f}; --kd-mode {config.kd_mode}, --kd-lambda "
+            f"{config.kd_lambda:g}{tau}, teacher on the {config.teacher_inputs} "
+            f"{'batches' if config.teacher_inputs == 'augmented' else 'clips'}")
         if config.teacher_inputs == "augmented":
             prep.online_teacher = _online_teacher(teacher, prep.features, config.teacher).to(dist.device)
         if dist.rank == 0:

@@ -10,11 +10,26 @@ from click.core import ParameterSource
 from fastast_deploy.audio.synthetic import SyntheticConfig
 from fastast_deploy.cli.commands.options import parse_r
 from fastast_deploy.errors import ConfigError
-from fastast_deploy.training.config import ARCHS, AUTO_KD_MODE, KD_MODES, RECIPES, TEACHER_INPUTS, TrainConfig
+from fastast_deploy.training.config import (
+    ARCHS,
+    AUTO_KD_MODE,
+    KD_MODES,
+    KD_RECIPES,
+    RECIPES,
+    TEACHER_INPUTS,
+    TrainConfig,
+)
 
 _S = SyntheticConfig()
 _T = TrainConfig()
 RESUME_KEEPS = ("output", "resume", "stop_after", "device", "threads", "quiet")  # the only options a resume may give
+
+
+def _kd_recipe(field: str) -> str:
+    """The per-mode defaults of one KD setting, for help text: "[default: soft 0.1, ..., measured ...]"."""
+    modes = KD_RECIPES if field == "kd_lambda" else {m: r for m, r in KD_RECIPES.items() if "soft" in m}
+    values = ", ".join(f"{mode} {getattr(r, field):g}" for mode, r in modes.items())
+    return f"[default: {values}; measured in benchmarks/bench_distill.py]"
 
 
 def _recipe(field: str) -> str:
@@ -105,10 +120,11 @@ def synthetic(output: Path, classes: int, clips_per_class: int, seconds: float, 
               help="augmented: the teacher answers on the student's augmented batch each step; clean: its logits "
               "of the clean clips, computed once (the only choice with --teacher-logits). auto: augmented with "
               "--teacher, clean with --teacher-logits.")
-@click.option("--kd-lambda", type=click.FloatRange(0.0, 1.0), default=_T.kd_lambda, show_default=True,
-              help="Weight of the label loss; 1 - lambda weighs the distillation loss.")
-@click.option("--kd-tau", type=click.FloatRange(0.0, min_open=True), default=_T.kd_tau, show_default=True,
-              help="Distillation temperature.")
+@click.option("--kd-lambda", type=click.FloatRange(0.0, 1.0), default=None,
+              help=f"Weight of the label loss; 1 - lambda weighs the distillation loss. {_kd_recipe('kd_lambda')}")
+@click.option("--kd-tau", type=click.FloatRange(0.0, min_open=True), default=None,
+              help=f"Distillation temperature of the soft modes (at tau 1 a confident teacher's softmax is nearly "
+              f"its one-hot decision). {_kd_recipe('kd_tau')}")
 @click.option("--task", type=click.Choice(["auto", "multilabel", "singlelabel"]), default=_T.task,
               show_default=True, help="auto: single-label when every clip has one label.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help=f"Length. {_recipe('epochs')}")
@@ -144,7 +160,8 @@ def synthetic(output: Path, classes: int, clips_per_class: int, seconds: float, 
 def train(ctx: click.Context, train_data: str | None, val_data: str | None, labels: str | None, output: Path,
           model: str, arch: str, depth: int | None, frames: int | None, mel_bins: int, feature_stats: str,
           tome_r: str | None, tome_inflection: float, no_prop_attn: bool, cnn_width: int, teacher: str | None,
-          teacher_logits: str | None, kd_mode: str, teacher_inputs: str, kd_lambda: float, kd_tau: float, task: str,
+          teacher_logits: str | None, kd_mode: str, teacher_inputs: str, kd_lambda: float | None,
+          kd_tau: float | None, task: str,
           epochs: int | None, batch_size: int, lr: float | None, weight_decay: float, warmup_epochs: float | None,
           grad_clip: float, freqm: int | None, timem: int | None, mixup: float, mixup_alpha: float,
           val_fold: int | None, skip_missing: bool, seed: int, threads: int | None, device: str, no_amp: bool,
