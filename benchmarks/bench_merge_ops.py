@@ -76,6 +76,9 @@ def main() -> None:
         for threads in (int(t) for t in args.threads.split(",")):
             options = ort.SessionOptions()
             options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+            # No spinning: the pools of the sessions not running would otherwise spin on the cores the running
+            # one needs (the calls here take microseconds, as long as a pool spins).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             sessions = {k: (ort.InferenceSession(m, options, providers=["CPUExecutionProvider"]), feed)
                         for k, (m, feed) in models.items()}
             timings = time_interleaved({k: (lambda s=s, f=f: s.run(None, f)) for k, (s, f) in sessions.items()},
