@@ -42,7 +42,7 @@ def assert_matches_torch(model: FastAST, path: Path, batches: tuple[int, ...]) -
             np.testing.assert_array_equal(g, w)  # identical merge decisions
 
 
-@pytest.mark.parametrize("r", [0, 8, 16])
+@pytest.mark.parametrize("r", [0, 7, 8, 16, 100])  # 7: odd token counts; 100: clipped, every A token but cls merged
 def test_tiny_dynamic_batch_matches_pytorch(tmp_path: Path, r: int) -> None:
     model = tiny_model(r)
     out = export_onnx(model, tmp_path / "m.onnx", ExportOptions(debug_merges=True)).path
