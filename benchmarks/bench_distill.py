@@ -88,7 +88,7 @@ def throughput(work: Path, ast: Path, fastast: Path, batch: int, rounds: int) ->
     import torch
 
     from fastast_deploy.checkpoints.native import load_model
-    from fastast_deploy.evaluation.timing import time_interleaved
+    from fastast_deploy.evaluation.timing import CPU_REWARM_S, time_interleaved
 
     torch.set_num_threads(1)
     models = {"ast": load_model(ast / "best").eval(), "fastast": load_model(fastast / "best").eval()}
@@ -96,7 +96,7 @@ def throughput(work: Path, ast: Path, fastast: Path, batch: int, rounds: int) ->
     x = torch.randn(batch, cfg.input_frames, cfg.num_mel_bins) * 0.5
     with torch.inference_mode():
         eager = time_interleaved({k: (lambda m=m: m(x)) for k, m in models.items()}, batch=batch, warmup=3,
-                                 rounds=rounds)
+                                 rounds=rounds, rewarm_s=CPU_REWARM_S)
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     sessions = {}
@@ -106,7 +106,7 @@ def throughput(work: Path, ast: Path, fastast: Path, batch: int, rounds: int) ->
         sessions[kind] = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     feed = {sessions["ast"].get_inputs()[0].name: x.numpy().astype(np.float32)}
     engine = time_interleaved({k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}, batch=batch,
-                              warmup=3, rounds=rounds)
+                              warmup=3, rounds=rounds, rewarm_s=CPU_REWARM_S)
     out: dict[str, float] = {}
     for where, timings in (("pytorch", eager), ("onnxruntime", engine)):
         for kind, timing in timings.items():

@@ -24,7 +24,7 @@ import onnxruntime as ort
 import torch
 
 from fastast_deploy.evaluation.metrics import fbank_like
-from fastast_deploy.evaluation.timing import time_interleaved
+from fastast_deploy.evaluation.timing import CPU_REWARM_S, time_interleaved
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
 from fastast_deploy.exporters.quantize import QuantizeOptions
 from fastast_deploy.model.config import ModelConfig, TomeConfig
@@ -82,7 +82,7 @@ def main() -> None:
     for batch in (int(b) for b in args.batches.split(",")):
         feed = {"fbank": fbank_like(batch, config.input_frames, config.num_mel_bins, seed=7)}
         timed = time_interleaved({name: partial(s.run, None, feed) for name, s in sessions.items()}, batch=batch,
-                                 warmup=2, rounds=args.rounds)
+                                 warmup=2, rounds=args.rounds, rewarm_s=CPU_REWARM_S)
         ms = {name: t.latency_ms_p50 for name, t in timed.items()}
         row = {"latency_ms_p50": ms, "int8_vs_fp32_same_r": ms[fp32] / ms[int8],
                "int8_fastast_vs_fp32_r0": ms["fp32 r=0"] / ms[int8],

@@ -28,7 +28,7 @@ import onnxruntime as ort
 import torch
 
 from fastast_deploy.checkpoints.native import load_model
-from fastast_deploy.evaluation.timing import time_interleaved
+from fastast_deploy.evaluation.timing import CPU_REWARM_S, time_interleaved
 from fastast_deploy.exporters.onnx_export import PART_KEY, ExportOptions, export_onnx
 from fastast_deploy.exporters.parity import fbank_like
 from fastast_deploy.model.config import SIZES
@@ -46,7 +46,7 @@ def session(path: Path, threads: int | None, profile: bool = False) -> ort.Infer
 
 def median_times(runners: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Median seconds per call of each runner; one warm-up each, then repetitions interleaved across runners."""
-    timed = time_interleaved(runners, warmup=1, rounds=repeats)
+    timed = time_interleaved(runners, warmup=1, rounds=repeats, rewarm_s=CPU_REWARM_S)
     return {name: t.latency_ms_p50 / 1e3 for name, t in timed.items()}
 
 
@@ -84,23 +84,26 @@ def export_hf_like_users_do(hf_dir: Path, path: Path) -> Path:
 
 
 def merge_share(path: Path, x: np.ndarray, threads: int | None, runs: int = 3) -> tuple[float, int]:
-    """Fraction of node kernel time spent in merge nodes, from ORT's profiler; and how many merge nodes ran."""
+    """Fraction of node kernel time spent in merge nodes, from ORT's profiler, over ``runs`` runs after one
+    untimed warm-up run; and how many merge nodes ran."""
     merge_nodes = {n.name for n in onnx.load(str(path)).graph.node
                    if any(p.key == PART_KEY and p.value == "merge" for p in n.metadata_props)}
     sess = session(path, threads, profile=True)
-    for _ in range(runs):
+    for _ in range(1 + runs):
         sess.run(None, {"fbank": x})
     profile = Path(sess.end_profiling())
     events = json.loads(profile.read_text())
     profile.unlink()
+    warm_end = min((e["ts"] + e["dur"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run"),
+                   default=0)  # the warm-up run (first allocations) ends here
     total = merged = 0.0
     seen = set()
     for event in events:
-        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time") or event["ts"] < warm_end:
             continue
         name = event["name"][: -len("_kernel_time")]
         total += event["dur"]
-        if name in merge_nodes:
+        if name.split("/")[0] in merge_nodes:  # a node ORT fused is named "<first node>/<fusion>/"
             merged += event["dur"]
             seen.add(name)
     return merged / total, len(seen)

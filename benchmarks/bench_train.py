@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from fastast_deploy.evaluation.timing import cpu_name, time_interleaved
+from fastast_deploy.evaluation.timing import CPU_REWARM_S, cpu_name, time_interleaved
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
 from fastast_deploy.model.flops import flop_ratio
@@ -97,7 +97,8 @@ def bench_steps(args: argparse.Namespace) -> list[dict]:
         kd = teacher_targets(torch.randn(args.batch, args.labels, device=args.device), "singlelabel", 1.0)
         # interleaved: drifting machine load hits every r alike
         timed = time_interleaved({r: partial(step, models[r], optimizers[r], x, y, kd, args.device) for r in args.r},
-                                 batch=args.batch, warmup=1, rounds=args.repeats)
+                                 batch=args.batch, warmup=1, rounds=args.repeats,
+                                 rewarm_s=CPU_REWARM_S if args.device == "cpu" else 0.0)
         base_time = timed[args.r[0]].latency_ms_p50 / 1e3
         for r in args.r:
             t = timed[r].latency_ms_p50 / 1e3

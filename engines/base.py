@@ -132,6 +132,13 @@ class Engine(abc.ABC):
 
     backend: ClassVar[str]
 
+    @property
+    def rewarm_s(self) -> float:
+        """How long this engine runs untimed before each timed call when timed beside others
+        (``time_interleaved(rewarm_s=...)``): the steady state a stream of requests finds. 0 unless a backend
+        says otherwise."""
+        return 0.0
+
     def __init__(self, path: Path, metadata: dict[str, Any]) -> None:
         self.path = Path(path)
         self._metadata = metadata

@@ -254,6 +254,14 @@ class OnnxRuntimeEngine(Engine):
     def providers(self) -> list[str]:
         return list(self._session.get_providers()) if self._session is not None else []
 
+    @property
+    def rewarm_s(self) -> float:
+        """CPU_REWARM_S where the CPU provider runs the graph (a CPU call is slower after a pause or another run's
+        call; evaluation.timing says how much)."""
+        from fastast_deploy.evaluation.timing import CPU_REWARM_S
+
+        return CPU_REWARM_S if self.providers[:1] == ["CPUExecutionProvider"] else 0.0
+
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._session is None:
             raise EngineError(f"{self.path.name} is closed")

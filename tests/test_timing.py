@@ -38,7 +38,23 @@ def test_percentiles_by_hand() -> None:
     assert t.latency_ms_p99 == pytest.approx(99.01)
 
 
-@pytest.mark.parametrize("kwargs", [{"rounds": 0}, {"warmup": -1}, {"batch": 0}])
+def test_rewarm_runs_each_timed_call_untimed_first_and_keeps_it_out_of_the_figures() -> None:
+    # A fake clock: "a" takes 1 s a call, "b" 4 s. With rewarm_s = 2.5, every timed call of "a" follows three
+    # untimed calls of "a" (1 + 1 + 1 >= 2.5), of "b" one untimed call (4 >= 2.5); the figures are the timed calls.
+    now, calls = [0.0], []
+
+    def run(name: str, seconds: float) -> None:
+        calls.append(name)
+        now[0] += seconds
+
+    runs = {"a": lambda: run("a", 1.0), "b": lambda: run("b", 4.0)}
+    timed = time_interleaved(runs, warmup=0, rounds=2, rewarm_s=2.5, clock=lambda: now[0])
+    assert "".join(calls) == "aaaa" "bb" "bb" "aaaa"  # round 2 starts with "b" (the order rotates)
+    assert timed["a"].latency_ms_p50 == pytest.approx(1000.0) and timed["b"].latency_ms_p50 == pytest.approx(4000.0)
+
+
+@pytest.mark.parametrize("kwargs", [{"rounds": 0}, {"warmup": -1}, {"batch": 0}, {"rewarm_s": -1.0},
+                                    {"rewarm_s": float("nan")}])
 def test_bad_settings_are_refused(kwargs: dict[str, int]) -> None:
     with pytest.raises(ConfigError):
         time_interleaved({"a": lambda: None}, **kwargs)
@@ -56,6 +72,7 @@ def test_tensorrt_engines_get_device_time_side_by_side() -> None:
         def __init__(self, name: str, compute_ms: float) -> None:
             self.name, self.compute_ms = name, compute_ms
             self.input_specs = {"fbank": (("batch", 16, 8), np.dtype("float32"))}
+            self.rewarm_s = 0.0
 
         def infer(self, feed: dict) -> dict:
             return {"logits": np.zeros((len(feed["fbank"]), 2), np.float32)}

@@ -66,7 +66,8 @@ def time_round_robin(engines: dict[int, Engine], options: BenchOptions) -> dict[
 
     feed = engine_feed(next(iter(engines.values())), options.batch, seed=3)
     runs = {r: partial(engine.infer, feed) for r, engine in engines.items()}
-    timed = time_interleaved(runs, batch=options.batch, warmup=options.warmup, rounds=options.rounds)
+    timed = time_interleaved(runs, batch=options.batch, warmup=options.warmup, rounds=options.rounds,
+                             rewarm_s=max(engine.rewarm_s for engine in engines.values()))
     return {r: t.as_dict() for r, t in timed.items()}
 
 

@@ -2,7 +2,16 @@
 
 Every comparison the project prints (verify's speed-up over the r = 0 baseline, bench's r sweep, the benchmark
 scripts) goes through ``time_interleaved``: each round calls every run once, in an order that rotates from round
-to round, and the figures are medians and percentiles over rounds. numpy only: engines time without torch."""
+to round, and the figures are medians and percentiles over rounds. numpy only: engines time without torch.
+
+On a CPU a call is only as fast as a steady stream of requests would find it when it follows a call of its own:
+on a 2-core x86 VM, AST-small FastAST r = 50 at batch 1 on ONNX Runtime's 2 threads took 164 ms right after its own
+call and 233-284 ms after any pause of 10-300 ms, and ONNX Runtime's threads spin on for about 60 ms after a run
+(50-64 ms of CPU), taking a core from whatever is timed next. Both cost each call about the same time, so they
+shrink speed-ups: timed in plain alternation FastAST read 1.66x over r = 0, in steady state 1.72-1.89x.
+``rewarm_s`` gives every timed call that steady state: the same run is first called untimed until that long has
+passed (at least once), which also outlasts the previous run's spinning. CPU callers pass ``CPU_REWARM_S``
+(engines say what they need: ``Engine.rewarm_s``); on a GPU it is 0."""
 
 from __future__ import annotations
 
@@ -18,6 +27,7 @@ import numpy as np
 from fastast_deploy.errors import ConfigError
 
 K = TypeVar("K", bound=Hashable)
+CPU_REWARM_S = 0.1  # outlasts the ~60 ms ONNX Runtime's threads spin after a run (see above)
 
 
 @dataclass(frozen=True)
@@ -43,12 +53,16 @@ def summarise(seconds: list[float], batch: int) -> Timing:
 
 
 def time_interleaved(runs: Mapping[K, Callable[[], object]], *, batch: int = 1, warmup: int = 1,
-                     rounds: int = 10, clock: Callable[[], float] = time.perf_counter) -> dict[K, Timing]:
+                     rounds: int = 10, rewarm_s: float = 0.0,
+                     clock: Callable[[], float] = time.perf_counter) -> dict[K, Timing]:
     """Time every run side by side: ``warmup`` untimed calls each, then ``rounds`` rounds in which every run is
-    called once, the order rotating by one each round (no run always goes first, after the same neighbour).
-    A run must return only once its work is complete (engines return host arrays, so it is)."""
-    if rounds < 1 or warmup < 0 or batch < 1:
-        raise ConfigError(f"timing needs rounds >= 1, warmup >= 0 and batch >= 1; got {rounds}, {warmup}, {batch}")
+    timed once, the order rotating by one each round (no run always goes first, after the same neighbour). With
+    ``rewarm_s`` > 0 each timed call directly follows untimed calls of the same run lasting >= ``rewarm_s``
+    (CPU_REWARM_S on a CPU, see above). A run must return only once its work is complete (engines return host
+    arrays, so it is)."""
+    if rounds < 1 or warmup < 0 or batch < 1 or not rewarm_s >= 0:
+        raise ConfigError("timing needs rounds >= 1, warmup >= 0, batch >= 1 and rewarm_s >= 0; got "
+                          f"{rounds}, {warmup}, {batch}, {rewarm_s}")
     keys = list(runs)
     for key in keys:
         for _ in range(warmup):
@@ -57,10 +71,20 @@ def time_interleaved(runs: Mapping[K, Callable[[], object]], *, batch: int = 1, 
     for round_index in range(rounds):
         shift = round_index % len(keys) if keys else 0
         for key in keys[shift:] + keys[:shift]:
+            if rewarm_s:
+                _rewarm(runs[key], rewarm_s, clock)
             start = clock()
             runs[key]()
             seconds[key].append(clock() - start)
     return {key: summarise(seconds[key], batch) for key in keys}
+
+
+def _rewarm(run: Callable[[], object], seconds: float, clock: Callable[[], float]) -> None:
+    """Call ``run`` untimed until ``seconds`` have passed, at least once."""
+    start = clock()
+    run()
+    while clock() - start < seconds:
+        run()
 
 
 def cpu_name() -> str:

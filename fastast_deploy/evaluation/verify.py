@@ -142,7 +142,7 @@ def time_side_by_side(engines: dict[str, Engine], batch: int, warmup: int, round
     engines alternating round by round (``time_interleaved``)."""
     feed = engine_feed(next(iter(engines.values())), batch, seed=7)
     timed = time_interleaved({name: partial(e.infer, feed) for name, e in engines.items()}, batch=batch,
-                             warmup=warmup, rounds=rounds)
+                             warmup=warmup, rounds=rounds, rewarm_s=max(e.rewarm_s for e in engines.values()))
     rows: dict[str, dict[str, Any]] = {name: t.as_dict() for name, t in timed.items()}
     if all(callable(getattr(e, "time_device", None)) for e in engines.values()):  # TensorRT: device time too
         for name, device in device_side_by_side(engines, feed, warmup, rounds).items():
