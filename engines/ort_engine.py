@@ -42,9 +42,9 @@ class OrtBuildOptions:
     BiasGelu) and, with ``fuse_attention``, fused Attention with the proportional-attention bias; the fused engine
     must match the plain model (parity recorded in the sidecar). Opt-in, because it is not faster everywhere.
     Measured by benchmarks/bench_optimum.py --optimize (AST-small, T = 512, ORT 1.32 CPU, 2 threads, 10 interleaved
-    rounds, medians, 2-core VM), against a plain session, which fuses the export's GELU into BiasGelu itself:
-    batch 1: 0.92x at r = 0, 0.88x at r = 50; batch 8: 0.93x at both (an earlier export, whose GELU no plain
-    session fused, measured 0.94x / 0.99x and 1.03x / 1.12x). Fused attention on top (an earlier run, batch 1) gave
+    rounds in steady state, medians, 2-core VM), against a plain session, which fuses the export's GELU into
+    BiasGelu itself: batch 1: 0.94x at r = 0, 0.97x at r = 50; batch 8: 0.94x, 1.05x (timed without the steady
+    state, an earlier run: 0.92x / 0.88x and 0.93x / 0.93x). Fused attention on top (an earlier run, batch 1) gave
     1.02x at r = 0 and 0.95x at r = 50 against the fusions without it, so it stays off (``fuse_attention``, not a
     CLI option)."""
 

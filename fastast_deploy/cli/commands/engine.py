@@ -77,8 +77,8 @@ def _refuse_foreign_options(ctx: click.Context, backend: str) -> None:
               help="ONNX Runtime: apply ONNX Runtime's transformer fusions first (SkipLayerNormalization, BiasGelu, "
               "see engines/ort_fusion.py), parity-checked against the plain model and recorded in the sidecar. "
               "Opt-in, as it is not faster everywhere: on AST-small, T = 512, ORT CPU 2 threads, a plain session "
-              "now fuses the export's GELU itself and --optimize measured 0.92x at r = 0, 0.88x at r = 50 (batch "
-              "1) and 0.93x, 0.93x (batch 8) (benchmarks/bench_optimum.py --optimize).")
+              "now fuses the export's GELU itself and --optimize measured 0.94x at r = 0, 0.97x at r = 50 (batch "
+              "1) and 0.94x, 1.05x (batch 8) (benchmarks/bench_optimum.py --optimize).")
 @click.pass_context
 def build_engine(ctx: click.Context, model: Path, output: Path, backend: str, min_batch: int | None,
                  opt_batch: int | None, max_batch: int | None, precision: str | None, tf32: bool,
