@@ -62,6 +62,7 @@ def test_passes_against_its_checkpoint_and_reports_speed(files: dict[str, Path])
     assert speed["baseline"].startswith("r = 0") and set(speed["batches"]) == {"1", "4"}
     assert {"engine", "baseline", "speedup"} <= speed["batches"]["4"].keys()
     assert speed["flop_ratio"] > 1
+    assert "0.1 s of untimed calls" in speed["timing"]  # a CPU engine is timed in steady state
     assert "speed-up" in out and "PASSED" in out
 
 

@@ -196,7 +196,9 @@ def speed_section(engine: Engine, options: SpeedOptions, source: str | None) -> 
     ratio = flop_ratio(ModelConfig.from_dict(export["model"]), export["tome"]["effective_schedule"])
     batches = [b for b in options.batches if b in engine.batch_range] or [engine.batch_range.min]
     section: dict[str, Any] = {"flop_ratio": ratio, "batches": {}, "baseline": None, "timing": "wall clock"
-                               + ("; TensorRT device time under 'device'" if engine.backend == "tensorrt" else "")}
+                               + ("; TensorRT device time under 'device'" if engine.backend == "tensorrt" else "")
+                               + (f"; each timed call after {engine.rewarm_s:g} s of untimed calls of the same "
+                                  "engine (CPU steady state)" if engine.rewarm_s else "")}
     with tempfile.TemporaryDirectory(prefix="fastast-verify-") as tmp:
         baseline = None
         if options.baseline == "auto":
