@@ -54,8 +54,8 @@ def write_clips(model: FastAST, folder: Path, per_class: int, seed: int) -> int:
     return len(classes) * per_class
 
 
-def quickstart(output: Path, source: str = "default", backend: str = "auto", per_class: int = 4,
-               iterations: int = 10, say: Callable[[str], None] = print,
+def quickstart(output: Path, source: str = "default", backend: str = "auto", per_class: int = 4, *,
+               iterations: int, say: Callable[[str], None] = print,
                graph_input: str = "fbank") -> dict[str, Any]:
     """Run every step, reporting each through ``say``; returns the verify report plus the files written.
     ``graph_input="waveform"`` exports with the fbank inside the graph."""
