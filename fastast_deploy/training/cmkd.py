@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastast_deploy.errors import ConfigError
-from fastast_deploy.training.config import KD_MODES, TASKS
+from fastast_deploy.training.config import KD_MODES, SOFT_KD_MODES, TASKS
 
 TOKEN_MODES = ("deit-soft", "deit-hard")  # modes that read the cls and dist tokens apart
 
@@ -56,7 +56,7 @@ def teacher_targets(teacher_logits: Tensor, task: str, tau: float, mode: str = "
     hard modes the teacher's decision instead (sigmoid > 0.5, or the one-hot argmax)."""
     _check_task(task)
     _check_mode(mode)
-    if mode.endswith("hard"):
+    if mode not in SOFT_KD_MODES:
         logits = teacher_logits.float()
         if task == "multilabel":
             return (logits > 0).float()
@@ -105,7 +105,7 @@ def cmkd_loss(student_logits: Tensor, targets: Tensor, kd_targets: Tensor | None
             raise ConfigError(f"--kd-mode {mode} needs a student with a distillation token (FastAST)")
         label_out, kd_out = token_logits
     task_part = task_loss(label_out, targets, task)
-    if mode.endswith("hard"):
+    if mode not in SOFT_KD_MODES:
         kd_part = task_loss(kd_out, kd_targets, task)
     else:
         kd_part = kd_loss_from_targets(kd_out, kd_targets, task, tau)

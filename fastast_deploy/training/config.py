@@ -10,6 +10,7 @@ from fastast_deploy.errors import ConfigError
 ARCHS = ("fastast", "cnn", "compact-cnn")
 TASKS = ("multilabel", "singlelabel")
 KD_MODES = ("soft", "hard", "deit-soft", "deit-hard")  # see training/cmkd.py
+SOFT_KD_MODES = ("soft", "deit-soft")  # the modes that soften the teacher by tau; the others take its decision
 AUTO_KD_MODE = {"fastast": "soft", "cnn": "hard"}  # what --kd-mode auto means for each kind of student
 TEACHER_INPUTS = ("auto", "augmented", "clean")  # auto: augmented with --teacher, clean with --teacher-logits
 

@@ -26,6 +26,7 @@ from fastast_deploy.audio.features import PRESETS, FeatureConfig
 from fastast_deploy.audio.labels import LabelSet, read_label_csv
 from fastast_deploy.errors import ConfigError, DatasetError
 from fastast_deploy.model.config import SIZES, ModelConfig, TomeConfig
+from fastast_deploy.training.config import SOFT_KD_MODES
 from fastast_deploy.training.teachers import first_differences, read_teacher_logits, write_teacher_logits
 
 if TYPE_CHECKING:
@@ -145,7 +146,7 @@ def prepare(config: TrainConfig, dist: Distributed, log: Log, progress: bool, re
         f"{prep.chance:.4f}")
     if teacher is not None:
         _teacher_logits(config, teacher, prep, train_ds, val_ds, train_raw, val_raw, dist)
-        tau = f", --kd-tau {config.kd_tau:g}" if "soft" in config.kd_mode else ""
+        tau = f", --kd-tau {config.kd_tau:g}" if config.kd_mode in SOFT_KD_MODES else ""
         log(f"teacher {config.teacher}: {name} {prep.teacher_metric:.4f}; --kd-mode {config.kd_mode}, --kd-lambda "
             f"{config.kd_lambda:g}{tau}, teacher on the {config.teacher_inputs} "
             f"{'batches' if config.teacher_inputs == 'augmented' else 'clips'}")

@@ -16,6 +16,7 @@ from fastast_deploy.training.config import (
     KD_MODES,
     KD_RECIPES,
     RECIPES,
+    SOFT_KD_MODES,
     TEACHER_INPUTS,
     TrainConfig,
 )
@@ -27,7 +28,7 @@ RESUME_KEEPS = ("output", "resume", "stop_after", "device", "threads", "quiet") 
 
 def _kd_recipe(field: str) -> str:
     """The per-mode defaults of one KD setting, for help text: "[default: soft 0.1, ..., measured ...]"."""
-    modes = KD_RECIPES if field == "kd_lambda" else {m: r for m, r in KD_RECIPES.items() if "soft" in m}
+    modes = KD_RECIPES if field == "kd_lambda" else {m: r for m, r in KD_RECIPES.items() if m in SOFT_KD_MODES}
     values = ", ".join(f"{mode} {getattr(r, field):g}" for mode, r in modes.items())
     return f"[default: {values}; measured in benchmarks/bench_distill.py]"
 
