@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastast_deploy.evaluation.metrics import compare_logits, fbank_like, merge_agreement
+from fastast_deploy.metrics import compare_logits, fbank_like, merge_agreement
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import FastAST, build_model
 from fastast_deploy.model.flops import flop_ratio

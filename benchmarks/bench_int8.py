@@ -23,10 +23,10 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
-from fastast_deploy.evaluation.metrics import fbank_like
 from fastast_deploy.evaluation.timing import CPU_REWARM_S, time_interleaved
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
 from fastast_deploy.exporters.quantize import QuantizeOptions
+from fastast_deploy.metrics import fbank_like
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import FastAST, build_model
 from fastast_deploy.model.flops import flop_ratio

@@ -30,13 +30,13 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from fastast_deploy.audio.features import FeatureConfig, waveform_to_input
+from fastast_deploy.audio.features import waveform_to_input
 from fastast_deploy.contract import INPUT_NAME, WAVEFORM_NAME
-from fastast_deploy.evaluation.metrics import waveform_like
 from fastast_deploy.evaluation.timing import CPU_REWARM_S, time_interleaved
 from fastast_deploy.exporters.fbank_graph import WaveformFbank, waveform_samples
 from fastast_deploy.exporters.onnx_export import PART_KEY, ExportOptions, export_onnx
-from fastast_deploy.model.config import ModelConfig, TomeConfig
+from fastast_deploy.metrics import waveform_like
+from fastast_deploy.model.config import FeatureConfig, ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
 from fastast_deploy.model.schedule import make_schedule
 

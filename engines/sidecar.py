@@ -8,8 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from fastast_deploy import __version__
-from fastast_deploy.contract import BACKENDS, sidecar_path
+from fastast_deploy.contract import BACKENDS, PACKAGE_VERSION, sidecar_path
 from fastast_deploy.errors import FastASTError
 from fastast_deploy.files import sha256_file
 from fastast_deploy.pairs import read_pair_sidecar
@@ -51,7 +50,7 @@ def engine_sidecar(*, backend: str, engine: Path, engine_sha256: str, source: On
         "outputs": outputs,
         "precision": precision,
         "export": source.metadata,
-        "versions": {"fastast_deploy": __version__, "python": platform.python_version(), **versions},
+        "versions": {"fastast_deploy": PACKAGE_VERSION, "python": platform.python_version(), **versions},
         backend: details,
     }
 

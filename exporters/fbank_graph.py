@@ -38,14 +38,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fastast_deploy.audio.features import (
-    LOG_FLOOR,
-    PREEMPHASIS,
-    FeatureConfig,
-    _fbank_weights,
-    _frame_sizes,
-)
-from fastast_deploy.audio.windows import waveform_samples
+from fastast_deploy.audio.features import LOG_FLOOR, PREEMPHASIS, _fbank_weights
+from fastast_deploy.audio.frames import frame_sizes, waveform_samples
+from fastast_deploy.model.config import FeatureConfig
 
 __all__ = ["WaveformFbank", "check_waveform_parity", "graph_features", "input_shape", "waveform_samples"]
 
@@ -57,7 +52,7 @@ FEATURE_FUNCTION = "kaldi_fbank_graph"
 def frame_matrix(sample_rate: int) -> np.ndarray:
     """(win, 2 * (n_fft // 2 + 1)) float64: frame -> [Re | Im] of the DFT of the DC-removed, pre-emphasised,
     windowed frame zero-padded to n_fft, exactly the chain `features.fbank` applies (Kaldi's x[-1] := x[0])."""
-    win, _, n_fft = _frame_sizes(sample_rate)
+    win, _, n_fft = frame_sizes(sample_rate)
     window, _ = _fbank_weights(sample_rate, n_fft, 1, win)
     dc = np.eye(win) - np.full((win, win), 1.0 / win)  # frame - frame.mean()
     pre = np.eye(win)  # y[n] = x[n] - 0.97 x[n - 1], with x[-1] = x[0]
@@ -113,7 +108,7 @@ class WaveformFbank(nn.Module):
     def __init__(self, config: FeatureConfig) -> None:
         super().__init__()
         self.config = config
-        win, shift, n_fft = _frame_sizes(config.sample_rate)
+        win, shift, n_fft = frame_sizes(config.sample_rate)
         _, filters = _fbank_weights(config.sample_rate, n_fft, config.num_mel_bins, win)  # (bins, F)
         starts = torch.arange(config.frames) * shift
         self.samples = waveform_samples(config)
@@ -175,7 +170,7 @@ def check_waveform_parity(model: nn.Module, onnx_bytes: bytes, options: object, 
 
     from fastast_deploy.contract import WAVEFORM_NAME
     from fastast_deploy.errors import FastASTError
-    from fastast_deploy.evaluation.metrics import compare_logits, merge_agreement, waveform_like
+    from fastast_deploy.metrics import compare_logits, merge_agreement, waveform_like
 
     from .parity import ATOL, FP16_MIN_COSINE, RTOL, torch_outputs
 
@@ -233,7 +228,7 @@ def check_prepended(int8_fbank: Any, joined: Any, model: nn.Module, batch: int |
 
     from fastast_deploy.contract import INPUT_NAME, WAVEFORM_NAME
     from fastast_deploy.errors import FastASTError
-    from fastast_deploy.evaluation.metrics import compare_logits, waveform_like
+    from fastast_deploy.metrics import compare_logits, waveform_like
 
     from .parity import INT8_MIN_TOP1
 

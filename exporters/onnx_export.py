@@ -22,12 +22,12 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from fastast_deploy import __version__
 from fastast_deploy.contract import (
     INPUT_NAME,
     INPUT_NAMES,
     METADATA_KEY,
     OUTPUT_NAME,
+    PACKAGE_VERSION,
     PRECISIONS,
     WAVEFORM_NAME,
     merge_output_names,
@@ -240,7 +240,7 @@ def build_metadata(model: FastAST, options: ExportOptions, source_info: dict[str
         "inputs": {options.input: {"shape": [batch, *input_shape(model, options.input)], "dtype": "float32"}},
         "outputs": outputs,
         "debug_merges": options.debug_merges,
-        "versions": {"fastast_deploy": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+        "versions": {"fastast_deploy": PACKAGE_VERSION, "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxscript": onnxscript.__version__},
     }
 

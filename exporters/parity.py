@@ -9,7 +9,7 @@ import torch
 
 from fastast_deploy.contract import INPUT_NAME, merge_positions
 from fastast_deploy.errors import FastASTError
-from fastast_deploy.evaluation.metrics import compare_logits, fbank_like, merge_agreement
+from fastast_deploy.metrics import compare_logits, fbank_like, merge_agreement
 from fastast_deploy.model.fastast import FastAST
 
 # fp32: |onnx - torch| <= ATOL + RTOL * max|torch|. fp16 is compared with the fp32 model: cosine and top-1.

@@ -104,7 +104,8 @@ def _listed_audio(path: Path, export: dict[str, Any]) -> np.ndarray:
     import json
 
     from fastast_deploy.audio.datasets import raw_fbank, read_esc50_csv
-    from fastast_deploy.audio.features import FeatureConfig, normalize
+    from fastast_deploy.audio.features import normalize
+    from fastast_deploy.model.config import FeatureConfig
 
     if export.get("features") is None:
         raise CalibrationError("the model records no feature settings, so audio cannot be turned into its input")

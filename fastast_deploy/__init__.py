@@ -5,15 +5,10 @@ Importing the package loads no torch: ``fastast_deploy.engines`` runs on numpy +
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from fastast_deploy.contract import PACKAGE_VERSION as __version__
 from fastast_deploy.errors import FastASTError
-
-try:
-    __version__ = version("fastast-deploy")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
 
 __all__ = ["FastASTError", "__version__", "load_model", "save_checkpoint"]
 

@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+try:
+    PACKAGE_VERSION = version("fastast-deploy")  # recorded in every metadata, sidecar and report this package writes
+except PackageNotFoundError:  # running from a source tree that is not installed
+    PACKAGE_VERSION = "0.0.0+unknown"
 
 INPUT_NAME = "fbank"  # (batch, frames, mel bins) float32, normalised Kaldi fbank
 WAVEFORM_NAME = "waveform"  # (batch, samples) float32 mono at the model's rate, NaN past a clip's end

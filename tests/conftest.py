@@ -66,3 +66,20 @@ def _hf_model(**overrides: object) -> torch.nn.Module:  # noqa: F821 (torch is i
 def make_hf_model():
     """Factory of tiny random Hugging Face AST models (skips where transformers is missing)."""
     return _hf_model
+
+
+def _assert_same_merges(got: list, want: list) -> None:
+    """Merge outputs (src, dst per merging block, each (batch, r)) make the same merges: per clip the same set of
+    (source, destination) pairs. The order of sources whose scores agree to the last bits is not part of the merge
+    (two kernels may rank such a near-tie either way); the pairs are."""
+    assert len(got) == len(want) and len(want) % 2 == 0
+    for i in range(0, len(want), 2):
+        for gs, gd, ws, wd in zip(got[i], got[i + 1], want[i], want[i + 1], strict=True):
+            pairs = sorted(zip(gs.tolist(), gd.tolist(), strict=True))
+            assert pairs == sorted(zip(ws.tolist(), wd.tolist(), strict=True)), f"merge outputs {i}, {i + 1}"
+
+
+@pytest.fixture
+def assert_same_merges():
+    """`_assert_same_merges`: merge outputs (src, dst, ...) that make the same merges per clip."""
+    return _assert_same_merges

@@ -11,11 +11,11 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from fastast_deploy.audio.features import FeatureConfig, load_batch
+from fastast_deploy.audio.features import load_batch
 from fastast_deploy.audio.synthetic import make_classes
 from fastast_deploy.checkpoints.native import load_model, save_checkpoint
 from fastast_deploy.cli.main import cli
-from fastast_deploy.model.config import ModelConfig, TomeConfig
+from fastast_deploy.model.config import FeatureConfig, ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
 from fastast_deploy.model.schedule import make_schedule
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from fastast_deploy.audio.features import ESC50, SPEECHCOMMANDS, FeatureConfig
 from fastast_deploy.checkpoints.native import (
     adapt_pos_embed,
     load_model,
@@ -21,7 +20,7 @@ from fastast_deploy.checkpoints.native import (
     save_checkpoint,
 )
 from fastast_deploy.errors import CheckpointError, ConfigError, FastASTError
-from fastast_deploy.model.config import ModelConfig, TomeConfig
+from fastast_deploy.model.config import ESC50, SPEECHCOMMANDS, FeatureConfig, ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
 
 TOL = 1e-5

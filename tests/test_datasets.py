@@ -14,11 +14,12 @@ import soundfile as sf
 import torch
 
 from fastast_deploy.audio.datasets import detect_task, fbank_cache, handle_missing, load_dataset, normalize_cache
-from fastast_deploy.audio.features import FeatureConfig, load_input
+from fastast_deploy.audio.features import load_input
 from fastast_deploy.audio.labels import LabelSet, read_label_csv
 from fastast_deploy.audio.synthetic import FAMILIES, SAMPLE_RATE, SyntheticConfig, make_classes, make_synthetic
 from fastast_deploy.errors import DatasetError
-from fastast_deploy.evaluation.metrics import accuracy, average_precision, mean_average_precision
+from fastast_deploy.metrics import accuracy, average_precision, mean_average_precision
+from fastast_deploy.model.config import FeatureConfig
 from fastast_deploy.training.teachers import read_teacher_logits, write_teacher_logits
 
 SMALL = SyntheticConfig(classes=3, clips_per_class=5, seconds=0.5, seed=1)

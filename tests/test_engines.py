@@ -36,10 +36,10 @@ from fastast_deploy.engines.profiles import profile_shapes, resolve_batch_range
 from fastast_deploy.engines.sidecar import engine_sidecar
 from fastast_deploy.engines.trt_engine import TrtBuildOptions, tensorrt_details
 from fastast_deploy.engines.trt_policy import check_plan_compatible, parse_trt_version, precision_plan
-from fastast_deploy.evaluation.metrics import fbank_like
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
 from fastast_deploy.exporters.parity import torch_outputs
 from fastast_deploy.files import sha256_file
+from fastast_deploy.metrics import fbank_like
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import FastAST, build_model
 from fastast_deploy.model.schedule import make_schedule
@@ -394,7 +394,7 @@ def test_an_ort_optimised_model_is_refused_for_tensorrt(exported: dict[str, Path
 # --- the ONNX Runtime engine ----------------------------------------------------------------------------------
 
 def test_onnxruntime_engine_matches_pytorch_and_the_model(model: FastAST, exported: dict[str, Path],
-                                                          tmp_path: Path) -> None:
+                                                          tmp_path: Path, assert_same_merges) -> None:
     path = tmp_path / "m.ort.onnx"
     code, text = run("build-engine", exported["dynamic"], "-o", path, "--backend", "onnxruntime", "--threads", 1)
     assert code == 0, text
@@ -428,8 +428,7 @@ def test_onnxruntime_engine_matches_pytorch_and_the_model(model: FastAST, export
             assert got["logits"].shape == (batch, 10)
             assert figures[batch][0] <= 1e-4 and figures[batch][1] <= 1e-4
             names = ["merge0_src", "merge0_dst", "merge1_src", "merge1_dst"]
-            for name, expected in zip(names, merges, strict=True):
-                np.testing.assert_array_equal(got[name], expected)  # identical merge decisions
+            assert_same_merges([got[n] for n in names], merges)  # identical merge decisions
         print("ORT engine max |diff| per batch (vs unoptimised ONNX, vs PyTorch):", figures)
 
 
@@ -536,7 +535,7 @@ def test_device_selection_narrows_visible_gpus(monkeypatch: pytest.MonkeyPatch) 
 # --- build-engine --backend onnxruntime --optimize -----------------------------------------------------------
 
 def test_optimize_fuses_with_onnxruntime_and_keeps_merge_decisions(model: FastAST, exported: dict[str, Path],
-                                                                  tmp_path: Path) -> None:
+                                                                  tmp_path: Path, assert_same_merges) -> None:
     out = tmp_path / "fused.onnx"
     code, text = run("build-engine", exported["dynamic"], "-o", out, "--backend", "onnxruntime", "--optimize",
                      "--threads", "1")
@@ -549,8 +548,7 @@ def test_optimize_fuses_with_onnxruntime_and_keeps_merge_decisions(model: FastAS
     with load_engine(out) as engine:
         got = engine.infer({"fbank": x})
     assert np.abs(got["logits"] - want).max() <= 1e-4
-    for name, positions in zip(merge_output_names(model.schedule), merges, strict=True):
-        np.testing.assert_array_equal(got[name], positions)  # merge decisions unchanged by the fusions
+    assert_same_merges([got[n] for n in merge_output_names(model.schedule)], merges)  # unchanged by the fusions
 
 
 def test_fused_attention_takes_the_size_bias(exported: dict[str, Path], tmp_path: Path) -> None:

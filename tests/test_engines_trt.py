@@ -27,9 +27,9 @@ from fastast_deploy.engines.base import BackendUnavailableError
 from fastast_deploy.engines.gpu import query_gpu
 from fastast_deploy.engines.trt_engine import EngineWarning, TensorRTEngine
 from fastast_deploy.engines.trt_policy import parse_trt_version
-from fastast_deploy.evaluation.metrics import cosine_rows, fbank_like
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
 from fastast_deploy.files import sha256_file
+from fastast_deploy.metrics import cosine_rows, fbank_like
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
 from fastast_deploy.model.schedule import make_schedule

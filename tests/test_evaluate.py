@@ -13,15 +13,15 @@ import torch
 from click.testing import CliRunner
 
 from fastast_deploy.audio.datasets import fbank_cache, normalize_cache, read_data_json
-from fastast_deploy.audio.features import FeatureConfig
 from fastast_deploy.audio.labels import read_label_csv
 from fastast_deploy.audio.synthetic import SyntheticConfig, make_synthetic
+from fastast_deploy.checkpoints.cnn import save_cnn
 from fastast_deploy.checkpoints.native import save_checkpoint
 from fastast_deploy.cli.main import cli
 from fastast_deploy.evaluation.evaluate import score
-from fastast_deploy.model.config import ModelConfig, TomeConfig
+from fastast_deploy.model.cnn import CNNClassifier, CNNConfig
+from fastast_deploy.model.config import FeatureConfig, ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
-from fastast_deploy.training.teachers import CNNClassifier, CNNConfig, save_cnn
 
 FRAMES = 48  # 0.5 s clips
 

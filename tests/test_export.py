@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from fastast_deploy.errors import FastASTError
-from fastast_deploy.evaluation.metrics import fbank_like
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx, read_metadata, sidecar_path
 from fastast_deploy.exporters.parity import torch_outputs
+from fastast_deploy.metrics import fbank_like
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import FastAST, build_model
 from fastast_deploy.model.schedule import make_schedule
@@ -30,23 +30,21 @@ def run_onnx(path: Path, x: np.ndarray) -> list[np.ndarray]:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"fbank": x})
 
 
-def assert_matches_torch(model: FastAST, path: Path, batches: tuple[int, ...]) -> None:
+def assert_matches_torch(model: FastAST, path: Path, batches: tuple[int, ...], same_merges) -> None:
     for seed, batch in enumerate(batches):
         x = fbank_like(batch, model.config.input_frames, model.config.num_mel_bins, seed=100 + seed)
         got = run_onnx(path, x)
         want, merges = torch_outputs(model, x)
         assert got[0].shape == want.shape
         assert np.abs(got[0] - want).max() <= 1e-4
-        assert len(got) - 1 == len(merges)
-        for g, w in zip(got[1:], merges, strict=True):
-            np.testing.assert_array_equal(g, w)  # identical merge decisions
+        same_merges(got[1:], merges)  # identical merges: the same (source, destination) pairs per clip
 
 
 @pytest.mark.parametrize("r", [0, 7, 8, 16, 100])  # 7: odd token counts; 100: clipped, every A token but cls merged
-def test_tiny_dynamic_batch_matches_pytorch(tmp_path: Path, r: int) -> None:
+def test_tiny_dynamic_batch_matches_pytorch(tmp_path: Path, r: int, assert_same_merges) -> None:
     model = tiny_model(r)
     out = export_onnx(model, tmp_path / "m.onnx", ExportOptions(debug_merges=True)).path
-    assert_matches_torch(model, out, (1, 2, 7))
+    assert_matches_torch(model, out, (1, 2, 7), assert_same_merges)
     graph = onnx.load(str(out)).graph
     dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", 128, 128]
@@ -55,11 +53,11 @@ def test_tiny_dynamic_batch_matches_pytorch(tmp_path: Path, r: int) -> None:
 
 
 @pytest.mark.slow
-def test_ast_small_at_1024_frames_matches_pytorch(tmp_path: Path) -> None:
+def test_ast_small_at_1024_frames_matches_pytorch(tmp_path: Path, assert_same_merges) -> None:
     torch.manual_seed(0)
     model = build_model(ModelConfig.from_size("small", input_frames=1024), TomeConfig(make_schedule(50, 12)))
     out = export_onnx(model, tmp_path / "small.onnx", ExportOptions(debug_merges=True), parity_inputs=1).path
-    assert_matches_torch(model, out, (1, 2))
+    assert_matches_torch(model, out, (1, 2), assert_same_merges)
 
 
 def test_matmul_graph_has_no_scatter_and_scatter_graph_has_adds(tmp_path: Path) -> None:
@@ -170,8 +168,9 @@ def synthetic_clips(num: int, seconds: float = 1.3, sr: int = 16000, seed: int =
 
 
 def test_fp16_export_agrees_with_the_fp32_model_on_synthetic_audio(tmp_path: Path) -> None:
-    from fastast_deploy.audio.features import FeatureConfig, waveform_to_input
-    from fastast_deploy.evaluation.metrics import compare_logits
+    from fastast_deploy.audio.features import waveform_to_input
+    from fastast_deploy.metrics import compare_logits
+    from fastast_deploy.model.config import FeatureConfig
 
     features = FeatureConfig(frames=TINY.input_frames)
     x = np.stack([waveform_to_input(torch.from_numpy(w), 16000, features).numpy() for w in synthetic_clips(200)])
@@ -217,9 +216,10 @@ def fp32_compute_inputs(path: Path) -> dict[str, list[int]]:
 
 @pytest.mark.slow
 def test_fp16_export_computes_layer_norm_and_softmax_in_fp32(tmp_path: Path) -> None:
-    from fastast_deploy.audio.features import FeatureConfig, waveform_to_input
-    from fastast_deploy.evaluation.metrics import compare_logits, merge_agreement
+    from fastast_deploy.audio.features import waveform_to_input
     from fastast_deploy.exporters.lint import lint_model
+    from fastast_deploy.metrics import compare_logits, merge_agreement
+    from fastast_deploy.model.config import FeatureConfig
 
     model = tiny_model(8)
     out = export_onnx(model, tmp_path / "h.onnx", ExportOptions(precision="fp16", debug_merges=True)).path
@@ -292,14 +292,14 @@ def test_pytorch_on_cuda_matches_the_cpu_at_fp32_and_fp16() -> None:
         gpu = copy.deepcopy(model).to("cuda", dtype).eval()
         with torch.inference_mode():
             logits, got = gpu.forward_with_merges(torch.from_numpy(x).to("cuda", dtype))
-        from fastast_deploy.evaluation.metrics import compare_logits
+        from fastast_deploy.metrics import compare_logits
 
         figures = compare_logits(want, logits.float().cpu().numpy())
         print(f"PyTorch CUDA {dtype} vs CPU fp32: {figures}")
         assert figures["non_finite_clips"] == 0 and figures["cosine_min"] >= cosine
         if dtype == torch.float32:
             assert figures["max_abs_diff"] <= 1e-3
-            from fastast_deploy.evaluation.metrics import merge_agreement
+            from fastast_deploy.metrics import merge_agreement
 
             positions = [p for m in got for p in ((2 * m.src_idx).cpu().numpy(), (2 * m.dst_idx + 1).cpu().numpy())]
             assert min(merge_agreement(merges, positions)) >= 0.75  # another summation order may flip a near-tie

@@ -8,11 +8,6 @@ import soundfile as sf
 import torch
 
 from fastast_deploy.audio.features import (
-    AUDIOSET,
-    ESC50,
-    PRESETS,
-    SPEECHCOMMANDS,
-    FeatureConfig,
     fbank,
     load_batch,
     load_input,
@@ -23,6 +18,7 @@ from fastast_deploy.audio.features import (
     waveform_to_input,
 )
 from fastast_deploy.errors import AudioError, ConfigError
+from fastast_deploy.model.config import AUDIOSET, ESC50, PRESETS, SPEECHCOMMANDS, FeatureConfig
 
 SR = 16000
 

@@ -19,7 +19,6 @@ from fastast_deploy.cli.main import cli
 from fastast_deploy.engines.base import EngineError
 from fastast_deploy.engines.trt_policy import parse_trt_version, precision_plan
 from fastast_deploy.errors import FastASTError
-from fastast_deploy.evaluation.metrics import cosine_rows, fbank_like
 from fastast_deploy.evaluation.verify import DEFAULT_THRESHOLDS, verify
 from fastast_deploy.exporters import parity
 from fastast_deploy.exporters.lint import lint_model
@@ -31,6 +30,7 @@ from fastast_deploy.exporters.quantize import (
     drop_outputs,
     load_calibration,
 )
+from fastast_deploy.metrics import cosine_rows, fbank_like
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import FastAST, build_model
 from fastast_deploy.model.schedule import make_schedule

@@ -14,14 +14,14 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from fastast_deploy.audio.features import FeatureConfig, waveform_to_input
+from fastast_deploy.audio.features import waveform_to_input
 from fastast_deploy.audio.windows import split_windows
 from fastast_deploy.checkpoints.native import load_model, save_checkpoint
 from fastast_deploy.cli.main import cli
 from fastast_deploy.engines.base import BatchRange
 from fastast_deploy.engines.ort_engine import OrtBuildOptions, build_onnxruntime_engine
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
-from fastast_deploy.model.config import ModelConfig, TomeConfig
+from fastast_deploy.model.config import FeatureConfig, ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
 from fastast_deploy.model.schedule import make_schedule
 from fastast_deploy.serving.predict import Classifier, run_windows

@@ -9,9 +9,10 @@ import pytest
 import soundfile as sf
 
 import fastast_deploy.audio.streaming as streaming
-from fastast_deploy.audio.features import FeatureConfig, file_fbank, normalize
+from fastast_deploy.audio.features import file_fbank, normalize
 from fastast_deploy.audio.windows import split_windows
 from fastast_deploy.errors import AudioError
+from fastast_deploy.model.config import FeatureConfig
 
 
 @pytest.mark.parametrize(("rate", "channels", "seconds", "hop"), [(16000, 1, 12.3, 256), (44100, 2, 9.7, 100),

@@ -19,16 +19,18 @@ from safetensors.torch import load_file
 from fastast_deploy.audio.features import load_batch
 from fastast_deploy.audio.labels import read_label_csv
 from fastast_deploy.audio.synthetic import SyntheticConfig, make_synthetic
+from fastast_deploy.checkpoints.cnn import save_cnn
+from fastast_deploy.checkpoints.loading import load_any
 from fastast_deploy.checkpoints.native import load_model, save_checkpoint
 from fastast_deploy.cli.main import cli
 from fastast_deploy.errors import ConfigError
 from fastast_deploy.exporters.onnx_export import read_metadata
+from fastast_deploy.model.cnn import CNNClassifier, CNNConfig
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
 from fastast_deploy.training.cmkd import TokenHeads, cmkd_loss, kd_loss, task_loss, teacher_targets
 from fastast_deploy.training.config import TrainConfig
 from fastast_deploy.training.loop import lr_factor, mixup, spec_augment, train
-from fastast_deploy.training.teachers import CNNClassifier, CNNConfig, load_teacher, save_cnn
 
 STUDENT = ("--depth", "2", "--tome-r", "4", "--epochs", "2", "--batch-size", "6", "--quiet")
 TEACHER = ("--arch", "compact-cnn", "--cnn-width", "8", "--epochs", "2", "--batch-size", "6", "--quiet")
@@ -261,7 +263,7 @@ def test_spec_augment_and_mixup() -> None:
 def test_cnn_teacher_run(teacher_run: Path, data: Path) -> None:
     rows = metrics(teacher_run)
     assert [r["epoch"] for r in rows] == [1, 2]
-    teacher = load_teacher(teacher_run)  # a run directory stands for its best checkpoint
+    teacher = load_any(teacher_run)  # a run directory stands for its best checkpoint
     labels = read_label_csv(data / "labels.csv")
     assert teacher.label_names == labels.names
     # The best epoch's val_acc is the accuracy of the saved teacher, scored here on the val list from the files.

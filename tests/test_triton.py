@@ -14,7 +14,6 @@ import torch
 from click.testing import CliRunner
 from google.protobuf import text_format
 
-from fastast_deploy.audio.features import FeatureConfig
 from fastast_deploy.checkpoints.native import load_model, save_checkpoint
 from fastast_deploy.cli.main import cli
 from fastast_deploy.engines.base import BatchRange
@@ -27,7 +26,7 @@ from fastast_deploy.engines.trt_engine import TrtBuildOptions, tensorrt_details
 from fastast_deploy.engines.trt_policy import parse_trt_version, precision_plan
 from fastast_deploy.errors import ConfigError, FastASTError
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
-from fastast_deploy.model.config import ModelConfig, TomeConfig
+from fastast_deploy.model.config import FeatureConfig, ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
 from fastast_deploy.model.schedule import make_schedule
 from fastast_deploy.serving.triton import TritonOptions, model_config, model_from_sidecar, read_served_model

@@ -11,12 +11,11 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from fastast_deploy.audio.features import FeatureConfig
 from fastast_deploy.checkpoints.native import save_checkpoint
 from fastast_deploy.cli.main import cli
-from fastast_deploy.evaluation.metrics import compare_logits
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
-from fastast_deploy.model.config import ModelConfig, TomeConfig
+from fastast_deploy.metrics import compare_logits
+from fastast_deploy.model.config import FeatureConfig, ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
 from fastast_deploy.model.schedule import make_schedule
 

@@ -15,13 +15,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from fastast_deploy.audio.features import FeatureConfig, read_audio, resample, waveform_to_input
+from fastast_deploy.audio.features import read_audio, resample, waveform_to_input
 from fastast_deploy.contract import WAVEFORM_NAME
-from fastast_deploy.evaluation.metrics import waveform_like
 from fastast_deploy.exporters.fbank_graph import WaveformFbank, graph_features, reference_fbank, waveform_samples
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
 from fastast_deploy.exporters.parity import torch_outputs
-from fastast_deploy.model.config import ModelConfig, TomeConfig
+from fastast_deploy.metrics import waveform_like
+from fastast_deploy.model.config import FeatureConfig, ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import FastAST, build_model
 from fastast_deploy.model.schedule import make_schedule
 
@@ -95,10 +95,11 @@ def test_in_graph_fbank_matches_the_project_features(feature_session: ort.Infere
 
 def plain_float32_logmel(clip: np.ndarray) -> np.ndarray:
     """Log-mel (T, F) of one clip with the folded frame matrix as one float32 product (no split)."""
-    from fastast_deploy.audio.features import LOG_FLOOR, _fbank_weights, _frame_sizes, pad_or_cut
+    from fastast_deploy.audio.features import LOG_FLOOR, _fbank_weights, pad_or_cut
+    from fastast_deploy.audio.frames import frame_sizes
     from fastast_deploy.exporters.fbank_graph import frame_matrix
 
-    win, shift, n_fft = _frame_sizes(RATE)
+    win, shift, n_fft = frame_sizes(RATE)
     _, filters = _fbank_weights(RATE, n_fft, FEATURES.num_mel_bins, win)
     x = torch.from_numpy(clip - clip.mean())
     frames = x.unfold(0, win, shift)
@@ -159,7 +160,8 @@ def waveform_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[FastAST, 
     return model, out
 
 
-def test_waveform_export_matches_pytorch_on_the_project_fbank_with_identical_merges(waveform_export) -> None:
+def test_waveform_export_matches_pytorch_on_the_project_fbank_with_identical_merges(waveform_export,
+                                                                                   assert_same_merges) -> None:
     model, path = waveform_export
     config = model.feature_config
     graph = onnx.load(str(path)).graph
@@ -170,8 +172,7 @@ def test_waveform_export_matches_pytorch_on_the_project_fbank_with_identical_mer
     want, merges = torch_outputs(model, reference_fbank(x, config))
     assert np.abs(got[0] - want).max() <= 1e-4
     assert len(got) - 1 == len(merges) > 0
-    for g, w in zip(got[1:], merges, strict=True):
-        np.testing.assert_array_equal(g, w)  # identical merge decisions
+    assert_same_merges(got[1:], merges)  # identical merges
 
 
 def test_inspect_says_the_features_are_inside_the_graph(waveform_export, tmp_path: Path) -> None:

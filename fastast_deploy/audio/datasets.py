@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 
-from fastast_deploy.audio.features import FeatureConfig, file_fbank, normalize, pad_or_cut
+from fastast_deploy.audio.features import file_fbank, normalize, pad_or_cut
 from fastast_deploy.audio.labels import LabelSet
 from fastast_deploy.errors import DatasetError, error_summary
 from fastast_deploy.files import read_csv_rows
+from fastast_deploy.model.config import FeatureConfig
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 ESC50_COLUMNS = ("filename", "target", "category")

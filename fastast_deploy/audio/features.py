@@ -6,71 +6,26 @@ implemented in plain torch so torchaudio is not needed.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import soundfile as sf
 import soxr
 import torch
 
+from fastast_deploy.audio.frames import frame_sizes, require_frame
 from fastast_deploy.errors import AudioError, ConfigError, error_summary
+from fastast_deploy.model.config import AUDIOSET, FeatureConfig
 
-FRAME_LENGTH_MS = 25
-FRAME_SHIFT_MS = 10
 PREEMPHASIS = 0.97
 LOW_FREQ_HZ = 20.0
 LOG_FLOOR = torch.finfo(torch.float32).eps
 
 
-@dataclass(frozen=True)
-class FeatureConfig:
-    """How a waveform becomes a model input of shape (frames, num_mel_bins).
-
-    `mean` and `std` are the dataset's fbank statistics; inputs are normalised to `(x - mean) / (2 * std)`,
-    which gives roughly zero mean and 0.5 std.
-    """
-
-    sample_rate: int = 16000
-    num_mel_bins: int = 128
-    frames: int = 1024  # 10.24 s at a 10 ms shift
-    mean: float = -4.2677393  # AudioSet
-    std: float = 4.5689974
-
-    def __post_init__(self) -> None:
-        for name in ("sample_rate", "num_mel_bins", "frames"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"FeatureConfig.{name} must be a positive integer, got {value!r}")
-        if not math.isfinite(self.mean):
-            raise ConfigError(f"FeatureConfig.mean must be a finite number, got {self.mean!r}")
-        if not (math.isfinite(self.std) and self.std > 0):
-            raise ConfigError(f"FeatureConfig.std must be a positive finite number, got {self.std!r}")
-
-    def to_dict(self) -> dict[str, int | float]:
-        """Plain JSON-serialisable dict of all fields."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FeatureConfig:
-        """Inverse of `to_dict`; missing keys take their defaults, unknown keys raise ConfigError."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown FeatureConfig keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**data)
-
-
-AUDIOSET = FeatureConfig()
-ESC50 = FeatureConfig(frames=512, mean=-6.6268077, std=5.358466)
-SPEECHCOMMANDS = FeatureConfig(frames=128, mean=-6.845978, std=5.5654526)
-PRESETS: dict[str, FeatureConfig] = {"audioset": AUDIOSET, "esc50": ESC50, "speechcommands": SPEECHCOMMANDS}
 
 
 def audio_path(path: str | os.PathLike[str]) -> Path:
@@ -118,13 +73,6 @@ def resample(waveform: torch.Tensor, orig_sr: int, target_sr: int = 16000) -> to
     return torch.from_numpy(np.ascontiguousarray(out))
 
 
-def _frame_sizes(sample_rate: int) -> tuple[int, int, int]:
-    """(window length, shift, FFT size) in samples: 25 ms, 10 ms, next power of two of the window."""
-    win = sample_rate * FRAME_LENGTH_MS // 1000
-    shift = sample_rate * FRAME_SHIFT_MS // 1000
-    return win, shift, 1 << (win - 1).bit_length()
-
-
 def _kaldi_mel(hz: torch.Tensor | float) -> torch.Tensor | float:
     if isinstance(hz, torch.Tensor):
         return 1127.0 * torch.log1p(hz / 700.0)
@@ -168,12 +116,8 @@ def fbank(waveform: torch.Tensor, sample_rate: int, num_mel_bins: int = 128) -> 
         raise AudioError(f"sample rate must be positive, got {sample_rate} Hz")
     if num_mel_bins <= 0:
         raise ConfigError(f"num_mel_bins must be a positive integer, got {num_mel_bins}")
-    win, shift, n_fft = _frame_sizes(sample_rate)
-    if waveform.numel() < win:
-        raise AudioError(
-            f"audio has {waveform.numel()} samples at {sample_rate} Hz, shorter than one {FRAME_LENGTH_MS} ms frame "
-            f"({win} samples); expected at least {win} samples"
-        )
+    require_frame(waveform.numel(), sample_rate)
+    win, shift, n_fft = frame_sizes(sample_rate)
     window, filters = _fbank_weights(sample_rate, n_fft, num_mel_bins, win)
 
     frames = waveform.detach().to(torch.float64).unfold(0, win, shift)  # (T, win)

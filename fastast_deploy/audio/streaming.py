@@ -19,9 +19,10 @@ import soundfile as sf
 import soxr
 import torch
 
-from fastast_deploy.audio.features import FeatureConfig, _frame_sizes, audio_path, fbank, normalize, pad_or_cut
-from fastast_deploy.audio.windows import window_count
+from fastast_deploy.audio.features import audio_path, fbank, normalize, pad_or_cut
+from fastast_deploy.audio.frames import frame_count, frame_sizes, frames_span, require_frame, window_count
 from fastast_deploy.errors import AudioError, error_summary
+from fastast_deploy.model.config import FeatureConfig
 
 BLOCK_SECONDS = 10.0  # audio read and resampled per step
 
@@ -78,20 +79,18 @@ def _window_samples(path: str | os.PathLike, rate: int, length: int, starts: Ite
 
 def _starts(path: str | os.PathLike, config: FeatureConfig, hop: int) -> tuple[float, int, Iterator[int]]:
     rate = config.sample_rate
-    win, shift, _ = _frame_sizes(rate)
+    shift = frame_sizes(rate)[1]
     mean, length = _scan(path, rate)
-    if length < win:
-        raise AudioError(f"audio file {path} has {length} samples at {rate} Hz, shorter than one frame ({win})")
-    count = window_count(1 + (length - win) // shift, config.frames, hop)
+    require_frame(length, rate, f"audio file {path}")
+    count = window_count(frame_count(length, rate), config.frames, hop)
     return mean, length, iter(range(0, count * hop * shift, hop * shift))
 
 
 def stream_windows(path: str | os.PathLike, config: FeatureConfig, hop: int) -> Iterator[np.ndarray]:
     """Normalised model inputs (frames, mel bins) float32, window by window, for one audio file; memory is
     bounded by a window and a read block, not by the file."""
-    win, shift, _ = _frame_sizes(config.sample_rate)
     mean, length, starts = _starts(path, config, hop)
-    span = (config.frames - 1) * shift + win  # samples one window's frames cover
+    span = frames_span(config.frames, config.sample_rate)  # samples one window's frames cover
     for chunk in _window_samples(path, config.sample_rate, length, starts, span):
         waveform = torch.from_numpy(chunk - np.float32(mean))  # mean removed as waveform_fbank does
         features = pad_or_cut(fbank(waveform, config.sample_rate, config.num_mel_bins), config.frames)

@@ -15,10 +15,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from fastast_deploy.audio.features import FeatureConfig
 from fastast_deploy.errors import CheckpointError, ConfigError, error_summary
 from fastast_deploy.files import read_json_object, sha256_file
-from fastast_deploy.model.config import ModelConfig, TomeConfig
+from fastast_deploy.model.config import FeatureConfig, ModelConfig, TomeConfig
 
 ACCEPTED_FORMATS = (
     "an original AST .pth state dict (keys module.v.*, module.mlp_head.*)",

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fastast_deploy.audio.features import AUDIOSET, ESC50, SPEECHCOMMANDS, FeatureConfig
 from fastast_deploy.checkpoints.access import (
     _EXAMPLES,
     _EXPECTED,
@@ -24,7 +23,7 @@ from fastast_deploy.checkpoints.access import (
     _torch_load,
 )
 from fastast_deploy.errors import CheckpointError
-from fastast_deploy.model.config import ModelConfig
+from fastast_deploy.model.config import AUDIOSET, ESC50, SPEECHCOMMANDS, FeatureConfig, ModelConfig
 from fastast_deploy.model.schedule import PROTECTED_TOKENS
 
 HF_MODEL_TYPE = "audio-spectrogram-transformer"

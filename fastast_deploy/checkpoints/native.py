@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor
 
-from fastast_deploy.audio.features import AUDIOSET, FeatureConfig
 from fastast_deploy.checkpoints.access import (
     _EXPECTED,
     ACCEPTED_FORMATS,
@@ -32,7 +31,7 @@ from fastast_deploy.checkpoints.access import (
 from fastast_deploy.checkpoints.foreign import _read_hf_dir, _read_pth
 from fastast_deploy.errors import CheckpointError, ConfigError
 from fastast_deploy.files import atomic_path, sha256_file
-from fastast_deploy.model.config import ModelConfig, TomeConfig
+from fastast_deploy.model.config import AUDIOSET, FeatureConfig, ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import FastAST, build_model
 from fastast_deploy.model.schedule import PROTECTED_TOKENS, make_schedule
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from fastast_deploy import __version__
+from fastast_deploy.contract import PACKAGE_VERSION
 from fastast_deploy.errors import FastASTError
 
 
@@ -24,7 +24,7 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="fastast-deploy")
+@click.version_option(PACKAGE_VERSION, prog_name="fastast-deploy")
 def cli() -> None:
     """FastAST (AST + Token Merging) from a PyTorch checkpoint to verified TensorRT and ONNX Runtime engines.
 

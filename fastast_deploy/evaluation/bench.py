@@ -75,8 +75,8 @@ def labelled_data(data: str, labels_csv: str | None, engine: Engine) -> tuple[np
     """Normalised fbank (N, T, F) with the engine's feature settings (waveform windows (N, samples) for a
     waveform-in engine), multi-hot targets (N, labels), the task, and how many listed files were missing."""
     from fastast_deploy.audio.datasets import detect_task, fbank_cache, load_dataset, normalize_cache
-    from fastast_deploy.audio.features import FeatureConfig
     from fastast_deploy.audio.labels import LabelSet, read_label_csv
+    from fastast_deploy.model.config import FeatureConfig
 
     export = engine.metadata["export"]
     names = export.get("labels")
@@ -102,8 +102,8 @@ def labelled_data(data: str, labels_csv: str | None, engine: Engine) -> tuple[np
 def bench(source: str, options: BenchOptions, workdir: Path, data: str | None = None,
           labels_csv: str | None = None) -> dict[str, Any]:
     """Build every engine, time them side by side, and score them on labelled data when given."""
-    from fastast_deploy.evaluation.metrics import accuracy, mean_average_precision
     from fastast_deploy.evaluation.verify import run_engine
+    from fastast_deploy.metrics import accuracy, mean_average_precision
     from fastast_deploy.model.config import ModelConfig
     from fastast_deploy.model.flops import flop_ratio
 

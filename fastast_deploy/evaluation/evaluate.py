@@ -20,7 +20,7 @@ import numpy as np
 from fastast_deploy.audio.datasets import Dataset, detect_task, load_dataset
 from fastast_deploy.audio.labels import LabelSet, read_label_csv
 from fastast_deploy.errors import ConfigError, DatasetError
-from fastast_deploy.evaluation.metrics import accuracy, average_precision, mean_average_precision
+from fastast_deploy.metrics import accuracy, average_precision, mean_average_precision
 
 REPORT_SCHEMA = "fastast-deploy/evaluate"
 REPORT_VERSION = 1
@@ -91,12 +91,13 @@ def _engine_scorer(path: Path, options: EvaluateOptions) -> Scorer:
 def _torch_scorer(source: str | os.PathLike[str], options: EvaluateOptions) -> Scorer:
     import torch
 
-    from fastast_deploy.audio.features import FeatureConfig
-    from fastast_deploy.training.teachers import CNNClassifier, load_teacher, model_extra
+    from fastast_deploy.checkpoints.loading import load_any, model_extra
+    from fastast_deploy.model.cnn import CNNClassifier
+    from fastast_deploy.model.config import FeatureConfig
 
     if options.threads is not None:
         torch.set_num_threads(options.threads)
-    model = load_teacher(source)  # CNN checkpoints and runs, and everything load_model reads
+    model = load_any(source)  # CNN checkpoints and runs, and everything load_model reads
     config = model.config
     features = model.feature_config or FeatureConfig(num_mel_bins=config.num_mel_bins, frames=config.input_frames)
     backend = "pytorch (CNN)" if isinstance(model, CNNClassifier) else "pytorch"

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from fastast_deploy.errors import FastASTError, VerifyUsageError, error_summary
-from fastast_deploy.evaluation.metrics import fbank_like
+from fastast_deploy.metrics import fbank_like
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
@@ -111,7 +111,8 @@ def label_folder(label: str) -> str:
 def _audio_folder(path: Path, export: dict[str, Any]) -> InputSet:
     """Every audio file under ``path``; a sub-folder named like a label (see ``label_folder``) gives its clips that
     label."""
-    from fastast_deploy.audio.features import FeatureConfig, load_input
+    from fastast_deploy.audio.features import load_input
+    from fastast_deploy.model.config import FeatureConfig
 
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
@@ -151,8 +152,9 @@ def is_ast_data_json(path: Path) -> bool:
 def _data_json(path: Path, labels_csv: str | None, export: dict[str, Any]) -> InputSet:
     """An AST data file: clips with their labels (multi-hot targets); unreadable or missing files are skipped."""
     from fastast_deploy.audio.datasets import load_dataset, raw_fbank
-    from fastast_deploy.audio.features import FeatureConfig, normalize
+    from fastast_deploy.audio.features import normalize
     from fastast_deploy.audio.labels import LabelSet, read_label_csv
+    from fastast_deploy.model.config import FeatureConfig
 
     names = export.get("labels")
     if labels_csv is not None:
@@ -245,14 +247,14 @@ def load_waveform_inputs(spec: str, num: int, samples: int, seed: int, export: d
     """Inputs of a waveform-in engine: ``waveform`` (N, samples) and, for the reference, ``fbank`` (N, T, F), the
     project's own features of the same audio. ``random``: `waveform_like` clips; a folder of audio or an AST
     data .json: each file's first window (resampled, NaN past its end), as `predict` feeds it."""
-    from fastast_deploy.audio.features import FeatureConfig
+    from fastast_deploy.model.config import FeatureConfig
 
     if export.get("features") is None:
         raise VerifyUsageError("the engine records no feature settings, so audio cannot be turned into its input")
     config = FeatureConfig.from_dict(export["features"])
     if spec == "random":
-        from fastast_deploy.evaluation.metrics import waveform_like
         from fastast_deploy.exporters.fbank_graph import reference_fbank
+        from fastast_deploy.metrics import waveform_like
 
         waves = waveform_like(num, samples, seed, config.sample_rate)
         return InputSet(reference_fbank(waves, config), [f"random-{i}" for i in range(num)],

@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from fastast_deploy import __version__
-from fastast_deploy.contract import OUTPUT_NAME, WAVEFORM_NAME, merge_output_names
+from fastast_deploy.contract import OUTPUT_NAME, PACKAGE_VERSION, WAVEFORM_NAME, merge_output_names
 from fastast_deploy.engines import Engine, load_engine
 from fastast_deploy.engines.base import batch_chunks
 from fastast_deploy.errors import VerifyUsageError
@@ -25,7 +24,8 @@ from fastast_deploy.evaluation.inputs import (
     load_reference,
     load_waveform_inputs,
 )
-from fastast_deploy.evaluation.metrics import (
+from fastast_deploy.evaluation.timing import time_interleaved
+from fastast_deploy.metrics import (
     accuracy,
     compare_logits,
     fbank_like,
@@ -33,7 +33,6 @@ from fastast_deploy.evaluation.metrics import (
     merge_agreement,
     waveform_like,
 )
-from fastast_deploy.evaluation.timing import time_interleaved
 
 REPORT_SCHEMA = "fastast-deploy/verify"
 REPORT_VERSION = 1
@@ -266,7 +265,7 @@ def verify(engine_path: str | os.PathLike, reference_spec: str, *, inputs_spec: 
         outputs = run_engine(engine, inputs.waveform if waveform else inputs.fbank, batch)
         figures, checks = parity_section(reference, outputs, export, inputs, thresholds)
         report: dict[str, Any] = {
-            "schema": REPORT_SCHEMA, "version": REPORT_VERSION, "fastast_deploy": __version__,
+            "schema": REPORT_SCHEMA, "version": REPORT_VERSION, "fastast_deploy": PACKAGE_VERSION,
             "engine": engine_summary(engine),
             "reference": {"kind": reference.kind, "source": reference.source},
             "inputs": {"source": inputs.source, "clips": int(len(inputs.fbank)), "skipped": inputs.skipped,

@@ -1,13 +1,17 @@
-"""Model and Token Merging settings as frozen dataclasses (plain JSON round-trip)."""
+"""Model, Token Merging and feature settings as frozen dataclasses (plain JSON round-trip). Plain Python: importing
+it loads no torch, so configs, FLOP counts and training settings can be read on any machine."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from fastast_deploy.errors import ConfigError
 from fastast_deploy.model.schedule import PROTECTED_TOKENS, check_r, clip_schedule, pad_schedule, token_counts
-from fastast_deploy.model.tome import MERGE_IMPLS
+
+MERGE_IMPLS: tuple[str, ...] = ("matmul", "scatter")  # model.tome.MergeImpl
 
 # Bounds checked before anything is allocated: a config read from a file can claim anything.
 LIMITS = {"embed_dim": 8192, "depth": 128, "num_heads": 256, "mlp_dim": 65536, "patch_size": 128, "fstride": 128,
@@ -140,3 +144,47 @@ class TomeConfig:
             prop_attn=bool(data.get("prop_attn", True)),
             merge_impl=str(data.get("merge_impl", "matmul")),
         )
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """How a waveform becomes a model input of shape (frames, num_mel_bins).
+
+    `mean` and `std` are the dataset's fbank statistics; inputs are normalised to `(x - mean) / (2 * std)`,
+    which gives roughly zero mean and 0.5 std.
+    """
+
+    sample_rate: int = 16000
+    num_mel_bins: int = 128
+    frames: int = 1024  # 10.24 s at a 10 ms shift
+    mean: float = -4.2677393  # AudioSet
+    std: float = 4.5689974
+
+    def __post_init__(self) -> None:
+        for name in ("sample_rate", "num_mel_bins", "frames"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"FeatureConfig.{name} must be a positive integer, got {value!r}")
+        if not math.isfinite(self.mean):
+            raise ConfigError(f"FeatureConfig.mean must be a finite number, got {self.mean!r}")
+        if not (math.isfinite(self.std) and self.std > 0):
+            raise ConfigError(f"FeatureConfig.std must be a positive finite number, got {self.std!r}")
+
+    def to_dict(self) -> dict[str, int | float]:
+        """Plain JSON-serialisable dict of all fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureConfig:
+        """Inverse of `to_dict`; missing keys take their defaults, unknown keys raise ConfigError."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown FeatureConfig keys {unknown}; expected a subset of {sorted(known)}")
+        return cls(**data)
+
+
+AUDIOSET = FeatureConfig()
+ESC50 = FeatureConfig(frames=512, mean=-6.6268077, std=5.358466)
+SPEECHCOMMANDS = FeatureConfig(frames=128, mean=-6.845978, std=5.5654526)
+PRESETS: dict[str, FeatureConfig] = {"audioset": AUDIOSET, "esc50": ESC50, "speechcommands": SPEECHCOMMANDS}

@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastast_deploy.audio.features import FeatureConfig
 from fastast_deploy.errors import ConfigError
-from fastast_deploy.model.config import ModelConfig, TomeConfig
+from fastast_deploy.model.config import FeatureConfig, ModelConfig, TomeConfig
 from fastast_deploy.model.tome import Matching, merge_tokens
 
 

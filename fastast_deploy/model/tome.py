@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 
 from fastast_deploy.errors import ConfigError
+from fastast_deploy.model.config import MERGE_IMPLS
 
 MergeImpl = Literal["matmul", "scatter"]
-MERGE_IMPLS: tuple[str, ...] = ("matmul", "scatter")
 
 
 class Matching(NamedTuple):

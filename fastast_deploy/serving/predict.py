@@ -25,7 +25,7 @@ from fastast_deploy.errors import AudioError, ConfigError, FastASTError
 
 if TYPE_CHECKING:  # torch and the feature code load with the first prediction, not with the CLI
 
-    from fastast_deploy.audio.features import FeatureConfig
+    from fastast_deploy.model.config import FeatureConfig
 
 POOLS = ("mean", "max")
 ACTIVATIONS = {"singlelabel": "softmax", "multilabel": "sigmoid"}
@@ -91,7 +91,7 @@ class Classifier:
     @property
     def window_s(self) -> float:
         """The model's input length in seconds."""
-        from fastast_deploy.audio.features import FRAME_SHIFT_MS
+        from fastast_deploy.audio.frames import FRAME_SHIFT_MS
 
         return self.features.frames * FRAME_SHIFT_MS / 1000
 
@@ -160,8 +160,8 @@ def engine_features(path: Path, engine: Any) -> tuple[FeatureConfig, int | None,
     """The feature settings an engine's input is made with, its window in samples where it takes waveforms (the
     graph computes the fbank) else None, and notes; ConfigError, the engine closed, where the settings recorded
     at export do not give the graph's input."""
-    from fastast_deploy.audio.features import FeatureConfig
-    from fastast_deploy.audio.windows import waveform_samples
+    from fastast_deploy.audio.frames import waveform_samples
+    from fastast_deploy.model.config import FeatureConfig
 
     export = engine.metadata["export"]
     if WAVEFORM_NAME in engine.input_specs:
@@ -192,12 +192,12 @@ def engine_features(path: Path, engine: Any) -> tuple[FeatureConfig, int | None,
 def _torch_classifier(source: str | os.PathLike, threads: int | None = None) -> Classifier:
     import torch
 
-    from fastast_deploy.audio.features import FeatureConfig
-    from fastast_deploy.training.teachers import load_teacher, model_extra
+    from fastast_deploy.checkpoints.loading import load_any, model_extra
+    from fastast_deploy.model.config import FeatureConfig
 
     if threads is not None:
         torch.set_num_threads(threads)
-    model = load_teacher(source)  # a CNN checkpoint or run, or anything load_model reads
+    model = load_any(source)  # a CNN checkpoint or run, or anything load_model reads
     config = model.config
     features = model.feature_config or FeatureConfig(num_mel_bins=config.num_mel_bins, frames=config.input_frames)
 
@@ -212,7 +212,7 @@ def _torch_classifier(source: str | os.PathLike, threads: int | None = None) -> 
 
 def hop_frames(hop_s: float | None, frames: int) -> int:
     """The window hop in frames (10 ms each); ``None`` gives ``frames`` (no overlap)."""
-    from fastast_deploy.audio.features import FRAME_SHIFT_MS
+    from fastast_deploy.audio.frames import FRAME_SHIFT_MS
 
     if hop_s is None:
         return frames

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastast_deploy import __version__
-from fastast_deploy.contract import OUTPUT_NAME, sidecar_path
+from fastast_deploy.contract import OUTPUT_NAME, PACKAGE_VERSION, sidecar_path
 from fastast_deploy.engines.base import BATCH, BatchRange, EngineError
 from fastast_deploy.errors import ConfigError, FastASTError
 from fastast_deploy.serving.pbtxt import pb_list, pb_string, pb_tensor
@@ -242,7 +241,7 @@ def model_config(model: ServedModel, name: str, options: TritonOptions) -> Trito
         lines[1:1] = [f"# {c}" for c in comments]
         params = {**params, **python_params}
     else:
-        lines = [f"# Triton model configuration written by fastast-deploy {__version__} from {model.path.name}"]
+        lines = [f"# Triton model configuration written by fastast-deploy {PACKAGE_VERSION} from {model.path.name}"]
         lines += [f"# {c}" for c in comments]
         lines += [f"name: {pb_string(name)}", f"platform: {pb_string(model.platform)}", f"max_batch_size: {largest}"]
         inputs = [pb_tensor(n, s, batched) for n, s in model.inputs.items()]

@@ -28,8 +28,7 @@ import sysconfig
 from collections.abc import Sequence
 from typing import Any
 
-from fastast_deploy import __version__
-from fastast_deploy.contract import OUTPUT_NAME, WAVEFORM_NAME
+from fastast_deploy.contract import OUTPUT_NAME, PACKAGE_VERSION, WAVEFORM_NAME
 
 SITE_PACKAGES_PARAM = "fastast_deploy.site_packages"
 ENGINE_PARAM = "fastast_deploy.engine"
@@ -52,7 +51,7 @@ def python_config_lines(model: Any, name: str, largest: int, site_packages: Sequ
     NaN (no audio), as `predict` does for one window."""
     from fastast_deploy.serving.pbtxt import pb_string, pb_tensor
 
-    header = [f"# Triton model configuration written by fastast-deploy {__version__} from {model.path.name}",
+    header = [f"# Triton model configuration written by fastast-deploy {PACKAGE_VERSION} from {model.path.name}",
               "# Served by Triton's Python backend with fastast_deploy.engines; see README.md for how the stub finds",
               "# numpy, onnxruntime (or tensorrt) and fastast_deploy.",
               f"name: {pb_string(name)}", 'backend: "python"', f"max_batch_size: {largest}"]
@@ -196,5 +195,5 @@ class TritonPythonModel:
 
 def model_py() -> str:
     """The text of REPO/NAME/1/model.py."""
-    return MODEL_PY.format(version=__version__, site=SITE_PACKAGES_PARAM, provider=PROVIDER_PARAM,
+    return MODEL_PY.format(version=PACKAGE_VERSION, site=SITE_PACKAGES_PARAM, provider=PROVIDER_PARAM,
                            engine=ENGINE_PARAM)

@@ -22,10 +22,9 @@ from fastast_deploy.audio.datasets import (
     load_dataset,
     normalize_cache,
 )
-from fastast_deploy.audio.features import PRESETS, FeatureConfig
 from fastast_deploy.audio.labels import LabelSet, read_label_csv
 from fastast_deploy.errors import ConfigError, DatasetError
-from fastast_deploy.model.config import SIZES, ModelConfig, TomeConfig
+from fastast_deploy.model.config import PRESETS, SIZES, FeatureConfig, ModelConfig, TomeConfig
 from fastast_deploy.training.config import SOFT_KD_MODES
 from fastast_deploy.training.teachers import first_differences, read_teacher_logits, write_teacher_logits
 
@@ -96,9 +95,9 @@ class Prepared:
 
     def save(self, model: nn.Module, path: Path, extra: dict[str, Any]) -> None:
         """A checkpoint in the project's format, carrying labels, features and (FastAST) the ToMe schedule."""
+        from fastast_deploy.checkpoints.cnn import save_cnn
         from fastast_deploy.checkpoints.native import save_checkpoint
         from fastast_deploy.model.fastast import FastAST
-        from fastast_deploy.training.teachers import save_cnn
 
         if isinstance(model, FastAST):
             save_checkpoint(model, path, label_names=self.labels.names, feature_config=self.features, extra=extra)
@@ -192,8 +191,8 @@ def _source(config: TrainConfig) -> Any:
     """The checkpoint to fine-tune (a FastAST after `load_model`), or None for a new model of a DeiT size."""
     if config.arch != "fastast" or (config.model in SIZES and not Path(config.model).exists()):
         return None
+    from fastast_deploy.checkpoints.loading import resolve_run
     from fastast_deploy.checkpoints.native import load_model
-    from fastast_deploy.training.teachers import resolve_run
 
     if config.depth is not None:
         raise ConfigError("--depth applies to a new model (tiny / small / base), not to a checkpoint")
@@ -238,7 +237,7 @@ def _student(config: TrainConfig, source: Any, labels: LabelSet, features: Featu
 
     torch.manual_seed(config.seed)
     if config.arch != "fastast":
-        from fastast_deploy.training.teachers import CNNClassifier, CNNConfig, default_cnn_arch
+        from fastast_deploy.model.cnn import CNNClassifier, CNNConfig, default_cnn_arch
 
         arch = default_cnn_arch() if config.arch == "cnn" else "compact"
         model: nn.Module = CNNClassifier(CNNConfig(len(labels), features.frames, features.num_mel_bins, arch,
@@ -284,9 +283,9 @@ def _new_head(model: Any, labels: LabelSet, log: Log) -> nn.Module:
 
 def _load_teacher(source: str, labels: LabelSet) -> nn.Module:
     """The teacher, refused unless it has the dataset's labels (by name where it names them, else by count)."""
-    from fastast_deploy.training.teachers import load_teacher
+    from fastast_deploy.checkpoints.loading import load_any
 
-    teacher = load_teacher(source)
+    teacher = load_any(source)
     outputs = teacher.config.num_labels
     names = getattr(teacher, "label_names", None)
     if outputs != len(labels):

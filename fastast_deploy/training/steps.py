@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from fastast_deploy.audio.datasets import Dataset
 from fastast_deploy.errors import DatasetError
-from fastast_deploy.evaluation.metrics import accuracy, mean_average_precision
+from fastast_deploy.metrics import accuracy, mean_average_precision
 
 
 @torch.no_grad()

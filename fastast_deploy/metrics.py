@@ -71,15 +71,22 @@ def compare_logits(
     }
 
 
+def merge_pairs(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """One clip's merge decisions (src (r,), dst (r,) positions) as its (source, destination) pairs sorted by source
+    (r, 2): the merge itself, without the order sources were ranked in. Two sources whose scores agree to the last
+    bits may be ranked in either order by two backends; the merge is the same."""
+    order = np.argsort(src, kind="stable")
+    return np.stack([src[order], dst[order]], axis=-1)
+
+
 def merge_agreement(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> list[float]:
-    """Per merging block, the fraction of clips whose merge decisions (the (src, dst) position arrays, in pairs)
-    are identical."""
+    """Per merging block, the fraction of clips whose merges (the (src, dst) position arrays, in pairs, compared as
+    sets of pairs: `merge_pairs`) are identical."""
     per_block = []
     for i in range(0, len(reference), 2):
-        same = np.ones(reference[i].shape[0], dtype=bool)
-        for ref, got in ((reference[i], candidate[i]), (reference[i + 1], candidate[i + 1])):
-            same &= np.all(ref == got, axis=-1)
-        per_block.append(float(same.mean()))
+        same = [np.array_equal(merge_pairs(rs, rd), merge_pairs(cs, cd)) for rs, rd, cs, cd in
+                zip(reference[i], reference[i + 1], candidate[i], candidate[i + 1], strict=True)]
+        per_block.append(float(np.mean(same)))
     return per_block
 
 

@@ -1,0 +1,47 @@
+"""Process-wide settings changed for one call and put back afterwards, whatever happens inside: the logging
+threshold, Polygraphy's verbosity and torch's intra-op thread count. A library call that needs one of them takes
+it through these, so its caller's settings are as they were when it returns. Plain Python: torch and Polygraphy
+load only when their context is entered."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def logging_disabled(level: int = logging.WARNING) -> Iterator[None]:
+    """Records at ``level`` and below are dropped inside (``logging.disable``); the caller's threshold returns
+    afterwards (e.g. to silence advice a library logs on the root logger)."""
+    before = logging.root.manager.disable
+    logging.disable(level)
+    try:
+        yield
+    finally:
+        logging.disable(before)
+
+
+@contextlib.contextmanager
+def polygraphy_verbosity(severity: str = "ERROR") -> Iterator[None]:
+    """Polygraphy's global logger at ``severity`` (a ``G_LOGGER`` level name) inside, its own level afterwards."""
+    from polygraphy.logger import G_LOGGER
+
+    with G_LOGGER.verbosity(getattr(G_LOGGER, severity)):
+        yield
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` inside (None: left as they are), the caller's count after."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
