@@ -261,7 +261,7 @@ def test_hf_at_r0_unchanged_and_merging_changes_logits(hf: torch.nn.Module, hf_d
 
 
 def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fastast_deploy.checkpoints.native as checkpoints
+    import fastast_deploy.checkpoints.metadata as checkpoints  # the one checkpoint writer
 
     def failing_save(tensors: dict, filename: str | Path, metadata: dict) -> None:
         Path(filename).write_bytes(b"partial")
@@ -358,6 +358,40 @@ def test_truncated_safetensors(tmp_path: Path) -> None:
         with pytest.raises(CheckpointError) as err:
             load_model(cut)
         assert_one_line_error(err, cut.name)
+
+
+def test_damaged_cnn_checkpoint_is_reported_as_one(tmp_path: Path) -> None:
+    from fastast_deploy.checkpoints.cnn import CNN_METADATA_KEY, load_cnn, save_cnn
+    from fastast_deploy.checkpoints.loading import load_any
+    from fastast_deploy.model.cnn import CNNClassifier, CNNConfig
+
+    path = save_cnn(CNNClassifier(CNNConfig(3, 48, 32, "compact", 4)), tmp_path / "cnn.safetensors",
+                    label_names=["a", "b", "c"])
+    data = path.read_bytes()
+    key_end = data.index(f'"{CNN_METADATA_KEY}"'.encode()) + len(CNN_METADATA_KEY) + 2
+    meta = load_file(path)
+    header = json.dumps(json.loads(safe_metadata(path)[CNN_METADATA_KEY]))
+    cases = {
+        "tensors cut": (lambda p: p.write_bytes(data[: len(data) - 100]), "its tensors are cut short"),
+        "header cut": (lambda p: p.write_bytes(data[: key_end + 20]), "its safetensors header is cut or corrupt"),
+        "metadata JSON cut": (lambda p: save_file(meta, p, metadata={CNN_METADATA_KEY: header[:-10]}),
+                              "its metadata is not valid JSON"),
+    }
+    for name, (damage, why) in cases.items():
+        damaged = tmp_path / f"{name.replace(' ', '-')}.safetensors"
+        damage(damaged)
+        for load in (load_any, load_cnn):
+            with pytest.raises(CheckpointError) as err:
+                load(damaged)
+            assert_one_line_error(err, f"{damaged} is a damaged CNN checkpoint", why)
+            assert "without fastast-deploy metadata" not in str(err.value)
+
+
+def safe_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()
 
 
 def test_foreign_safetensors_and_bin_point_to_the_directory(hf_dir: Path) -> None:

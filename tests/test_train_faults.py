@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -63,7 +64,7 @@ def test_killed_while_saving_resumes_exactly(base: TrainConfig, whole: Path, tmp
     killed = subprocess.run([sys.executable, "-c", KILLED_TRAIN, step, config], capture_output=True, timeout=600)
     assert killed.returncode == 9, killed.stderr.decode()[-2000:]
     assert (run / JOURNAL).exists() == (step in ("journal", "first"))  # a commit was cut there
-    train(TrainConfig(output=str(run)), resume=True, **QUIET)
+    train(TrainConfig(output=str(run), threads=base.threads), resume=True, **QUIET)  # as the run: bit-exact
     assert not (run / JOURNAL).exists() and not list(run.glob(".*.staged"))
     want, got = load_file(whole / "last"), load_file(run / "last")
     assert want.keys() == got.keys()
@@ -87,3 +88,41 @@ def test_one_training_per_run_directory(base: TrainConfig, tmp_path: Path) -> No
     assert result.exit_code != 0 and "in use by another train" in result.output, result.output
     assert first.wait(timeout=600) == 0, first.stderr.read().decode()[-2000:]
     assert [r["epoch"] for r in lines(run)] == list(range(1, 7))  # the first run's metrics alone
+
+
+def test_a_library_call_leaves_the_thread_count(base: TrainConfig, tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    threads = 2 if before == 1 else 1
+    train(TrainConfig(**{**base.to_dict(), "output": str(tmp_path / "run"), "epochs": 1, "threads": threads}),
+          **QUIET)
+    assert torch.get_num_threads() == before
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["threads"] == threads
+
+
+def _cut(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGES = {
+    "config.json cut": ("config.json", _cut, "is not valid JSON"),
+    "config.json not settings": ("config.json", lambda p: p.write_text('{"epochs": "many"}'), "invalid"),
+    "last-state.json garbage": ("last-state.json", lambda p: p.write_bytes(b"\xff\xfe\x00garbage\x9c"),
+                                "is not valid JSON"),
+    "last-state.json a list": ("last-state.json", lambda p: p.write_text("[1, 2]"), "expected an object"),
+    "metrics.jsonl cut line": ("metrics.jsonl", lambda p: p.write_text(p.read_text()[:-20]), "line 3"),
+    "last cut": ("last", _cut, "damaged FastAST checkpoint"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_damaged_run_files_are_one_line_errors(whole: Path, tmp_path: Path, damage: str) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(whole, run)
+    name, spoil, why = DAMAGES[damage]
+    spoil(run / name)
+    result = CliRunner().invoke(cli, ["train", "-o", str(run), "--resume", "--quiet"])
+    assert isinstance(result.exception, SystemExit) and result.exit_code != 0, result.exception
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output  # refused before any preparation
+    assert "cannot resume" in lines[0] or "damaged" in lines[0], lines[0]
+    assert name in lines[0] and why in lines[0], lines[0]

@@ -44,6 +44,12 @@ class Checkpoint:
 
 def _safetensors_header(path: Path) -> dict[str, Any]:
     """The JSON header (tensor table and "__metadata__") of a safetensors file, reading nothing else."""
+    return _safetensors_layout(path)[0]
+
+
+def _safetensors_layout(path: Path) -> tuple[dict[str, Any], int]:
+    """The JSON header of a safetensors file and the size in bytes the whole file must have (8 + header + the
+    tensors' data, by the header's offsets), reading nothing past the header."""
     size = path.stat().st_size
     with path.open("rb") as f:
         length = int.from_bytes(f.read(8), "little")
@@ -56,7 +62,24 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} has a corrupt safetensors header; {_EXPECTED}") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} has a corrupt safetensors header; {_EXPECTED}")
-    return header
+    data = 0  # bytes of tensor data: the furthest end offset of any tensor
+    for name, entry in header.items():
+        offsets = entry.get("data_offsets") if name != "__metadata__" and isinstance(entry, dict) else None
+        if isinstance(offsets, list) and len(offsets) == 2 and isinstance(offsets[1], int):
+            data = max(data, offsets[1])
+    return header, 8 + length + data
+
+
+def _header_names(path: Path, key: str) -> bool:
+    """Whether the (possibly cut or corrupt) header of a file that starts like a safetensors file names ``key``:
+    what a damaged file was meant to be."""
+    with path.open("rb") as f:
+        head = f.read(9)
+        if len(head) < 9 or head[8:] != b"{":
+            return False
+        length = int.from_bytes(head[:8], "little")
+        raw = head[8:] + f.read(max(0, min(length, _MAX_HEADER_BYTES) - 1))
+    return b'"' + key.encode() + b'"' in raw
 
 
 def _load_safetensors(path: Path) -> dict[str, Tensor]:

@@ -3,16 +3,16 @@ settings, what training recorded), never a pickle."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from fastast_deploy.checkpoints.access import _load_safetensors
+from fastast_deploy.checkpoints.metadata import read_metadata, write_checkpoint_file
 from fastast_deploy.checkpoints.native import load_state_dict_strict
 from fastast_deploy.errors import CheckpointError, ConfigError
-from fastast_deploy.files import atomic_path
 from fastast_deploy.model.cnn import CNNClassifier, CNNConfig
 from fastast_deploy.model.config import FeatureConfig
 
@@ -23,8 +23,6 @@ CNN_FORMAT_VERSION = 1
 def save_cnn(model: CNNClassifier, path: str | os.PathLike[str], *, label_names: Sequence[str] | None = None,
              feature_config: FeatureConfig | None = None, extra: dict[str, Any] | None = None) -> Path:
     """One safetensors file with the config, labels and features in its header; atomic."""
-    from safetensors.torch import save_file
-
     labels = label_names if label_names is not None else model.label_names
     features = feature_config or model.feature_config
     if labels is not None and len(labels) != model.config.num_labels:
@@ -36,36 +34,17 @@ def save_cnn(model: CNNClassifier, path: str | os.PathLike[str], *, label_names:
         "features": None if features is None else features.to_dict(),
         "extra": extra or {},
     }
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt", CNN_METADATA_KEY: json.dumps(meta)})
-    return Path(path)
+    return write_checkpoint_file(path, model.state_dict(), CNN_METADATA_KEY, meta)
 
 
 def cnn_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The CNN metadata of a safetensors file, None when the file is not a CNN checkpoint."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(CNN_METADATA_KEY)
-    except (SafetensorError, OSError, ValueError):
-        return None
-    if raw is None:
-        return None
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{path}: CNN metadata is not valid JSON") from None
-    if meta.get("format_version") != CNN_FORMAT_VERSION:
-        raise CheckpointError(f"{path} has CNN checkpoint version {meta.get('format_version')!r}; this version "
-                              f"reads {CNN_FORMAT_VERSION}")
-    return meta
+    """The CNN metadata of a file, reading only its header; None when the file is not a CNN checkpoint, a one-line
+    CheckpointError when it is a damaged one."""
+    return read_metadata(path, CNN_METADATA_KEY, "CNN checkpoint", CNN_FORMAT_VERSION)
 
 
 def load_cnn(path: str | os.PathLike[str]) -> CNNClassifier:
-    from safetensors.torch import load_file
-
+    path = Path(path)
     meta = cnn_metadata(path)
     if meta is None:
         raise CheckpointError(f"{path} is not a CNN checkpoint written by `fastast-deploy train --arch cnn`")
@@ -75,7 +54,7 @@ def load_cnn(path: str | os.PathLike[str]) -> CNNClassifier:
     except (KeyError, TypeError, ConfigError) as err:
         raise CheckpointError(f"{path}: invalid CNN configuration ({err})") from None
     model = CNNClassifier(config)
-    load_state_dict_strict(model, load_file(str(path), device="cpu"), f"CNN checkpoint {path}")
+    load_state_dict_strict(model, _load_safetensors(path), f"CNN checkpoint {path}")
     model.label_names = tuple(meta["labels"]) if meta.get("labels") else None
     model.feature_config = features
     model.extra = meta.get("extra") if isinstance(meta.get("extra"), dict) else {}

@@ -1,4 +1,5 @@
-"""Any checkpoint behind one call: `load_any` opens a CNN checkpoint or run, or anything `load_model` reads."""
+"""Any checkpoint behind one call: `load_any` opens a CNN checkpoint or run, or anything `load_model` reads;
+`load_weights` copies a project checkpoint's weights into a model that is already built (a resumed training)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from typing import Any
 
 from torch import nn
 
+from fastast_deploy.checkpoints.access import _load_safetensors
 from fastast_deploy.checkpoints.cnn import cnn_metadata, load_cnn
-from fastast_deploy.checkpoints.native import load_model
+from fastast_deploy.checkpoints.native import load_model, load_state_dict_strict, read_checkpoint_metadata
 
 
 def model_extra(model: nn.Module) -> dict[str, Any]:
@@ -35,3 +37,21 @@ def load_any(source: str | os.PathLike[str]) -> nn.Module:
     if path.is_file() and cnn_metadata(path) is not None:
         return load_cnn(path)
     return load_model(path).eval()
+
+
+def load_weights(model: nn.Module, source: str | os.PathLike[str]) -> dict[str, Any]:
+    """Copy the weights of a FastAST or CNN checkpoint in this project's format (or run) into ``model``, with strict
+    key and shape matching; returns what training recorded in it (its ``extra``, {} if nothing)."""
+    path = resolve_run(source)
+    meta = checkpoint_metadata(path)
+    load_state_dict_strict(model, _load_safetensors(path), f"checkpoint {path}")
+    extra = meta.get("extra")
+    return extra if isinstance(extra, dict) else {}
+
+
+def checkpoint_metadata(source: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata of a FastAST or CNN checkpoint in this project's format (or run), reading only its header;
+    a one-line CheckpointError when it is neither, or damaged."""
+    path = resolve_run(source)
+    meta = cnn_metadata(path)
+    return meta if meta is not None else read_checkpoint_metadata(path)

@@ -1,12 +1,10 @@
-"""Checkpoints: original AST ``.pth`` files, Hugging Face AST directories (both read in checkpoint_formats), and
+"""FastAST checkpoints: original AST ``.pth`` files, Hugging Face AST directories (both read in ``foreign``), and
 this project's own safetensors. `load_model` detects the format and builds FastAST with strict key and shape
-matching. Pickles are only ever read with
-``torch.load(..., weights_only=True)``: tensors, never code.
+matching. Pickles are only ever read with ``torch.load(..., weights_only=True)``: tensors, never code.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -15,7 +13,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import Tensor
 
 from fastast_deploy.checkpoints.access import (
@@ -29,15 +26,16 @@ from fastast_deploy.checkpoints.access import (
     _safetensors_header,
 )
 from fastast_deploy.checkpoints.foreign import _read_hf_dir, _read_pth
+from fastast_deploy.checkpoints.metadata import read_metadata, write_checkpoint_file
+from fastast_deploy.contract import METADATA_KEY
 from fastast_deploy.errors import CheckpointError, ConfigError
-from fastast_deploy.files import atomic_path, sha256_file
+from fastast_deploy.files import sha256_file
 from fastast_deploy.model.config import AUDIOSET, FeatureConfig, ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import FastAST, build_model
 from fastast_deploy.model.schedule import PROTECTED_TOKENS, make_schedule
 
 FORMAT_VERSION = 1
 DEFAULT_SOURCE = "default"  # the SOURCE that names the model shipped in the package
-METADATA_KEY = "fastast_deploy"
 
 
 def load_model(
@@ -65,7 +63,6 @@ def load_model(
                               f"{ckpt.config.parameter_estimate:,} parameters, but it holds {held:,} values; "
                               "the configuration is damaged")
     if input_frames is not None and input_frames != ckpt.config.input_frames:
-        replace(ckpt.config, input_frames=input_frames)  # the new geometry's bounds, before anything is resized
         ckpt = change_input_frames(ckpt, input_frames)
     names, info = ckpt.labels, dict(ckpt.info)
     if labels is not None:
@@ -156,14 +153,7 @@ def save_checkpoint(
         "features": feature_config.to_dict(),
         "extra": extra or {},
     }
-    try:
-        header = json.dumps(meta)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"checkpoint extra must be JSON-serialisable: {err}") from None
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt", METADATA_KEY: header})
-    return Path(path)
+    return write_checkpoint_file(path, model.state_dict(), METADATA_KEY, meta)
 
 
 def read_checkpoint_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -171,19 +161,12 @@ def read_checkpoint_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file; expected a .safetensors file from save_checkpoint")
-    header = _safetensors_header(path)
-    raw = (header.get("__metadata__") or {}).get(METADATA_KEY)
-    if raw is None:
+    meta = read_metadata(path, METADATA_KEY, "FastAST checkpoint", FORMAT_VERSION)
+    if meta is None:
+        header = _safetensors_header(path)  # the reason, when it is no safetensors file at all
         hf = any(k.startswith(("audio_spectrogram_transformer.", "classifier.")) for k in header)
         hint = f"pass the Hugging Face directory {path.parent} instead" if hf else _EXPECTED
         raise CheckpointError(f"{path} is a safetensors file without fastast-deploy metadata; {hint}")
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: fastast-deploy metadata is not valid JSON ({err})") from None
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-        version = meta.get("format_version") if isinstance(meta, dict) else None
-        raise CheckpointError(f"{path} has checkpoint format version {version!r}; this version reads {FORMAT_VERSION}")
     return meta
 
 

@@ -139,17 +139,29 @@ class FastAST(nn.Module):
         prefix = torch.cat([self.cls_token, self.dist_token], dim=1).expand(x.shape[0], -1, -1)  # (B, 2, C)
         return torch.cat([prefix, x], dim=1) + self.pos_embed
 
-    def forward_with_merges(self, fbank: Tensor) -> tuple[Tensor, list[Matching]]:
-        """Logits (B, labels) and the merge decisions of every block that merges."""
+    def final_tokens(self, fbank: Tensor) -> tuple[Tensor, list[Matching]]:
+        """(B, T, F) normalised fbank -> the last block's tokens after the final norm (B, N', C), cls at 0 and dist
+        at 1, and the merge decisions of every block that merges."""
         x, size = self.embed(fbank), None
         merges = []
         for block in self.blocks:
             x, size, matching = block(x, size)
             if matching is not None:
                 merges.append(matching)
-        x = self.norm(x)
+        return self.norm(x), merges
+
+    def forward_with_merges(self, fbank: Tensor) -> tuple[Tensor, list[Matching]]:
+        """Logits (B, labels) and the merge decisions of every block that merges."""
+        x, merges = self.final_tokens(fbank)
         pooled = (x[:, 0] + x[:, 1]) / 2  # (B, C): cls and dist averaged, as AST does
         return self.head(self.head_norm(pooled)), merges
+
+    def token_logits(self, fbank: Tensor) -> Tensor:
+        """(B, 3, labels): the model's output (cls and dist averaged), and the head applied to the cls token alone
+        and to the dist token alone, which DeiT-style distillation trains apart."""
+        x, _ = self.final_tokens(fbank)
+        tokens = torch.stack([(x[:, 0] + x[:, 1]) / 2, x[:, 0], x[:, 1]], dim=1)  # (B, 3, C)
+        return self.head(self.head_norm(tokens))
 
     def forward(self, fbank: Tensor) -> Tensor:
         return self.forward_with_merges(fbank)[0]

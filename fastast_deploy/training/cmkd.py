@@ -113,19 +113,13 @@ def cmkd_loss(student_logits: Tensor, targets: Tensor, kd_targets: Tensor | None
 
 
 class TokenHeads(nn.Module):
-    """A FastAST whose forward returns (B, 3, labels): the pooled output (the model's own), and the head applied
-    to the cls token alone and to the dist token alone. Wrapping the model (rather than reaching into it from the
-    loop) keeps DDP's gradient hooks on the module that runs."""
+    """A FastAST whose forward is its `token_logits` (B, 3, labels): the pooled output (the model's own), and the
+    head applied to the cls token alone and to the dist token alone. Wrapping the model (rather than calling the
+    method from the loop) keeps DDP's gradient hooks on the module that runs."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, fbank: Tensor) -> Tensor:
-        m = self.model
-        x, size = m.embed(fbank), None
-        for block in m.blocks:
-            x, size, _ = block(x, size)
-        x = m.norm(x)  # (B, N, C)
-        tokens = torch.stack([(x[:, 0] + x[:, 1]) / 2, x[:, 0], x[:, 1]], dim=1)  # (B, 3, C)
-        return m.head(m.head_norm(tokens))  # (B, 3, labels)
+        return self.model.token_logits(fbank)

@@ -32,27 +32,16 @@ class KDRecipe:
     kd_tau: float
 
 
-# Measured on the speech set below (benchmarks/bench_distill.py, FastAST r = 3 from the width-32 CNN teacher, 50
-# epochs, held-out test accuracy, seeds 0 / 1; no teacher 0.278 / 0.333): soft at tau 4 gave 0.389 / 0.411 with
-# lambda 0.1 and 0.356 / 0.422 with lambda 0.5, while soft at tau 1, lambda 0.5 (CMKD's setting; seed 0) gave 0.278
-# and deit-hard at lambda 0.5 0.267 / 0.278: a 0.94 teacher's tau-1 softmax is nearly its one-hot decision, which
-# matches the labels and so adds nothing; softened targets carry which words the teacher finds alike. Only
-# single-label runs were measured; a multi-label (sigmoid) teacher is softened by tau too, so AudioSet-style runs
-# may want --kd-tau 1. At 70 epochs (every run new): distilled 0.389 / 0.522 against 0.300 / 0.333 without a teacher.
+# Chosen by benchmarks/bench_distill.py on a spoken-word set (see docs/benchmarks.md, "Training recipes").
 KD_RECIPES: dict[str, KDRecipe] = {
     "soft": KDRecipe(kd_lambda=0.1, kd_tau=4.0),
-    "deit-soft": KDRecipe(kd_lambda=0.1, kd_tau=4.0),  # as soft (not measured apart)
+    "deit-soft": KDRecipe(kd_lambda=0.1, kd_tau=4.0),  # as soft
     "hard": KDRecipe(kd_lambda=0.5, kd_tau=1.0),  # tau is unused by the hard modes
     "deit-hard": KDRecipe(kd_lambda=0.5, kd_tau=1.0),
 }
 
-# Measured on a 10-word espeak-ng speech set (benchmarks/bench_distill.py; 420 training clips, batch 32, 14 steps an
-# epoch, 64 mel bins): a new tiny FastAST at 5e-4 with 1 epoch of warm-up stayed at chance for 11 epochs; at 3e-4
-# with 5 its loss rose again as the lr reached its peak (epoch 4, val at chance); at 1e-4 it learned (0.31 / 0.50
-# after 20 epochs), slowly: 15 epochs (210 steps) left it at 0.12 test accuracy, so a new model needs a long run:
-# 50 epochs gave the tiny AST 0.244 / 0.333 test accuracy (seeds 0 / 1), 70 epochs 0.344 / 0.333, so 70 it is.
-# Fine-tuning follows AST's recipes (1e-5 to 1e-4), not measured here; the CNN's 1e-3 took the compact CNN
-# (width 16) to 0.80 test accuracy in 12 epochs.
+# A new FastAST needs a long run at a low peak lr; fine-tuning follows AST's recipes (1e-5 to 1e-4). Chosen with
+# benchmarks/bench_distill.py (see docs/benchmarks.md, "Training recipes").
 RECIPES: dict[str, Recipe] = {
     "scratch": Recipe(lr=1e-4, warmup_epochs=2.0, epochs=70),  # a new FastAST (tiny / small / base)
     "finetune": Recipe(lr=5e-5, warmup_epochs=1.0, epochs=10),  # a checkpoint: AST's recipes fine-tune at 1e-5..1e-4

@@ -22,18 +22,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fastast_deploy.errors import ConfigError
-from fastast_deploy.files import write_bytes_atomic, write_json_atomic
+from fastast_deploy.errors import CheckpointError, ConfigError, error_summary
+from fastast_deploy.files import read_json_object, write_bytes_atomic, write_json_atomic
 from fastast_deploy.pairs import exclusive_folder
+from fastast_deploy.scoped import torch_threads
 from fastast_deploy.training.cmkd import TOKEN_MODES, TokenHeads, cmkd_loss, teacher_targets
 from fastast_deploy.training.config import ARCHS, TrainConfig
 from fastast_deploy.training.setup import Distributed, Prepared, init_distributed, prepare
-from fastast_deploy.training.state import Progress, load_state, save_state
+from fastast_deploy.training.state import DAMAGED_FIX, Progress, load_state, save_state
 from fastast_deploy.training.steps import evaluate, predict
 
 __all__ = ["ARCHS", "TrainConfig", "TrainResult", "train"]
 
 CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
 STAGED = ".staged"  # suffix of the temps a save writes before committing them
 
 
@@ -53,18 +55,17 @@ Log = Callable[[str], None]
 
 def train(config: TrainConfig, *, resume: bool = False, log: Log = print, progress: bool = True) -> TrainResult:
     """Run (or, with ``resume``, continue) the training ``config`` describes; see the module docstring."""
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    dist = init_distributed(config.device)
-    run = Path(config.output)
-    try:
-        if dist.rank != 0:
-            return _train(config, run, dist, resume, log, progress)
-        with exclusive_folder(run, "train"):  # one training per run directory; held until it ends
-            _clean_staged(run)
-            return _train(config, run, dist, resume, log, progress)
-    finally:
-        dist.close()
+    with torch_threads(config.threads):  # the caller's thread count returns afterwards
+        dist = init_distributed(config.device)
+        run = Path(config.output)
+        try:
+            if dist.rank != 0:
+                return _train(config, run, dist, resume, log, progress)
+            with exclusive_folder(run, "train"):  # one training per run directory; held until it ends
+                _clean_staged(run)
+                return _train(config, run, dist, resume, log, progress)
+        finally:
+            dist.close()
 
 
 def _train(config: TrainConfig, run: Path, dist: Distributed, resume: bool, log: Log, progress: bool) -> TrainResult:
@@ -91,8 +92,17 @@ def _run_config(run: Path, config: TrainConfig, resume: bool) -> TrainConfig:
         if not saved.is_file() or not (run / "last").is_file():
             raise ConfigError(f"cannot resume: {run} holds no run ({CONFIG_FILE} and last expected); "
                               f"start a new one without --resume")
-        data = json.loads(saved.read_text(encoding="utf-8"))
-        return replace(TrainConfig.from_dict(data), stop_after=config.stop_after, device=config.device,
+        try:
+            data = read_json_object(saved, CheckpointError, "run settings")
+        except CheckpointError as err:
+            raise CheckpointError(f"cannot resume: {err}; {DAMAGED_FIX}") from None
+        try:
+            saved_config = TrainConfig.from_dict(data)
+        except (ConfigError, TypeError, ValueError) as err:
+            raise CheckpointError(f"cannot resume: run settings {saved} are invalid ({error_summary(err)}); "
+                                  f"{DAMAGED_FIX}") from None
+        _check_resumable(run)
+        return replace(saved_config, stop_after=config.stop_after, device=config.device,
                        threads=config.threads).resolved()
     if (run / "last").exists() or saved.exists():
         raise ConfigError(f"{run} already holds a run; continue it with --resume or choose another -o")
@@ -243,15 +253,15 @@ def _save(run: Path, prep: Prepared, model: nn.Module, optimizer: torch.optim.Op
     extra = {"epoch": state.epoch, "step": state.step, "task": prep.task, "metrics": row,
              "teacher": prep.teacher_info}
     tensors, meta = state_paths(run)
-    names = (tensors.name, meta.name, "last", "metrics.jsonl", *(["best"] if improved else []))
+    names = (tensors.name, meta.name, "last", METRICS_FILE, *(["best"] if improved else []))
     staged = {name: run / f".{name}.{os.getpid()}{STAGED}" for name in names}
     save_state(run, optimizer, scheduler, state, scaler, to=(staged[tensors.name], staged[meta.name]))
     prep.save(model, staged["last"], extra)
     if improved:
         prep.save(model, staged["best"], extra)
-    metrics = run / "metrics.jsonl"
+    metrics = run / METRICS_FILE
     before = metrics.read_bytes() if metrics.is_file() else b""
-    staged["metrics.jsonl"].write_bytes(before + (json.dumps(row) + "\n").encode())
+    staged[METRICS_FILE].write_bytes(before + (json.dumps(row) + "\n").encode())
     commit_files(run, staged)
 
 
@@ -266,43 +276,58 @@ def _clean_staged(run: Path) -> None:
 
 def _check_last(run: Path, model: nn.Module) -> None:
     """Load RUN/last into ``model``, checking that it and the state pair come from the same step."""
-    from safetensors.torch import load_file
+    from fastast_deploy.checkpoints.loading import load_weights
+    from fastast_deploy.training.state import read_state
 
-    from fastast_deploy.checkpoints.native import load_state_dict_strict
-    from fastast_deploy.training.state import state_paths
-
-    load_state_dict_strict(model, load_file(str(run / "last"), device="cpu"), f"{run / 'last'}")
-    saved_step = _extra(run / "last").get("step")
-    state_step = json.loads(state_paths(run)[1].read_text(encoding="utf-8")).get("step")
+    state_step = read_state(run).get("step")
+    saved_step = load_weights(model, run / "last").get("step")
     if saved_step != state_step:
         raise ConfigError(f"cannot resume: {run / 'last'} is from step {saved_step} but its state pair from step "
                           f"{state_step}; the run was interrupted while saving")
 
 
-def _extra(path: Path) -> dict[str, Any]:
-    from safetensors import safe_open
+def _check_resumable(run: Path) -> None:
+    """The files a resume reads, checked before the slow preparation: the state pair's JSON, RUN/last's header
+    (and its size) and the metrics lines."""
+    from fastast_deploy.checkpoints.loading import checkpoint_metadata
+    from fastast_deploy.training.state import read_state
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    for value in meta.values():
-        try:
-            data = json.loads(value)
-        except (TypeError, json.JSONDecodeError):
-            continue
-        if isinstance(data, dict) and "extra" in data:
-            return data["extra"] or {}
-    return {}
+    read_state(run)
+    checkpoint_metadata(run / "last")
+    _metric_rows(run)
 
 
 def _truncate_metrics(run: Path, epoch: int) -> None:
     """Drop metric lines of epochs after the one being resumed from (written before an interruption)."""
-    path = run / "metrics.jsonl"
+    rows = _metric_rows(run)
+    kept = [line for line, row_epoch in rows if row_epoch <= epoch]
+    if len(kept) != len(rows):
+        write_bytes_atomic(run / METRICS_FILE, "".join(line + "\n" for line in kept).encode())
+
+
+def _metric_rows(run: Path) -> list[tuple[str, int]]:
+    """Each line of RUN/metrics.jsonl with its epoch ([] without the file); a damaged line is a one-line
+    CheckpointError."""
+    path = run / METRICS_FILE
     if not path.is_file():
-        return
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("epoch", 0) <= epoch]
-    if len(kept) != len(lines):
-        write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
+        return []
+    fix = "it holds one JSON object per epoch: delete the damaged lines (and the epochs after) and resume again"
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"cannot resume: {path} is not UTF-8 text (byte {err.start}); {fix}") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        epoch = row.get("epoch", 0) if isinstance(row, dict) else None
+        if not isinstance(epoch, int):
+            raise CheckpointError(f"cannot resume: line {number} of {path} is not a metrics row (a JSON object "
+                                  f"with an integer epoch); {fix}")
+        rows.append((line, epoch))
+    return rows
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

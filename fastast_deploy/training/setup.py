@@ -22,6 +22,7 @@ from fastast_deploy.audio.datasets import (
     load_dataset,
     normalize_cache,
 )
+from fastast_deploy.audio.frames import frame_count
 from fastast_deploy.audio.labels import LabelSet, read_label_csv
 from fastast_deploy.errors import ConfigError, DatasetError
 from fastast_deploy.model.config import PRESETS, SIZES, FeatureConfig, ModelConfig, TomeConfig
@@ -127,9 +128,10 @@ def prepare(config: TrainConfig, dist: Distributed, log: Log, progress: bool, re
     elif config.teacher is not None:
         teacher = _load_teacher(config.teacher, labels)
     source = _source(config)
-    frames = _frames(config, source, train_ds)
+    sample_rate = FeatureConfig().sample_rate  # every run's features are at the default rate (16 kHz)
+    frames = _frames(config, source, train_ds, sample_rate)
     mel_bins = source.config.num_mel_bins if source is not None else config.mel_bins
-    geometry = FeatureConfig(num_mel_bins=mel_bins, frames=frames)
+    geometry = FeatureConfig(sample_rate=sample_rate, num_mel_bins=mel_bins, frames=frames)
     train_raw = fbank_cache([e.path for e in train_ds.examples], geometry,
                             _counter(len(train_ds), "features (train)", progress))
     val_raw = fbank_cache([e.path for e in val_ds.examples], geometry,
@@ -200,8 +202,9 @@ def _source(config: TrainConfig) -> Any:
                       prop_attn=config.prop_attn, input_frames=config.frames)
 
 
-def _frames(config: TrainConfig, source: Any, train: Dataset) -> int:
-    """The input length: given, else the checkpoint's, else the longest training clip's (at least 16 frames)."""
+def _frames(config: TrainConfig, source: Any, train: Dataset, sample_rate: int) -> int:
+    """The input length: given, else the checkpoint's, else the longest training clip's at ``sample_rate`` (at least
+    16 frames)."""
     if source is not None:
         return source.config.input_frames
     if config.frames is not None:
@@ -209,8 +212,7 @@ def _frames(config: TrainConfig, source: Any, train: Dataset) -> int:
     longest = 0
     for e in train.examples:
         info = sf.info(str(e.path))
-        samples = round(info.frames * 16000 / info.samplerate)
-        longest = max(longest, 1 + (samples - 400) // 160)
+        longest = max(longest, frame_count(round(info.frames * sample_rate / info.samplerate), sample_rate))
     return max(16, longest)
 
 

@@ -7,7 +7,6 @@ states, the augmentation generator, epoch, step, best metric) and the sha256 of 
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +14,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from fastast_deploy.errors import CheckpointError
-from fastast_deploy.files import atomic_path, sha256_file, write_json_atomic
+from fastast_deploy.checkpoints.access import _load_safetensors
+from fastast_deploy.errors import CheckpointError, error_summary
+from fastast_deploy.files import atomic_path, read_json_object, sha256_file, write_json_atomic
 
 STATE_VERSION = 1
+# How to go on from a run whose files are damaged: its weights are still a checkpoint.
+DAMAGED_FIX = ("the run cannot continue exactly: start a new one in another -o (a FastAST run's weights fine-tune "
+               "with --model RUN/last)")
 
 
 @dataclass
@@ -75,24 +78,41 @@ def save_state(run: Path, optimizer: torch.optim.Optimizer, scheduler: Any, prog
     write_json_atomic(json_path, meta)
 
 
-def load_state(run: Path, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any | None = None) -> Progress:
-    """Restore optimizer, scheduler, scaler and every RNG; returns where the run stands."""
+def read_state(run: Path) -> dict[str, Any]:
+    """The JSON half of the state pair, checked: both files there, valid UTF-8 JSON, an object of this version; a
+    one-line CheckpointError naming the file otherwise."""
     tensor_path, json_path = state_paths(run)
     for path in (tensor_path, json_path):
         if not path.is_file():
             raise CheckpointError(f"cannot resume: {path} is missing; expected the state pair that `train` writes "
                                   f"beside RUN/last")
     try:
-        meta = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"cannot resume: {json_path} is not valid JSON ({err})") from None
+        meta = read_json_object(json_path, CheckpointError, "resume state")
+    except CheckpointError as err:
+        raise CheckpointError(f"cannot resume: {err}; {DAMAGED_FIX}") from None
     if meta.get("version") != STATE_VERSION:
         raise CheckpointError(f"cannot resume: {json_path} has state version {meta.get('version')!r}, this version "
                               f"reads {STATE_VERSION}")
+    return meta
+
+
+def load_state(run: Path, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any | None = None) -> Progress:
+    """Restore optimizer, scheduler, scaler and every RNG; returns where the run stands."""
+    tensor_path, json_path = state_paths(run)
+    meta = read_state(run)
     if sha256_file(tensor_path) != meta.get("tensors_sha256"):
         raise CheckpointError(f"cannot resume: {tensor_path} does not belong to {json_path} (sha256 differs); "
                               f"the run was interrupted while saving: start it again")
-    tensors = load_file(str(tensor_path), device="cpu")
+    tensors = _load_safetensors(tensor_path)
+    try:
+        return _restore(meta, tensors, optimizer, scheduler, scaler)
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        raise CheckpointError(f"cannot resume: {json_path} or {tensor_path.name} does not hold a complete state "
+                              f"({error_summary(err, with_type=True)}); {DAMAGED_FIX}") from None
+
+
+def _restore(meta: dict[str, Any], tensors: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+             scheduler: Any, scaler: Any | None) -> Progress:
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
         if name.startswith("optimizer."):

@@ -27,14 +27,14 @@ RESUME_KEEPS = ("output", "resume", "stop_after", "device", "threads", "quiet") 
 
 
 def _kd_recipe(field: str) -> str:
-    """The per-mode defaults of one KD setting, for help text: "[default: soft 0.1, ..., measured ...]"."""
+    """The per-mode defaults of one KD setting, for help text, from KD_RECIPES."""
     modes = KD_RECIPES if field == "kd_lambda" else {m: r for m, r in KD_RECIPES.items() if m in SOFT_KD_MODES}
     values = ", ".join(f"{mode} {getattr(r, field):g}" for mode, r in modes.items())
-    return f"[default: {values}; measured in benchmarks/bench_distill.py]"
+    return f"[default: {values}; see docs/benchmarks.md]"
 
 
 def _recipe(field: str) -> str:
-    """The recipe defaults of one setting, for help text: "[default: new FastAST 2e-4, checkpoint 5e-5, CNN 1e-3]"."""
+    """The recipe defaults of one setting, for help text, from RECIPES (a new FastAST, a checkpoint, a CNN)."""
     values = {kind: getattr(r, field) for kind, r in RECIPES.items()}
     return (f"[default: new FastAST {values['scratch']:g}, fine-tuning a checkpoint {values['finetune']:g}, "
             f"CNN {values['cnn']:g}]")
@@ -115,8 +115,8 @@ def synthetic(output: Path, classes: int, clips_per_class: int, seconds: float, 
               help="soft: CMKD's KL to the teacher's softmax on the pooled output; hard: cross-entropy to the "
               "teacher's decision on the pooled output; deit-soft / deit-hard: the labels through the cls token, the "
               f"teacher (soft / its decision) through the distillation token, as DeiT. auto: "
-              f"{AUTO_KD_MODE['fastast']} for FastAST, {AUTO_KD_MODE['cnn']} for a CNN student (what distilled best "
-              "in benchmarks/bench_distill.py).")
+              f"{AUTO_KD_MODE['fastast']} for FastAST, {AUTO_KD_MODE['cnn']} for a CNN student (see "
+              "docs/benchmarks.md).")
 @click.option("--teacher-inputs", type=click.Choice(TEACHER_INPUTS), default=_T.teacher_inputs, show_default=True,
               help="augmented: the teacher answers on the student's augmented batch each step; clean: its logits "
               "of the clean clips, computed once (the only choice with --teacher-logits). auto: augmented with "
