@@ -55,7 +55,7 @@ def test_bench_table_json_plot_and_accuracy(checkpoint: Path, tmp_path: Path) ->
     assert set(rows) == {0, 8}
     assert rows[0]["tokens_out"] == 146 and rows[8]["tokens_out"] == 130
     assert rows[0]["speedup"] == 1.0 and rows[8]["flop_ratio"] > 1
-    assert report["data"] == {"task": "singlelabel", "metric": "accuracy", "clips": 3, "missing_files": 0}
+    assert report["data"] == {"task": "singlelabel", "metric": "accuracy", "clips": 3}
     # Accuracy of each engine equals the PyTorch model's at the same r on the same files, scored here.
     for r, row in rows.items():
         model = load_model(checkpoint, tome_r=r).eval()
@@ -66,6 +66,23 @@ def test_bench_table_json_plot_and_accuracy(checkpoint: Path, tmp_path: Path) ->
         assert row["accuracy"] == pytest.approx(np.mean(np.equal(predicted, truth)))
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "accuracy" in text.splitlines()[0]
+
+
+def test_bench_fails_on_missing_files_as_evaluate_does(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from fastast_deploy.errors import DatasetError
+    from fastast_deploy.evaluation.bench import labelled_data
+
+    names = [c.name for c in CLASSES]
+    (tmp_path / "labels.csv").write_text("index,mid,display_name\n" + "".join(
+        f"{i},{n},{n}\n" for i, n in enumerate(names)))
+    sf.write(tmp_path / "here.wav", np.zeros(1600, np.float32), 16000)
+    rows = [{"wav": "here.wav", "labels": names[0]}, {"wav": "gone.wav", "labels": names[1]}]
+    (tmp_path / "data.json").write_text(json.dumps({"data": rows}))
+    engine = SimpleNamespace(metadata={"export": {"labels": names}})
+    with pytest.raises(DatasetError, match=r"1 of 2 audio files .* are missing \(e\.g\. .*gone\.wav\)"):
+        labelled_data(str(tmp_path / "data.json"), str(tmp_path / "labels.csv"), engine)
 
 
 def test_bench_rejects_repeated_r(checkpoint: Path, tmp_path: Path) -> None:

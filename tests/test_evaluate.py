@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from click.testing import CliRunner
 
@@ -106,7 +107,7 @@ def test_onnx_export_scores_the_same(case: dict[str, Any], tmp_path: Path) -> No
 
 
 def test_waveform_in_export_scores_the_same(case: dict[str, Any], tmp_path: Path) -> None:
-    """The engine computes the features itself: evaluate feeds it each file's audio (its first window)."""
+    """The engine computes the features itself: evaluate feeds it each file's audio, window by window."""
     pytest.importorskip("onnxruntime")
     root = case["root"]
     code, out = run("export", root / "model.safetensors", "-o", tmp_path / "w.onnx", "--input", "waveform")
@@ -171,12 +172,16 @@ def test_threads_are_honoured(case: dict[str, Any], tmp_path: Path, monkeypatch:
     root = case["root"]
     args = ("--data", root / "hand.json", "--labels", root / "data" / "labels.csv")
     torch.set_num_threads(2)
+    counts: list[int] = []
+    original_set = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (counts.append(n), original_set(n))[1])
     assert run("evaluate", root / "model.safetensors", *args, "--threads", "1")[0] == 0
-    assert torch.get_num_threads() == 1
-    torch.set_num_threads(2)
+    assert counts[0] == 1 and torch.get_num_threads() == 2  # used while scoring, then put back
+    counts.clear()
     wav = json.loads((root / "hand.json").read_text())["data"][0]["wav"]
     assert run("predict", root / "model.safetensors", wav, "--threads", "1")[0] == 0
-    assert torch.get_num_threads() == 1
+    assert counts[0] == 1 and torch.get_num_threads() == 2
+    monkeypatch.undo()
     # ONNX Runtime's intra-op threads: what the session is opened with
     pytest.importorskip("onnxruntime")
     import fastast_deploy.engines.ort_engine as ort_engine
@@ -204,3 +209,79 @@ def test_info_takes_the_size_of_a_new_model() -> None:
     assert report["token_counts"][0] == 2 + 5 * 9  # (64 - 16) // 10 + 1 = 5 by (98 - 16) // 10 + 1 = 9 patches
     code, out = run("info", "default", "--mel-bins", "64")
     assert code != 0 and "--mel-bins applies to a new model" in out.strip().splitlines()[-1]
+
+
+def long_clip(case: dict[str, Any], path: Path) -> Path:
+    """Three clips of different classes one after the other (1.5 s: windows of 48 frames cover it in 3 or 4)."""
+    data = read_data_json(case["root"] / "hand.json", case["labels"])
+    by_class = {e.labels[0]: e.path for e in data.examples}
+    parts = [sf.read(by_class[k], dtype="float32") for k in sorted(by_class)]
+    sf.write(path, np.concatenate([wave for wave, _ in parts]), parts[0][1])
+    return path
+
+
+def test_evaluate_scores_a_long_file_as_predict_does(case: dict[str, Any], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastast_deploy.audio.features import load_input
+    from fastast_deploy.evaluation.evaluate import clip_scores
+    from fastast_deploy.inference.runner import open_runner
+
+    root, labels = case["root"], case["labels"]
+    wav = long_clip(case, tmp_path / "long.wav")
+    code, out = run("predict", root / "model.safetensors", wav, "--json", "--all-scores")
+    assert code == 0, out
+    predicted = json.loads(out)["files"][0]
+    wave, rate = sf.read(wav)
+    frames = 1 + (len(wave) * 16000 // rate - 400) // 160  # 25 ms frames every 10 ms at the model's 16 kHz
+    count = 1 + -(-(frames - FRAMES) // FRAMES)
+    assert count >= 3 and predicted["windows"] == count
+    with torch.no_grad():  # the old policy, the first window only, scores otherwise
+        first = case["model"](load_input(wav, case["features"])[None]).softmax(-1)[0].numpy()
+    assert np.abs(first - np.array(predicted["scores"])).max() > 1e-3
+    # no whole-file read or fbank cache on evaluate's path: windows stream in constant memory
+    import fastast_deploy.audio.datasets as datasets
+    import fastast_deploy.audio.features as features
+
+    def whole(*_: Any, **__: Any) -> None:
+        raise AssertionError("a whole-file read on evaluate's path")
+
+    for module, name in ((datasets, "fbank_cache"), (datasets, "file_fbank"), (features, "file_fbank"),
+                         (features, "read_audio")):
+        monkeypatch.setattr(module, name, whole)
+    with open_runner(root / "model.safetensors") as runner:
+        scores, windows = clip_scores(runner, [wav], 3)
+    assert windows == count
+    np.testing.assert_allclose(scores[0], predicted["scores"], atol=1e-6)
+    # the report's decision is predict's top-1: the clip labelled with it is right
+    top = predicted["top_k"][0]["index"]
+    (tmp_path / "long.json").write_text(json.dumps({"data": [{"wav": str(wav), "labels": labels.mids[top]}]}))
+    code, out = run("evaluate", root / "model.safetensors", "--data", tmp_path / "long.json", "--labels",
+                    root / "data" / "labels.csv", "--json")
+    assert code == 0, out
+    report = json.loads(out)
+    assert report["correct"] == 1 and report["windows"] == count and report["pool"] == "mean"
+
+
+def test_library_calls_leave_logging_and_torch_threads_as_they_were(case: dict[str, Any], tmp_path: Path) -> None:
+    import logging
+
+    from fastast_deploy.evaluation.evaluate import EvaluateOptions, evaluate
+    from fastast_deploy.inference.runner import open_runner
+    from fastast_deploy.serving.predict import predict_files
+
+    root = case["root"]
+    level, disabled = logging.root.level, logging.root.manager.disable
+    torch.set_num_threads(2)
+    try:
+        logging.root.setLevel(logging.INFO)
+        logging.disable(logging.DEBUG)
+        report = evaluate(root / "model.safetensors", root / "hand.json", str(root / "data" / "labels.csv"),
+                          EvaluateOptions(threads=1))
+        assert report["correct"] == 6
+        with open_runner(root / "model.safetensors", threads=1) as runner:
+            assert [r.error for r in predict_files(runner, [long_clip(case, tmp_path / "long.wav")])] == [None]
+        assert torch.get_num_threads() == 2
+        assert (logging.root.level, logging.root.manager.disable) == (logging.INFO, logging.DEBUG)
+    finally:
+        logging.root.setLevel(level)
+        logging.disable(disabled)

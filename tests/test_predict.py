@@ -21,10 +21,11 @@ from fastast_deploy.cli.main import cli
 from fastast_deploy.engines.base import BatchRange
 from fastast_deploy.engines.ort_engine import OrtBuildOptions, build_onnxruntime_engine
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
+from fastast_deploy.inference.runner import Runner, open_runner
+from fastast_deploy.inference.scoring import run_windows, score_files
 from fastast_deploy.model.config import FeatureConfig, ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
 from fastast_deploy.model.schedule import make_schedule
-from fastast_deploy.serving.predict import Classifier, run_windows
 
 TINY = ModelConfig.from_size("tiny", depth=2, input_frames=128, num_labels=4)
 LABELS = ("dog", "rain", "siren", "wind")
@@ -136,10 +137,27 @@ def test_static_batches_are_padded_and_padding_is_dropped() -> None:
         calls.append(len(x))
         return x.sum(axis=(1, 2))[:, None].astype(np.float32)  # (n, 1)
 
-    classifier = Classifier("fake", "test", FEATURES, ["a"], None, BatchRange(4, 4, 4), infer)
+    class Fake:
+        def infer(self, batch: np.ndarray) -> np.ndarray:
+            return infer(batch)
+
+        def close(self) -> None:
+            pass
+
+    runner = Runner("fake", "test", FEATURES, ["a"], ("a",), None, BatchRange(4, 4, 4), Fake())
     windows = np.arange(6, dtype=np.float32)[:, None, None] * np.ones((6, 2, 3), np.float32)  # (6, 2, 3)
-    logits = run_windows(classifier, windows, 4)
+    logits = run_windows(runner, windows, 4)
     assert calls == [4, 4] and logits[:, 0].tolist() == [6.0 * i for i in range(6)]
+
+
+def test_a_runner_puts_torch_threads_back_when_closed(files: dict[str, Path]) -> None:
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    with open_runner(files["ckpt"], threads=other) as runner:
+        assert torch.get_num_threads() == other  # the runner's count while it is open
+        result, = score_files(runner, [files["root"] / "noise.wav"])
+        assert result.error is None and result.windows == 1
+    assert torch.get_num_threads() == before
 
 
 def test_sigmoid_where_no_task_is_recorded_and_default_label_names(files: dict[str, Path]) -> None:

@@ -72,6 +72,7 @@ def test_tensorrt_engines_get_device_time_side_by_side() -> None:
         def __init__(self, name: str, compute_ms: float) -> None:
             self.name, self.compute_ms = name, compute_ms
             self.input_specs = {"fbank": (("batch", 16, 8), np.dtype("float32"))}
+            self.metadata = {"export": {}}  # no feature settings recorded
             self.rewarm_s = 0.0
 
         def infer(self, feed: dict) -> dict:

@@ -21,7 +21,7 @@ from fastast_deploy.errors import DatasetError, error_summary
 from fastast_deploy.files import read_csv_rows
 from fastast_deploy.model.config import FeatureConfig
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")  # the audio files every command takes from a folder (train, verify)
 ESC50_COLUMNS = ("filename", "target", "category")
 _SHOWN = 3  # examples quoted in an error
 
@@ -223,3 +223,12 @@ def _build(source: Path, entries: list[tuple[str, Path, list[str]]], labels: Lab
     if unlabelled:
         raise DatasetError(f"{len(unlabelled)} clips in {source} have no label (e.g. {unlabelled[0]})")
     return Dataset(source, tuple(examples), labels)
+
+
+def is_ast_data_json(path: Path) -> bool:
+    """Whether ``path`` holds an AST data file, ``{"data": [...]}`` (not, e.g., a Polygraphy inputs .json)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("data"), list)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +26,6 @@ LOW_FREQ_HZ = 20.0
 LOG_FLOOR = torch.finfo(torch.float32).eps
 
 
-
-
 def audio_path(path: str | os.PathLike[str]) -> Path:
     """``path`` when it names a file; an AudioError saying what it is otherwise."""
     path = Path(path)
@@ -37,27 +35,37 @@ def audio_path(path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def read_audio(path: str | os.PathLike[str]) -> tuple[torch.Tensor, int]:
-    """Read an audio file with libsndfile (WAV, FLAC, OGG, ...) as float32 and downmix to mono.
-
-    Returns (waveform of shape (samples,), sample rate in Hz).
-    """
+def audio_blocks(path: str | os.PathLike[str], seconds: float | None = None) -> Iterator[tuple[np.ndarray, int]]:
+    """The one way audio files are read: decoded with libsndfile (WAV, FLAC, OGG, ...) as float32, checked for
+    NaN / inf, downmixed to mono; yields (block (samples,) float32, sample rate in Hz) of ``seconds`` each (None:
+    the whole file as one block). AudioError for a missing, unreadable or non-finite file."""
     path = audio_path(path)
     try:
-        data, rate = sf.read(path, dtype="float32", always_2d=True)  # (samples, channels)
+        with sf.SoundFile(str(path)) as f:
+            rate = int(f.samplerate)
+            size = -1 if seconds is None else max(1, int(seconds * rate))
+            while True:
+                data = f.read(size, dtype="float32", always_2d=True)  # (samples, channels)
+                if not np.isfinite(data).all():  # float WAV / FLAC can carry them; features would be NaN
+                    bad = int((~np.isfinite(data)).any(axis=1).sum())
+                    raise AudioError(f"audio file {path} has NaN or inf in {bad} of {data.shape[0]} samples read; "
+                                     "expected finite audio")
+                yield (data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]), rate
+                if size < 0 or len(data) < size:
+                    return
     except (sf.SoundFileError, RuntimeError, ValueError) as err:
         raise AudioError(
             f"cannot read audio file {path} ({error_summary(err)}); expected an audio file libsndfile can decode "
             "(WAV, FLAC, OGG)"
         ) from None
+
+
+def read_audio(path: str | os.PathLike[str]) -> tuple[torch.Tensor, int]:
+    """A whole audio file (``audio_blocks``): (waveform of shape (samples,), sample rate in Hz)."""
+    (data, rate), = audio_blocks(path)
     if data.shape[0] == 0:
-        raise AudioError(f"audio file {path} has 0 samples; expected non-empty audio")
-    if not np.isfinite(data).all():  # float WAV / FLAC can carry them; features and scores would be NaN
-        bad = int((~np.isfinite(data)).any(axis=1).sum())
-        raise AudioError(f"audio file {path} has NaN or inf in {bad} of {data.shape[0]} samples; expected finite "
-                         "audio")
-    waveform = torch.from_numpy(data).mean(dim=1)  # (samples,)
-    return waveform, int(rate)
+        raise AudioError(f"audio file {audio_path(path)} has 0 samples; expected non-empty audio")
+    return torch.from_numpy(np.ascontiguousarray(data)), rate
 
 
 def resample(waveform: torch.Tensor, orig_sr: int, target_sr: int = 16000) -> torch.Tensor:

@@ -15,41 +15,27 @@ import os
 from collections.abc import Iterator
 
 import numpy as np
-import soundfile as sf
 import soxr
 import torch
 
-from fastast_deploy.audio.features import audio_path, fbank, normalize, pad_or_cut
+from fastast_deploy.audio.features import audio_blocks, fbank, normalize, pad_or_cut
 from fastast_deploy.audio.frames import frame_count, frame_sizes, frames_span, require_frame, window_count
-from fastast_deploy.errors import AudioError, error_summary
 from fastast_deploy.model.config import FeatureConfig
 
 BLOCK_SECONDS = 10.0  # audio read and resampled per step
 
 
 def _resampled_blocks(path: str | os.PathLike, rate: int) -> Iterator[np.ndarray]:
-    """Mono float32 blocks of the file at ``rate`` (soxr HQ, as ``features.resample``); AudioError on bad data."""
-    path = audio_path(path)
-    try:
-        with sf.SoundFile(str(path)) as f:
-            source_rate = f.samplerate
-            stream = None if source_rate == rate else soxr.ResampleStream(source_rate, rate, 1, dtype="float32",
-                                                                          quality="HQ")
-            block = max(1, int(BLOCK_SECONDS * source_rate))
-            while True:
-                data = f.read(block, dtype="float32", always_2d=True)  # (samples, channels)
-                last = len(data) < block
-                if not np.isfinite(data).all():
-                    raise AudioError(f"audio file {path} has NaN or inf samples; expected finite audio")
-                mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-                out = mono if stream is None else stream.resample_chunk(mono, last=last)
-                if len(out):
-                    yield np.ascontiguousarray(out, dtype=np.float32)
-                if last:
-                    return
-    except (sf.SoundFileError, RuntimeError, ValueError) as err:
-        raise AudioError(f"cannot read audio file {path} ({error_summary(err)}); expected an audio file "
-                         "libsndfile can decode (WAV, FLAC, OGG)") from None
+    """Mono float32 blocks of the file (``features.audio_blocks``) at ``rate`` (soxr HQ, as ``features.resample``)."""
+    blocks = audio_blocks(path, BLOCK_SECONDS)
+    stream = None
+    for mono, source_rate in blocks:
+        if stream is None and source_rate != rate:
+            stream = soxr.ResampleStream(source_rate, rate, 1, dtype="float32", quality="HQ")
+        last = len(mono) < max(1, int(BLOCK_SECONDS * source_rate))
+        out = mono if source_rate == rate else stream.resample_chunk(mono, last=last)
+        if len(out):
+            yield np.ascontiguousarray(out, dtype=np.float32)
 
 
 def _scan(path: str | os.PathLike, rate: int) -> tuple[float, int]:

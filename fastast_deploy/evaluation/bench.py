@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from fastast_deploy.contract import INPUT_NAME, INPUT_NAMES, WAVEFORM_NAME
+from fastast_deploy.contract import INPUT_NAME, INPUT_NAMES
 from fastast_deploy.engines import Engine, load_engine
 from fastast_deploy.errors import ConfigError, DatasetError
 from fastast_deploy.evaluation.timing import time_interleaved
@@ -71,38 +71,29 @@ def time_round_robin(engines: dict[int, Engine], options: BenchOptions) -> dict[
     return {r: t.as_dict() for r, t in timed.items()}
 
 
-def labelled_data(data: str, labels_csv: str | None, engine: Engine) -> tuple[np.ndarray, np.ndarray, str, int]:
-    """Normalised fbank (N, T, F) with the engine's feature settings (waveform windows (N, samples) for a
-    waveform-in engine), multi-hot targets (N, labels), the task, and how many listed files were missing."""
-    from fastast_deploy.audio.datasets import detect_task, fbank_cache, load_dataset, normalize_cache
+def labelled_data(data: str, labels_csv: str | None, engine: Engine) -> tuple[list[Path], np.ndarray, str]:
+    """The audio files of labelled data, their multi-hot targets (N, labels) in the engine's label order, and the
+    task; a DatasetError when a listed file is missing (as evaluate)."""
+    from fastast_deploy.audio.datasets import detect_task, load_dataset
     from fastast_deploy.audio.labels import LabelSet, read_label_csv
-    from fastast_deploy.model.config import FeatureConfig
 
-    export = engine.metadata["export"]
-    names = export.get("labels")
+    names = engine.metadata["export"].get("labels")
     labels = read_label_csv(labels_csv) if labels_csv else (LabelSet(tuple(names), tuple(names)) if names else None)
     dataset = load_dataset(data, labels)
     if names and list(dataset.labels.names) != list(names):
         raise DatasetError(f"{data} has labels {list(dataset.labels.names)[:3]}...; the model's are {names[:3]}...")
     missing = dataset.missing()
-    dataset = dataset.without(missing)
-    if not len(dataset):
-        raise DatasetError(f"{data}: none of its audio files exist")
-    config = FeatureConfig.from_dict(export["features"])
-    if WAVEFORM_NAME in engine.input_specs:  # each file's first window, as the fbank cache takes its first frames
-        from fastast_deploy.evaluation.inputs import first_window
-
-        samples = int(engine.input_specs[WAVEFORM_NAME][0][1])
-        x = np.stack([first_window(e.path, config, samples) for e in dataset.examples])
-        return x, dataset.targets().numpy(), detect_task(dataset), len(missing)
-    x = normalize_cache(fbank_cache([e.path for e in dataset.examples], config), config).numpy()
-    return x, dataset.targets().numpy(), detect_task(dataset), len(missing)
+    if missing:
+        raise DatasetError(f"{len(missing)} of {len(dataset)} audio files listed in {dataset.source} are missing "
+                           f"(e.g. {missing[0].path}); fix the paths or remove them from the data list")
+    return [e.path for e in dataset.examples], dataset.targets().numpy(), detect_task(dataset)
 
 
 def bench(source: str, options: BenchOptions, workdir: Path, data: str | None = None,
           labels_csv: str | None = None) -> dict[str, Any]:
     """Build every engine, time them side by side, and score them on labelled data when given."""
-    from fastast_deploy.evaluation.verify import run_engine
+    from fastast_deploy.evaluation.evaluate import clip_scores
+    from fastast_deploy.inference.runner import engine_runner
     from fastast_deploy.metrics import accuracy, mean_average_precision
     from fastast_deploy.model.config import ModelConfig
     from fastast_deploy.model.flops import flop_ratio
@@ -112,12 +103,14 @@ def bench(source: str, options: BenchOptions, workdir: Path, data: str | None = 
         timing = time_round_robin(engines, options)
         scored = None
         if data is not None:
-            x, targets, task, missing = labelled_data(data, labels_csv, engines[options.rs[0]])
+            files, targets, task = labelled_data(data, labels_csv, engines[options.rs[0]])
             metric = accuracy if task == "singlelabel" else mean_average_precision
-            scored = {"task": task, "metric": "accuracy" if task == "singlelabel" else "mAP", "clips": len(x),
-                      "missing_files": missing,
-                      "values": {r: metric(run_engine(e, x, options.batch)["logits"], targets)
-                                 for r, e in engines.items()}}
+            # each clip scored as evaluate and predict score it (every window, mean); the runner is not closed
+            # here, the engines are below
+            values = {r: metric(clip_scores(engine_runner(e, e.path), files, options.batch)[0], targets)
+                      for r, e in engines.items()}
+            scored = {"task": task, "metric": "accuracy" if task == "singlelabel" else "mAP", "clips": len(files),
+                      "values": values}
         first = next(iter(engines.values())).metadata
         base_rate = timing[options.rs[0]]["clips_per_s"] if 0 in options.rs else None
         rows = []

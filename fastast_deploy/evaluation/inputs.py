@@ -10,10 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from fastast_deploy.audio.datasets import is_ast_data_json
 from fastast_deploy.errors import FastASTError, VerifyUsageError, error_summary
 from fastast_deploy.metrics import fbank_like
-
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
 
 @dataclass
@@ -91,11 +90,12 @@ def _npz_array(path: Path, name: str) -> np.ndarray:
 def _polygraphy_inputs(path: Path) -> np.ndarray:
     """A Polygraphy inputs file: a JSON list of feed dicts (``polygraphy run --save-inputs``)."""
     from polygraphy.json import load_json
-    from polygraphy.logger import G_LOGGER
 
-    G_LOGGER.module_severity = G_LOGGER.ERROR
+    from fastast_deploy.scoped import polygraphy_verbosity
+
     try:
-        feeds = load_json(str(path))
+        with polygraphy_verbosity("ERROR"):
+            feeds = load_json(str(path))
     except Exception as err:
         raise VerifyUsageError(f"{path} is not a Polygraphy inputs file ({error_summary(err)})") from None
     if not isinstance(feeds, list) or not feeds or not all(isinstance(f, dict) and "fbank" in f for f in feeds):
@@ -111,6 +111,7 @@ def label_folder(label: str) -> str:
 def _audio_folder(path: Path, export: dict[str, Any]) -> InputSet:
     """Every audio file under ``path``; a sub-folder named like a label (see ``label_folder``) gives its clips that
     label."""
+    from fastast_deploy.audio.datasets import AUDIO_SUFFIXES
     from fastast_deploy.audio.features import load_input
     from fastast_deploy.model.config import FeatureConfig
 
@@ -138,19 +139,9 @@ def _audio_folder(path: Path, export: dict[str, Any]) -> InputSet:
     return InputSet(np.stack(arrays), names, str(path), known if (known >= 0).all() else None, skipped, read)
 
 
-def is_ast_data_json(path: Path) -> bool:
-    """Whether ``path`` holds an AST data file, ``{"data": [...]}`` (not, e.g., a Polygraphy inputs .json)."""
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(data, dict) and isinstance(data.get("data"), list)
-
-
 def _data_json(path: Path, labels_csv: str | None, export: dict[str, Any]) -> InputSet:
-    """An AST data file: clips with their labels (multi-hot targets); unreadable or missing files are skipped."""
+    """An AST data file: clips with their labels (multi-hot targets); unreadable files are skipped and listed, a
+    missing one is an error."""
     from fastast_deploy.audio.datasets import load_dataset, raw_fbank
     from fastast_deploy.audio.features import normalize
     from fastast_deploy.audio.labels import LabelSet, read_label_csv
@@ -169,6 +160,10 @@ def _data_json(path: Path, labels_csv: str | None, export: dict[str, Any]) -> In
         raise VerifyUsageError("the engine records no feature settings, so audio cannot be turned into its input")
     config = FeatureConfig.from_dict(export["features"])
     dataset = load_dataset(path, label_set)
+    missing = dataset.missing()
+    if missing:  # as evaluate, train and bench: a listed file that is not there is an error, not a skip
+        raise VerifyUsageError(f"--inputs {path}: {len(missing)} of {len(dataset)} listed audio files are missing "
+                               f"(e.g. {missing[0].path}); fix the paths or remove them from the data list")
     arrays, clips, targets, skipped, files = [], [], [], [], []
     for example in dataset.examples:
         try:
@@ -203,11 +198,12 @@ def load_reference(spec: str, inputs: InputSet | None, export: dict[str, Any]) -
 def _runresults_logits(path: Path) -> np.ndarray:
     """Logits of the first runner in a Polygraphy RunResults file, iterations concatenated."""
     from polygraphy.comparator import RunResults
-    from polygraphy.logger import G_LOGGER
 
-    G_LOGGER.module_severity = G_LOGGER.ERROR
+    from fastast_deploy.scoped import polygraphy_verbosity
+
     try:
-        results = RunResults.load(str(path))
+        with polygraphy_verbosity("ERROR"):
+            results = RunResults.load(str(path))
     except Exception as err:
         raise VerifyUsageError(f"{path} is not a Polygraphy RunResults file ({error_summary(err)})") from None
     if not results.lst:
@@ -219,25 +215,26 @@ def _runresults_logits(path: Path) -> np.ndarray:
 
 
 def _checkpoint_reference(source: str, inputs: InputSet, export: dict[str, Any]) -> Reference:
+    """The checkpoint run through the runner with the engine's ToMe schedule and input length: logits and merge
+    positions per block."""
     import torch
 
-    from fastast_deploy.checkpoints.native import load_model
     from fastast_deploy.exporters.parity import torch_outputs
+    from fastast_deploy.inference.runner import open_runner
 
-    tome = export["tome"]
-    model = load_model(source, tome_r=list(tome["effective_schedule"]), prop_attn=tome["prop_attn"],
-                       input_frames=export["model"]["input_frames"])
-    if model.config.num_mel_bins != export["model"]["num_mel_bins"]:
-        raise VerifyUsageError(f"reference {source} takes {model.config.num_mel_bins} mel bins, the engine "
-                               f"{export['model']['num_mel_bins']}")
-    logits, merges = [], []
-    with torch.inference_mode():
-        for start in range(0, len(inputs.fbank), 16):
-            out, positions = torch_outputs(model, inputs.fbank[start : start + 16])
-            logits.append(out)
-            merges.append(positions)
+    with open_runner(source, like=export) as runner:
+        model = runner.model
+        if model.config.num_mel_bins != export["model"]["num_mel_bins"]:
+            raise VerifyUsageError(f"reference {source} takes {model.config.num_mel_bins} mel bins, the engine "
+                                   f"{export['model']['num_mel_bins']}")
+        logits, merges = [], []
+        with torch.inference_mode():
+            for start in range(0, len(inputs.fbank), 16):
+                out, positions = torch_outputs(model, inputs.fbank[start : start + 16])
+                logits.append(out)
+                merges.append(positions)
     per_block = [np.concatenate([m[i] for m in merges]) for i in range(len(merges[0]))] if merges else []
-    labels = list(model.label_names) if model.label_names else None
+    labels = list(runner.label_names) if runner.label_names else None
     resolved = model.source_info.get("path", os.fspath(source))  # "default" names a file inside the package
     return Reference("checkpoint", str(resolved), np.concatenate(logits), labels, per_block)
 

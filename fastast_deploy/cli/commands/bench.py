@@ -27,7 +27,8 @@ from fastast_deploy.errors import ConfigError
 @click.option("--input", "graph_input", type=click.Choice(list(INPUT_NAMES)), default=INPUT_NAME, show_default=True,
               help="The engines' input; waveform: the fbank is computed inside each graph.")
 @click.option("--data", default=None, metavar="DIR|FILE",
-              help="Labelled audio: a folder per class, an AST data .json (with --labels) or an ESC-50-style .csv.")
+              help="Labelled audio: a folder per class, an AST data .json (with --labels) or an ESC-50-style .csv; "
+              "each clip is scored as evaluate scores it (every window, pooled by mean).")
 @click.option("--labels", type=click.Path(dir_okay=False), default=None, help="Label CSV for an AST data .json.")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("bench"),
               show_default=True, help="Folder for the engines, bench.json and bench.png.")
@@ -42,15 +43,12 @@ def bench(source: str, tome_r: str, backend: str, provider: str, batch: int, rou
     from fastast_deploy.evaluation.bench import BenchOptions, format_table, plot
     from fastast_deploy.evaluation.bench import bench as run_bench
     from fastast_deploy.files import check_outputs_apart, prepare_output, removed_on_failure, write_json_atomic
+    from fastast_deploy.scoped import torch_threads
 
     rs = parse_r(tome_r)
     rs = tuple(rs) if isinstance(rs, list) else (rs,)
     if len(set(rs)) != len(rs):
         raise ConfigError(f"--tome-r lists a value twice: {list(rs)}")
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
     options = BenchOptions(rs=rs, backend=backend, provider=provider, batch=batch, warmup=warmup, rounds=rounds,
                            frames=frames, input=graph_input, threads=threads or 0)
     written = {f"-o's {name}": output / name for name in ("bench.json", "bench.png")}
@@ -61,7 +59,7 @@ def bench(source: str, tome_r: str, backend: str, provider: str, batch: int, rou
                                   "--labels": labels})
     check_ready(options.backend, data=data, labels=labels)  # before the slow exports
     prepare_output(output / "bench.json")
-    with removed_on_failure(output):
+    with removed_on_failure(output), torch_threads(threads):  # torch threads for the exports, put back after
         report = run_bench(source, options, output, data, labels)
         write_json_atomic(output / "bench.json", report)
     click.echo(format_table(report))

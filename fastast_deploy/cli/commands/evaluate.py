@@ -18,7 +18,7 @@ _E = EvaluateOptions()
 @click.option("--labels", type=click.Path(dir_okay=False), default=None,
               help="Label CSV (index,mid,display_name); required for an AST data .json.")
 @click.option("--batch", type=click.IntRange(min=1), default=_E.batch, show_default=True,
-              help="Clips per inference call (an engine's own batch range permitting).")
+              help="Windows per inference call (the nearest size an engine's batch range takes).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch threads for a checkpoint, ONNX Runtime intra-op threads for an engine [default: their "
               "own choice].")
@@ -33,7 +33,9 @@ def evaluate(model: str, data: str, labels: str | None, batch: int, threads: int
 
     MODEL is a checkpoint SOURCE run in PyTorch (FastAST, AST, a CNN from `train --arch cnn`, or a training run
     directory, meaning its best checkpoint), or an engine or exported .onnx. Clips are featurised with the
-    model's recorded feature settings; data labels are matched to the model's outputs by name.
+    model's recorded feature settings; data labels are matched to the model's outputs by name. Each clip is
+    scored as `predict` scores a file: every window of the model's input length (no overlap), the window scores
+    (softmax for a single-label model, else sigmoid) averaged; a clip no longer than the window is one window.
     """
     from fastast_deploy.evaluation.evaluate import evaluate as run_evaluate
     from fastast_deploy.evaluation.evaluate import format_report

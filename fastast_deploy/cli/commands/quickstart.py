@@ -17,9 +17,9 @@ from fastast_deploy.contract import INPUT_NAME, INPUT_NAMES
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto", show_default=True,
               help="auto: TensorRT where it and a GPU are present, else ONNX Runtime on the CPU.")
 @click.option("--clips-per-class", type=click.IntRange(min=1), default=4, show_default=True)
-# The default model's batch-1 calls take ~3 ms: 10 timed calls read its speed-up as 1.10x where 300 read 1.22x.
 @click.option("--iterations", type=click.IntRange(min=1), default=30, show_default=True,
-              help="Timed calls per batch size in the speed section.")
+              help="Timed calls per batch size in the speed section (too few read the speed-up low; see "
+              "docs/benchmarks.md).")
 @click.option("--input", "graph_input", type=click.Choice(list(INPUT_NAMES)), default=INPUT_NAME, show_default=True,
               help="The exported graph's input; waveform: the Kaldi fbank is computed inside the graph.")
 def quickstart(output: Path, source: str, backend: str, clips_per_class: int, iterations: int,

@@ -13,7 +13,8 @@ from fastast_deploy.cli.commands.options import parse_sizes
 from fastast_deploy.contract import PROVIDERS
 from fastast_deploy.errors import ConfigError
 from fastast_deploy.files import json_text
-from fastast_deploy.serving.predict import DEFAULT_BATCH, POOLS, PredictOptions
+from fastast_deploy.inference.scoring import DEFAULT_BATCH, POOLS
+from fastast_deploy.serving.predict import PredictOptions
 from fastast_deploy.serving.triton import KINDS, SERVE_BACKENDS, TritonOptions
 
 
@@ -42,46 +43,40 @@ def predict(model: str, audio: tuple[Path, ...], top_k: int, hop_s: float | None
     """Label names and scores for each AUDIO file, from an engine, an exported .onnx or a checkpoint SOURCE
     (run in PyTorch).
 
-    Features follow the model's recorded settings. Files longer than the model's input are cut into windows of
-    its length, scored window by window and pooled. Scores are softmax for a model trained single-label,
-    sigmoid otherwise. A file that cannot be read gets one `error: PATH: reason` line on stderr, the others
-    are still predicted, and the exit code is 1.
+    Features follow the model's recorded settings. Every file is scored as `evaluate` scores it: cut into
+    windows of the model's input length (no overlap unless --hop is given), each window scored, and the scores
+    pooled (mean unless --pool max). Scores are softmax for a model trained single-label, sigmoid otherwise. A
+    file that cannot be read gets one `error: PATH: reason` line on stderr, the others are still predicted, and
+    the exit code is 1.
     """
-    from fastast_deploy.serving.predict import (
-        batch_size,
-        format_prediction,
-        hop_frames,
-        open_classifier,
-        predict_files,
-        prediction_dict,
-    )
+    from fastast_deploy.audio.frames import hop_frames, window_seconds
+    from fastast_deploy.inference.runner import open_runner
+    from fastast_deploy.inference.scoring import batch_size
+    from fastast_deploy.serving.predict import format_prediction, predict_files, prediction_dict
 
     options = PredictOptions(top_k=top_k, hop_s=hop_s, pool=pool, batch=batch)
-    classifier = open_classifier(model, provider, threads)
-    for note in classifier.notes:
-        click.echo(f"warning: {note}", err=True)
-    labels = classifier.labels
-    k = len(labels) if all_scores and not as_json else top_k
-    window_s = classifier.window_s
     entries, failed = [], 0
-    try:
-        batch_size(classifier.batch, batch)  # settings the model cannot take fail before any output
-        hop = hop_frames(hop_s, classifier.features.frames) * window_s / classifier.features.frames  # as used
+    with open_runner(model, provider, threads) as runner:
+        for note in runner.notes:
+            click.echo(f"warning: {note}", err=True)
+        labels = runner.labels
+        k = len(labels) if all_scores and not as_json else top_k
+        window_s = window_seconds(runner.features)
+        batch_size(runner.batch, batch)  # settings the model cannot take fail before any output
+        hop = hop_frames(hop_s, runner.features.frames) * window_s / runner.features.frames  # as used
         if not as_json:
-            click.echo(f"{model} ({classifier.backend}): {classifier.scoring} scores, {pool} over windows of "
+            click.echo(f"{model} ({runner.backend}): {runner.scoring} scores, {pool} over windows of "
                        f"{window_s:g} s every {hop:g} s")
-        for result in predict_files(classifier, [str(a) for a in audio], options):
+        for result in predict_files(runner, [str(a) for a in audio], options):
             if result.error is not None:
                 failed += 1
                 click.echo(f"error: {result.path}: {result.error}", err=True)
             elif not as_json:
                 click.echo("\n" + format_prediction(result, labels, k))
             entries.append(prediction_dict(result, labels, top_k, all_scores))
-    finally:
-        classifier.close()
     if as_json:
-        report = {"model": model, "backend": classifier.backend, "task": classifier.task,
-                  "activation": classifier.activation, "pool": pool, "window_s": window_s, "hop_s": hop,
+        report = {"model": model, "backend": runner.backend, "task": runner.task,
+                  "activation": runner.activation, "pool": pool, "window_s": window_s, "hop_s": hop,
                   "labels": labels if all_scores else None, "files": entries, "failed": failed}
         click.echo(json_text(report))
     if failed:
