@@ -88,7 +88,8 @@ def throughput(work: Path, ast: Path, fastast: Path, batch: int, rounds: int) ->
     import torch
 
     from fastast_deploy.checkpoints.native import load_model
-    from fastast_deploy.evaluation.timing import CPU_REWARM_S, time_interleaved
+    from fastast_deploy.engines.base import CPU_REWARM_S
+    from fastast_deploy.evaluation.timing import time_interleaved
 
     torch.set_num_threads(1)
     models = {"ast": load_model(ast / "best").eval(), "fastast": load_model(fastast / "best").eval()}

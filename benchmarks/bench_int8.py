@@ -23,7 +23,8 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
-from fastast_deploy.evaluation.timing import CPU_REWARM_S, time_interleaved
+from fastast_deploy.engines.base import CPU_REWARM_S
+from fastast_deploy.evaluation.timing import time_interleaved
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
 from fastast_deploy.exporters.quantize import QuantizeOptions
 from fastast_deploy.metrics import fbank_like

@@ -28,7 +28,8 @@ import onnxruntime as ort
 import torch
 
 from fastast_deploy.checkpoints.native import load_model
-from fastast_deploy.evaluation.timing import CPU_REWARM_S, time_interleaved
+from fastast_deploy.engines.base import CPU_REWARM_S
+from fastast_deploy.evaluation.timing import time_interleaved
 from fastast_deploy.exporters.onnx_export import PART_KEY, ExportOptions, export_onnx
 from fastast_deploy.exporters.parity import fbank_like
 from fastast_deploy.model.config import SIZES

@@ -16,7 +16,8 @@ from functools import partial
 
 import torch
 
-from fastast_deploy.evaluation.timing import CPU_REWARM_S, time_interleaved
+from fastast_deploy.engines.base import CPU_REWARM_S
+from fastast_deploy.evaluation.timing import time_interleaved
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
 from fastast_deploy.model.flops import flop_ratio

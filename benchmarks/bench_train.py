@@ -40,7 +40,8 @@ from pathlib import Path
 
 import torch
 
-from fastast_deploy.evaluation.timing import CPU_REWARM_S, cpu_name, time_interleaved
+from fastast_deploy.engines.base import CPU_REWARM_S
+from fastast_deploy.evaluation.timing import cpu_name, time_interleaved
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
 from fastast_deploy.model.flops import flop_ratio

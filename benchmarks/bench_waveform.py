@@ -32,7 +32,8 @@ import torch
 
 from fastast_deploy.audio.features import waveform_to_input
 from fastast_deploy.contract import INPUT_NAME, WAVEFORM_NAME
-from fastast_deploy.evaluation.timing import CPU_REWARM_S, time_interleaved
+from fastast_deploy.engines.base import CPU_REWARM_S
+from fastast_deploy.evaluation.timing import time_interleaved
 from fastast_deploy.exporters.fbank_graph import WaveformFbank, waveform_samples
 from fastast_deploy.exporters.onnx_export import PART_KEY, ExportOptions, export_onnx
 from fastast_deploy.metrics import waveform_like

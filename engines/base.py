@@ -11,9 +11,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from fastast_deploy.contract import BATCH
 from fastast_deploy.errors import FastASTError
 
-BATCH = "batch"  # the name of the dynamic batch dimension in exported graphs and in specs
+# How long a CPU engine runs untimed before each timed call when timed beside others (`Engine.rewarm_s`): it
+# outlasts the time ONNX Runtime's threads spin after a run (docs/benchmarks.md; evaluation.timing uses it).
+CPU_REWARM_S = 0.1
 Shape = tuple[int | str, ...]  # ints, and BATCH where the batch is dynamic
 Spec = tuple[Shape, np.dtype]
 

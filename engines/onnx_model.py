@@ -9,11 +9,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastast_deploy.contract import INPUT_NAME, INPUT_NAMES, METADATA_KEY, OUTPUT_NAME, WAVEFORM_NAME
+from fastast_deploy.contract import (
+    BATCH,
+    EXPORT_FORMAT_VERSION,
+    INPUT_NAME,
+    INPUT_NAMES,
+    METADATA_KEY,
+    OUTPUT_NAME,
+    WAVEFORM_NAME,
+)
 from fastast_deploy.errors import error_summary
-from fastast_deploy.files import sha256_file
+from fastast_deploy.files import prepare_output, sha256_file
 
-from .base import BATCH, EngineError, Shape
+from .base import EngineError, Shape
 from .schema import EXPORT, check_fields
 
 # Node domains that only ONNX Runtime runs: an ORT-optimised model holds them and is no input for TensorRT.
@@ -28,7 +36,7 @@ class OnnxModelInfo:
     path: Path
     input_shape: Shape  # (batch, T, F) or (batch, samples): BATCH or an int, then ints
     output_names: tuple[str, ...]
-    metadata: dict[str, Any]  # the exporter's metadata (fastast_deploy.exporters.onnx_export.build_metadata)
+    metadata: dict[str, Any]  # the exporter's metadata (exporters.onnx_export.build_metadata), format-checked
     sha256: str
     ort_only_domains: tuple[str, ...] = ()
     input_name: str = INPUT_NAME  # INPUT_NAME, or WAVEFORM_NAME for a graph that computes its fbank
@@ -45,6 +53,25 @@ class OnnxModelInfo:
 def _dims(value: Any) -> Shape:
     return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
                  for d in value.type.tensor_type.shape.dim)
+
+
+def export_metadata(proto: Any, path: Path) -> dict[str, Any]:
+    """The export metadata stored in ``proto`` (``metadata_props[METADATA_KEY]``), checked: valid JSON, a format
+    version this package reads, the fields engines use of their types; a one-line EngineError otherwise."""
+    props = {p.key: p.value for p in proto.metadata_props}
+    if METADATA_KEY not in props:
+        raise EngineError(f"{path} has no fastast-deploy metadata; {HINT}")
+    try:
+        metadata = json.loads(props[METADATA_KEY])
+    except json.JSONDecodeError as err:
+        raise EngineError(f"{path}: its fastast-deploy metadata is not valid JSON ({err.msg}); {HINT}") from None
+    if not isinstance(metadata, dict):
+        raise EngineError(f"{path}: its fastast-deploy metadata is not a JSON object; {HINT}")
+    version = metadata.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version > EXPORT_FORMAT_VERSION:
+        raise EngineError(f"{path}: its fastast-deploy metadata has format_version {version!r}; this fastast-deploy "
+                          f"reads up to {EXPORT_FORMAT_VERSION}; upgrade fastast-deploy or re-export it")
+    return check_fields(metadata, EXPORT, f"{path} (fastast-deploy metadata)", HINT)
 
 
 def read_onnx_model(path: str | os.PathLike) -> OnnxModelInfo:
@@ -80,17 +107,29 @@ def read_onnx_model(path: str | os.PathLike) -> OnnxModelInfo:
     outputs = tuple(v.name for v in proto.graph.output)
     if not outputs or outputs[0] != OUTPUT_NAME:
         raise EngineError(f"{path} has outputs {list(outputs)}, expected {OUTPUT_NAME!r} first; {HINT}")
-    props = {p.key: p.value for p in proto.metadata_props}
-    if METADATA_KEY not in props:
-        raise EngineError(f"{path} has no fastast-deploy metadata; {HINT}")
-    try:
-        metadata = json.loads(props[METADATA_KEY])
-    except json.JSONDecodeError as err:
-        raise EngineError(f"{path}: its fastast-deploy metadata is not valid JSON ({err.msg}); {HINT}") from None
-    check_fields(metadata, EXPORT, f"{path} (fastast-deploy metadata)", HINT)
+    metadata = export_metadata(proto, path)
     recorded = metadata.get("inputs", {}).get(name, {}).get("shape")
     if recorded != list(shape) or set(metadata.get("outputs", {})) != set(outputs):
         raise EngineError(f"{path}: its metadata (input {recorded}, outputs {sorted(metadata.get('outputs', {}))}) "
                           f"disagrees with the graph (input {list(shape)}, outputs {sorted(outputs)}); {HINT}")
     domains = sorted({n.domain for n in proto.graph.node} & ORT_ONLY_DOMAINS)
     return OnnxModelInfo(path, shape, outputs, metadata, sha256_file(path), tuple(domains), name)
+
+
+def read_build_source(model: str | os.PathLike) -> OnnxModelInfo:
+    """`read_onnx_model` for an engine build, which starts from the exported model: EngineError for a model
+    already optimised by ONNX Runtime (its contrib ops are neither TensorRT's nor to be optimised twice)."""
+    info = read_onnx_model(model)
+    if info.ort_only_domains:
+        raise EngineError(f"{info.path} holds ONNX Runtime-only ops ({list(info.ort_only_domains)}): it was already "
+                          "optimised by ONNX Runtime; build from the exported model")
+    return info
+
+
+def prepare_engine_output(output: str | os.PathLike, info: OnnxModelInfo) -> Path:
+    """The engine's output path, its folder created (`files.prepare_output`); EngineError when it is the source
+    model itself."""
+    path = prepare_output(output)
+    if path.resolve() == info.path.resolve():
+        raise EngineError(f"output {path} is the model itself; write the engine to another file")
+    return path

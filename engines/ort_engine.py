@@ -18,15 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from fastast_deploy.contract import PROVIDERS, sidecar_path
+from fastast_deploy.contract import PROVIDERS, sidecar_path, tolerance
 from fastast_deploy.errors import error_summary
-from fastast_deploy.files import prepare_output, sha256_file
+from fastast_deploy.files import sha256_file
+from fastast_deploy.metrics import dummy_inputs, parity_checks, parity_failure
 from fastast_deploy.pairs import atomic_pair
 
-from .base import BackendUnavailableError, BuildResult, Engine, EngineError, EngineMismatchError
-from .onnx_model import OnnxModelInfo, read_onnx_model
+from .base import CPU_REWARM_S, BackendUnavailableError, BuildResult, Engine, EngineError, EngineMismatchError
+from .onnx_model import OnnxModelInfo, prepare_engine_output, read_build_source, read_onnx_model
 from .profiles import resolve_batch_range
-from .sidecar import engine_sidecar, tensor_specs
+from .sidecar import engine_sidecar
 
 LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
           "all": "ORT_ENABLE_ALL"}
@@ -40,13 +41,9 @@ class OrtBuildOptions:
 
     ``optimize``: first apply ONNX Runtime's transformer fusions (engines.ort_fusion: SkipLayerNormalization,
     BiasGelu) and, with ``fuse_attention``, fused Attention with the proportional-attention bias; the fused engine
-    must match the plain model (parity recorded in the sidecar). Opt-in, because it is not faster everywhere.
-    Measured by benchmarks/bench_optimum.py --optimize (AST-small, T = 512, ORT 1.32 CPU, 2 threads, 10 interleaved
-    rounds in steady state, medians, 2-core VM), against a plain session, which fuses the export's GELU into
-    BiasGelu itself: batch 1: 0.94x at r = 0, 0.97x at r = 50; batch 8: 0.94x, 1.05x (timed without the steady
-    state, an earlier run: 0.92x / 0.88x and 0.93x / 0.93x). Fused attention on top (an earlier run, batch 1) gave
-    1.02x at r = 0 and 0.95x at r = 50 against the fusions without it, so it stays off (``fuse_attention``, not a
-    CLI option)."""
+    must match the plain model (contract.TOLERANCES["optimize"], parity recorded in the sidecar). Opt-in, because
+    it is not faster everywhere; fused attention stays off (``fuse_attention``, not a CLI option). Measurements:
+    docs/benchmarks.md (benchmarks/bench_optimum.py --optimize)."""
 
     provider: str = "cpu"
     optimization: str | None = None
@@ -135,17 +132,12 @@ def build_onnxruntime_engine(model: str | os.PathLike, output: str | os.PathLike
     neither file."""
     import onnxruntime as ort
 
-    info = read_onnx_model(model)
-    if info.ort_only_domains:
-        raise EngineError(f"{info.path} is already optimised by ONNX Runtime (ops of {list(info.ort_only_domains)});"
-                          " build from the exported model")
+    info = read_build_source(model)
     batch = resolve_batch_range(info.batch_dim, options.min_batch, options.opt_batch, options.max_batch,
                                 bounded=False)
     level = options.level
     chain = provider_chain(options.provider, ort.get_available_providers())
-    output = prepare_output(output)
-    if output.resolve() == info.path.resolve():
-        raise EngineError(f"output {output} is the model itself; write the engine to another file")
+    output = prepare_engine_output(output, info)
     notes = []
     if level == "all" and options.provider == "cpu":
         notes.append(f"optimisation 'all' adds CPU-specific layouts: run {output.name} on this kind of CPU "
@@ -193,46 +185,42 @@ def _write_fused(info: OnnxModelInfo, path: Path, options: OrtBuildOptions) -> d
     return report
 
 
-def check_fused_parity(info: OnnxModelInfo, engine: Path, chain: list[str], threads: int,
-                       tolerance: float = 1e-4) -> dict[str, Any]:
-    """Run the plain model and the fused engine on two random batches (2 clips each); EngineError unless every
-    float output agrees within ``tolerance`` (finite) and every integer output (merge decisions) exactly."""
+def check_fused_parity(info: OnnxModelInfo, engine: Path, chain: list[str], threads: int) -> dict[str, Any]:
+    """Run the plain model and the fused engine on two seeded batches of 2 (`metrics.dummy_inputs`); EngineError
+    unless every float output passes the "optimize" tolerance (`metrics.parity_checks`: NaN or inf on either side
+    fails) and every integer output (merge decisions) is identical."""
     plain = _open_session(info.path, _session_options("basic", threads), chain)
     fused = _open_session(engine, _session_options("disable", threads), chain)
+    limits = tolerance("optimize", info.precision)
+    rate = int((info.metadata.get("features") or {}).get("sample_rate", 16000))
     worst = 0.0
     for seed in (0, 1):
-        feed = {}
-        for spec in plain.get_inputs():
-            shape = [2 if not isinstance(d, int) else d for d in spec.shape]
-            feed[spec.name] = np.random.default_rng(seed).standard_normal(shape).astype(np.float32) * 0.5
+        feed = {spec.name: dummy_inputs(spec.name, spec.shape[1:], spec.shape[0] if isinstance(spec.shape[0], int)
+                                        else 2, seed, rate) for spec in plain.get_inputs()}
         names = [o.name for o in plain.get_outputs()]
         for name, want, got in zip(names, plain.run(names, feed), fused.run(names, feed), strict=True):
-            if not np.all(np.isfinite(got)):
-                raise EngineError(f"--optimize: output {name} of the fused engine is not finite; not written")
             if np.issubdtype(want.dtype, np.integer):
                 if not np.array_equal(want, got):
                     raise EngineError(f"--optimize changed merge decisions ({name}); not written")
                 continue
-            worst = max(worst, float(np.abs(want.astype(np.float64) - got).max()))
-    if worst > tolerance:
-        raise EngineError(f"--optimize: fused engine differs from the model by {worst:.3g} > {tolerance}; not written")
-    return {"max_abs_diff": worst, "tolerance": tolerance, "inputs": "2 random batches of 2"}
+            figures, checks = parity_checks(want.reshape(len(want), -1), got.reshape(len(got), -1), limits)
+            failure = parity_failure(figures, checks)
+            if failure is not None:
+                raise EngineError(f"--optimize: output {name} of the fused engine differs from the model: {failure}; "
+                                  "not written")
+            worst = max(worst, figures["max_abs_diff"])
+    return {"max_abs_diff": worst, "tolerance": limits.to_dict(), "inputs": "2 seeded batches of 2"}
 
 
 def model_metadata(info: OnnxModelInfo, version: str, chain: list[str], provider: str, level: str,
                    threads: int) -> dict[str, Any]:
-    """Sidecar-shaped metadata for a plain exported model opened directly (nothing optimised offline)."""
-    inputs, outputs = tensor_specs(info)
-    batch = resolve_batch_range(info.batch_dim, bounded=False)
-    return {
-        "format_version": 1, "backend": "onnxruntime",
-        "engine": {"file": info.path.name, "sha256": info.sha256},
-        "source": {"file": str(info.path), "sha256": info.sha256},
-        "batch": batch.to_dict(), "inputs": inputs, "outputs": outputs, "precision": info.precision,
-        "export": info.metadata, "versions": {"onnxruntime": version},
-        "onnxruntime": {"version": version, "provider": provider, "providers": chain, "optimization_level": level,
-                        "intra_op_threads": threads, "offline": False},
-    }
+    """The sidecar (`sidecar.engine_sidecar`) of a plain exported model opened directly: the model is its own
+    engine, nothing optimised offline."""
+    details = {"version": version, "provider": provider, "providers": chain, "optimization_level": level,
+               "intra_op_threads": threads, "offline": False}
+    return engine_sidecar(backend="onnxruntime", engine=info.path, engine_sha256=info.sha256, source=info,
+                          batch=resolve_batch_range(info.batch_dim, bounded=False), precision=info.precision,
+                          details=details, versions={"onnxruntime": version})
 
 
 class OnnxRuntimeEngine(Engine):
@@ -258,8 +246,6 @@ class OnnxRuntimeEngine(Engine):
     def rewarm_s(self) -> float:
         """CPU_REWARM_S where the CPU provider runs the graph (a CPU call is slower after a pause or another run's
         call; evaluation.timing says how much)."""
-        from fastast_deploy.evaluation.timing import CPU_REWARM_S
-
         return CPU_REWARM_S if self.providers[:1] == ["CPUExecutionProvider"] else 0.0
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

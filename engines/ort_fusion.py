@@ -11,7 +11,7 @@ Two steps, both from well-kept tools rather than hand-written kernels:
    MultiHeadAttention (``attention_bias``) both take an additive bias, but only of shape (B or 1, H or 1, S, L):
    the (B, 1, 1, N) log-size row is expanded to (B, 1, N, N) for it. The model's opset is raised to 23 with
    onnx.version_converter first.
-Step 2 is kept only when ``fuse_attention`` is set (measured: see OrtBuildOptions.optimize).
+Step 2 is kept only when ``fuse_attention`` is set (off by default; measurements: docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import logging
 from typing import Any
 
 import numpy as np
+
+from fastast_deploy.scoped import logging_disabled
 
 from .base import EngineError
 
@@ -106,13 +108,10 @@ def fuse_for_onnxruntime(model: Any, export: dict[str, Any], use_gpu: bool, atte
     # the skip: residual adds of equal shapes here, or the (1, N, C) position table, which SkipLayerNormalization
     # broadcasts. The parity check after the build guards either way.
     options.enable_shape_inference = False
-    logging.disable(logging.WARNING)  # its fusions warn about the shape inference switched off above
-    try:
+    with logging_disabled(logging.WARNING):  # its fusions warn about the shape inference switched off above
         optimized = optimize_model(model, model_type="vit", num_heads=int(cfg["num_heads"]),
                                    hidden_size=int(cfg["embed_dim"]), optimization_options=options, opt_level=0,
                                    use_gpu=use_gpu)
-    finally:
-        logging.disable(logging.NOTSET)
     proto = optimized.model
     counts: dict[str, int] = {}
     for node in proto.graph.node:

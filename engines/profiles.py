@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .base import BATCH, BatchRange, EngineError, Shape
+from fastast_deploy.contract import BATCH
+
+from .base import BatchRange, EngineError, Shape
 
 # For a dynamic-batch graph: batches 1..32, tactics timed at 8, unless asked otherwise.
 DEFAULT_MIN, DEFAULT_OPT, DEFAULT_MAX = 1, 8, 32

@@ -8,7 +8,7 @@ import contextlib
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from fastast_deploy.contract import INPUT_NAME, sidecar_path
+from fastast_deploy.contract import BATCH, INPUT_NAME, sidecar_path
 from fastast_deploy.errors import error_summary
 from fastast_deploy.files import prepare_output, sha256_file
 from fastast_deploy.pairs import atomic_pair
+from fastast_deploy.scoped import polygraphy_verbosity
 
 from .base import (
-    BATCH,
     BackendUnavailableError,
     BuildResult,
     Engine,
@@ -31,7 +31,7 @@ from .base import (
     check_feed,
 )
 from .gpu import DeviceTiming, GpuInfo, query_gpu, summarize_device_times
-from .onnx_model import read_onnx_model
+from .onnx_model import prepare_engine_output, read_build_source
 from .profiles import ProfileShapes, profile_shapes, resolve_batch_range
 from .sidecar import check_engine_file, engine_sidecar
 from .trt_policy import (
@@ -120,15 +120,11 @@ def _polygraphy() -> tuple[ModuleType, type[Exception], str]:
     return backend, PolygraphyException, polygraphy.__version__
 
 
-@contextlib.contextmanager
-def _polygraphy_logging(verbose: bool) -> Iterator[None]:
+def _polygraphy_logging(verbose: bool) -> contextlib.AbstractContextManager[None]:
     """Polygraphy's TensorRT logger sends TensorRT's VERBOSE messages to EXTRA_VERBOSE, INFO to VERBOSE and
     WARNING to warning (polygraphy 0.53.6 backend/trt/util.py get_trt_logger): ``verbose`` shows all of it, the
-    default shows TensorRT's warnings and errors."""
-    from polygraphy.logger import G_LOGGER
-
-    with G_LOGGER.verbosity(G_LOGGER.EXTRA_VERBOSE if verbose else G_LOGGER.WARNING):
-        yield
+    default shows TensorRT's warnings and errors; the caller's verbosity returns afterwards."""
+    return polygraphy_verbosity("EXTRA_VERBOSE" if verbose else "WARNING")
 
 
 def checked_timing_cache(config_loader: Any, cache: Path | None, engine_loader: Callable[[], Any],
@@ -164,10 +160,7 @@ def build_tensorrt_engine(model: str | os.PathLike, output: str | os.PathLike,
                           options: TrtBuildOptions = TrtBuildOptions()) -> BuildResult:
     """Build a plan from an exported model and write it with its sidecar, atomically: a failed build writes
     neither. Everything that can be checked without TensorRT is checked before it is imported."""
-    info = read_onnx_model(model)
-    if info.ort_only_domains:
-        raise EngineError(f"{info.path} holds ONNX Runtime-only ops ({list(info.ort_only_domains)}): it was "
-                          "optimised for ONNX Runtime; build from the exported model")
+    info = read_build_source(model)
     batch = resolve_batch_range(info.batch_dim, options.min_batch, options.opt_batch, options.max_batch)
     shapes = profile_shapes(info.input_shape, batch)
 
@@ -177,9 +170,7 @@ def build_tensorrt_engine(model: str | os.PathLike, output: str | os.PathLike,
     gpu = query_gpu()
     backend, PolygraphyException, polygraphy_version = _polygraphy()
     check_polygraphy(polygraphy_version, version)
-    output = prepare_output(output)  # creates missing directories: only once the build can start
-    if output.resolve() == info.path.resolve():
-        raise EngineError(f"output {output} is the model itself; write the engine to another file")
+    output = prepare_engine_output(output, info)  # creates missing directories: only once the build can start
     if options.timing_cache:
         prepare_output(options.timing_cache)
 

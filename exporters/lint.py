@@ -336,7 +336,8 @@ def _check_dtypes(g: GraphIndex) -> list[Finding]:
 
 
 def _check_precision(g: GraphIndex, tensorrt: int) -> list[Finding]:
-    """fp16/bf16 values reaching the comparisons that pick merges (design.md section 5: keep them fp32), and
+    """fp16/bf16 values reaching the comparisons that pick merges (keep them fp32: a near-tie rounded in fp16 picks
+    another merge, and model.tome runs the matching in float32 for that reason), and
     LayerNorm / Softmax computing in fp16 (trt_ops.FP32_COMPUTE_OPS: strongly typed TensorRT computes them in
     their input type; the fp16 export casts their inputs to fp32)."""
     findings = [Finding("warning", g.names[i], g.nodes[i].op_type, "merge decisions computed in fp16 may flip "

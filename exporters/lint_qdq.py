@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from onnx import TensorProto
 
+from fastast_deploy.contract import PART_KEY
+
 from .lint_report import Finding
 
 if TYPE_CHECKING:
@@ -23,7 +25,6 @@ if TYPE_CHECKING:
 
     from .onnx_graph import GraphIndex
 
-PART_KEY = "fastast_deploy.part"
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 _DECISIONS = frozenset({"TopK", "ArgMax", "ArgMin"})
 _KEEP_FLOAT = frozenset({"LayerNormalization", "Softmax"})

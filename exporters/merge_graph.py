@@ -3,8 +3,9 @@
 
 The dynamo exporter writes the PyTorch merge as ~60 nodes, most of them Shape / Slice / Unsqueeze / Reshape /
 Expand plumbing for the batch offsets of row gathers. This translation, handed to ``torch.onnx.export`` through
-``custom_translation_table``, writes the same algorithm (design.md section 4) with every dim but the batch fixed
-at export time, in ops that ONNX Runtime and TensorRT both run natively (no Scatter, If, Loop or NonZero):
+``custom_translation_table``, writes the same algorithm (model.tome: bipartite_match, merge_tokens) with every
+dim but the batch fixed at export time, in ops that ONNX Runtime and TensorRT both run natively (no Scatter, If,
+Loop or NonZero):
 
 - the matching works in token-position space: scores of every token (B, N, |B| - 1) against the B tokens but
   dist, one TopK(k=1) for each token's best partner and its score together, then a constant bias ranks
@@ -16,12 +17,11 @@ at export time, in ops that ONNX Runtime and TensorRT both run natively (no Scat
   offsets) takes the sources' rows, and one more takes every row the output keeps, already in output order (cls,
   dist, kept A tokens ascending, then the B tokens); the sources are added into their destinations' output rows by
   one OneHot and one MatMul over z, which adds both weighted sums at once; one Split and one Div at the end.
-  The one-hot product is a MatMul rather than an Einsum: ONNX Runtime 1.32's CPU Einsum ran it 1.6-2.3x slower
-  (AST-small, T = 512, block 0, batch 1 and 8, 1 and 2 threads; benchmarks/bench_merge_ops.py). A constant table
-  maps each destination to its output row and drops the trailing dim that the MatMul layout cannot have, in one
-  GatherND.
-  The scores stay one Einsum (1.5-2x slower than a MatMul, which would need a Transpose too: the 21st node), and
-  TopK(k=1) stays (ArgMax + ReduceMax is one node more, and was faster only at batch 1 on two threads).
+  The one-hot product is a MatMul rather than an Einsum, which ONNX Runtime's CPU kernel runs slower. A constant
+  table maps each destination to its output row and drops the trailing dim that the MatMul layout cannot have, in
+  one GatherND.
+  The scores stay one Einsum (a MatMul would need a Transpose too: the 21st node), and TopK(k=1) stays (ArgMax +
+  ReduceMax is one node more). The timings behind these choices: docs/benchmarks.md (benchmarks/bench_merge_ops.py).
 The matching and the sums run in float32 whatever the model dtype (Cast nodes only in fp16 / bf16 graphs).
 """
 

@@ -23,14 +23,18 @@ import torch
 from torch import Tensor, nn
 
 from fastast_deploy.contract import (
+    BATCH,
+    EXPORT_FORMAT_VERSION,
     INPUT_NAME,
     INPUT_NAMES,
     METADATA_KEY,
     OUTPUT_NAME,
     PACKAGE_VERSION,
+    PART_KEY,
     PRECISIONS,
     WAVEFORM_NAME,
     merge_output_names,
+    merge_output_specs,
     merge_positions,
     sidecar_path,
 )
@@ -48,18 +52,16 @@ from .fbank_graph import (
     waveform_features,
 )
 from .merge_graph import drop_split_counts, merge_node_counts, translation_table
-from .metadata import read_metadata
 from .precision import compute_in_fp32
 from .trt_ops import CONTRACT_CONSTANT_INPUTS, STATIC_CONTRACT, TOPK_MAX_K
 
-__all__ = ["ExportOptions", "ExportResult", "export_onnx", "read_metadata", "sidecar_path"]
+__all__ = ["ExportOptions", "ExportResult", "export_onnx"]
 
 STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
-PART_KEY = "fastast_deploy.part"
 # The exporter's stack traces stop at the calling module's forward: merge ops show the call into model.tome.
 MERGE_SOURCE = re.compile(r"\b(bipartite_match|merge_wavg|merge_tokens)\(")
 FEATURE_SOURCE = re.compile(rf"\b{FEATURE_FUNCTION}\(")
-BATCH_DIM = re.compile(r"batch|\d+\*batch|batch\*\d+")  # the batch, or a flattened batch x tokens
+BATCH_DIM = re.compile(rf"{BATCH}|\d+\*{BATCH}|{BATCH}\*\d+")  # the batch, or a flattened batch x tokens
 
 
 @dataclass(frozen=True)
@@ -131,10 +133,10 @@ def to_onnx(model: FastAST, options: ExportOptions) -> onnx.ModelProto:
 def trace(module: nn.Module, shape: tuple[int, ...], input_name: str, output_names: list[str], batch: int | None,
           opset: int) -> onnx.ModelProto:
     """``module`` on inputs (batch, *shape) traced with torch.export and converted by the dynamo exporter,
-    constants folded by its optimizer; ``batch`` None: a dynamic batch, named "batch" on every graph input and
-    output. FastASTError with the gist of the exporter's report when it fails."""
+    constants folded by its optimizer; ``batch`` None: a dynamic batch, named `contract.BATCH` on every graph
+    input and output. FastASTError with the gist of the exporter's report when it fails."""
     example = torch.zeros(batch or 2, *shape)  # 2, not 1: an example batch of 1 would be specialised away
-    dynamic = None if batch else ({0: torch.export.Dim("batch", min=1, max=4096)},)
+    dynamic = None if batch else ({0: torch.export.Dim(BATCH, min=1, max=4096)},)
     # The exporter logs a warning for every optional torchvision op it cannot register: noise for this model.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.no_grad():
@@ -151,11 +153,11 @@ def trace(module: nn.Module, shape: tuple[int, ...], input_name: str, output_nam
     produced = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if produced != opset:
         raise FastASTError(f"the exporter produced opset {produced}, not the requested {opset}")
-    if batch is None:  # name the symbolic dim "batch" on every graph input and output
+    if batch is None:  # name the symbolic dim BATCH on every graph input and output
         for value in list(proto.graph.input) + list(proto.graph.output):
             dim = value.type.tensor_type.shape.dim[0]
             if not dim.HasField("dim_value"):
-                dim.dim_param = "batch"
+                dim.dim_param = BATCH
     return proto
 
 
@@ -184,7 +186,7 @@ def check_graph(proto: onnx.ModelProto, merge_impl: str, merging_blocks: int) ->
                                f"found {len(adds)} among {scatters}")
     inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
     # The batch may sit on any axis of an intermediate tensor (also flattened with the token axis for row
-    # gathers), but every symbolic dim must be the one "batch" symbol or a fixed multiple of it.
+    # gathers), but every symbolic dim must be the one BATCH symbol or a fixed multiple of it.
     symbolic = []
     for value in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
         dims = value.type.tensor_type.shape.dim
@@ -218,16 +220,13 @@ def build_metadata(model: FastAST, options: ExportOptions, source_info: dict[str
     cfg = model.config
     features = graph_features(model) if options.input == WAVEFORM_NAME else getattr(model, "feature_config", None)
     labels = getattr(model, "label_names", None)
-    batch: int | str = options.batch if options.batch else "batch"
-    outputs = {OUTPUT_NAME: {"shape": [batch, cfg.num_labels], "dtype": "float32"}}
+    batch: int | str = options.batch if options.batch else BATCH
+    outputs: dict[str, Any] = {OUTPUT_NAME: {"shape": [batch, cfg.num_labels], "dtype": "float32"}}
     if options.debug_merges:
-        for i, r in enumerate(model.schedule):
-            if r > 0:
-                for kind in ("src", "dst"):
-                    outputs[f"merge{i}_{kind}"] = {"shape": [batch, r], "dtype": "int64"}
+        outputs.update(merge_output_specs(model.schedule, batch))
     source = {k: str(v) if isinstance(v, os.PathLike) else v for k, v in (source_info or {}).items()}
     return {
-        "format_version": 1,
+        "format_version": EXPORT_FORMAT_VERSION,
         "source": source,
         "model": cfg.to_dict(),
         "tome": {**model.tome.to_dict(), "effective_schedule": list(model.schedule),

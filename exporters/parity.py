@@ -7,16 +7,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastast_deploy.contract import INPUT_NAME, merge_positions
+from fastast_deploy.contract import INPUT_NAME, merge_positions, tolerance
 from fastast_deploy.errors import FastASTError
-from fastast_deploy.metrics import compare_logits, fbank_like, merge_agreement
+from fastast_deploy.metrics import dummy_inputs, merge_agreement, parity_checks, parity_failure
 from fastast_deploy.model.fastast import FastAST
 
-# fp32: |onnx - torch| <= ATOL + RTOL * max|torch|. fp16 is compared with the fp32 model: cosine and top-1.
-ATOL, RTOL = 1e-4, 1e-4
-FP16_MIN_COSINE = 0.999
-# int8 is compared with the fp32 model on real clips by its labels: an export below this top-1 agreement fails.
-INT8_MIN_TOP1 = 0.9
+NO_CHECK = "use --no-check to write the model anyway"
+
+
+def require_parity(reference: np.ndarray, candidate: np.ndarray, precision: str, what: str,
+                   hint: str = NO_CHECK) -> dict[str, Any]:
+    """The export tolerance of ``precision`` (`contract.TOLERANCES["export"]`) applied to candidate logits
+    (N, labels) against the reference through `metrics.parity_checks`; FastASTError "``what``: the failed
+    condition; ``hint``" when one fails (NaN or inf on either side always does). Returns the figures."""
+    limits = tolerance("export", precision)
+    figures, checks = parity_checks(reference, candidate, limits)
+    figures["tolerance"] = limits.to_dict()
+    failure = parity_failure(figures, checks)
+    if failure is not None:
+        raise FastASTError(f"{what} ({precision}): {failure}; {hint}")
+    return figures
 
 
 def torch_outputs(model: FastAST, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -36,35 +46,23 @@ def check_parity(model: FastAST, onnx_bytes: bytes, options: Any, num: int = 4, 
 
     cfg = model.config
     batch = options.batch or num
-    x = fbank_like(batch, cfg.input_frames, cfg.num_mel_bins, seed)
+    x = dummy_inputs(INPUT_NAME, (cfg.input_frames, cfg.num_mel_bins), batch, seed)
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     got = session.run(None, {INPUT_NAME: x})
     want, want_merges = torch_outputs(model, x)
-    result = compare_logits(want, got[0])
+    result = require_parity(want, got[0], options.precision, "ONNX Runtime disagrees with PyTorch on fbank-like inputs")
     result["inputs"] = int(batch)
     if options.debug_merges:
         per_block = merge_agreement(want_merges, list(got[1:]))
         result["merge_agreement"] = min(per_block) if per_block else 1.0
-    if result["non_finite_clips"] or not np.isfinite(want).all():
-        raise FastASTError(f"NaN or inf logits on {result['non_finite_clips']} of {batch} fbank-like inputs "
-                           "(PyTorch or ONNX Runtime): the graph cannot be trusted; use --no-check to write it anyway")
-    if options.precision == "fp32":
-        limit = ATOL + RTOL * float(np.abs(want).max())
-        result["tolerance"] = limit
-        if not result["max_abs_diff"] <= limit:  # written so that NaN fails too
-            raise FastASTError(f"ONNX Runtime disagrees with PyTorch: max |logit diff| {result['max_abs_diff']:.3g} "
-                               f"> {limit:.3g} (fp32); use --no-check to write the model anyway")
-    elif not result["cosine_mean"] >= FP16_MIN_COSINE:
-        raise FastASTError(f"fp16 graph drifts from the fp32 model: mean cosine {result['cosine_mean']:.5f} < "
-                           f"{FP16_MIN_COSINE}; use --no-check to write the model anyway")
     return result
 
 
 def check_parity_int8(model: FastAST, proto: Any, fbank: np.ndarray, source: str,
                       batch: int | None) -> dict[str, Any]:
     """The int8 graph (with its merge-position outputs) on ONNX Runtime CPU against the fp32 PyTorch model on
-    clips (N, T, F): top-1 agreement (the pass condition, >= INT8_MIN_TOP1), cosine, and per merging block the
-    share of clips whose merge decisions are identical."""
+    clips (N, T, F): top-1 agreement (the pass condition, contract.TOLERANCES["export"]["int8"]), cosine, and per
+    merging block the share of clips whose merge decisions are identical."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -80,20 +78,16 @@ def check_parity_int8(model: FastAST, proto: Any, fbank: np.ndarray, source: str
     reference = [torch_outputs(model, fbank[i : i + 16]) for i in range(0, len(fbank), 16)]
     want = np.concatenate([logits for logits, _ in reference])
     want_merges = [np.concatenate([m[k] for _, m in reference]) for k in range(len(reference[0][1]))]
-    result = compare_logits(want, got[0])
-    result.update(inputs=int(len(fbank)), source=source, min_top1=INT8_MIN_TOP1, reference="fp32 PyTorch model")
+    result = require_parity(want, got[0], "int8", f"int8 graph disagrees with the fp32 model on {source}",
+                            "calibrate on more or more typical clips (--calib, --calib-clips), or " + NO_CHECK)
+    result.update(inputs=int(len(fbank)), source=source, min_top1=tolerance("export", "int8").min_top1,
+                  reference="fp32 PyTorch model")
     blocks = [i for i, r in enumerate(model.schedule) if r > 0]
     per_block = merge_agreement(want_merges, got[1:]) if blocks else []
     result["merge_agreement_per_block"] = dict(zip((f"block{i}" for i in blocks), per_block, strict=True))
     result["merge_agreement"] = min(per_block) if per_block else 1.0
     pairs = merge_pair_agreement(want_merges, got[1:]) if blocks else []
     result["merge_pair_agreement_per_block"] = dict(zip((f"block{i}" for i in blocks), pairs, strict=True))
-    if result["non_finite_clips"]:
-        raise FastASTError(f"int8 graph gives NaN or inf logits on {result['non_finite_clips']} of {len(fbank)} clips")
-    if result["top1_agreement"] < INT8_MIN_TOP1:
-        raise FastASTError(f"int8 graph disagrees with the fp32 model: top-1 agreement {result['top1_agreement']:.3f} "
-                           f"< {INT8_MIN_TOP1} on {source}; calibrate on more or more typical clips (--calib, "
-                           "--calib-clips), or use --no-check to write the model anyway")
     return result
 
 

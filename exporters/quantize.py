@@ -18,7 +18,6 @@ LayerNorm, Softmax, GELU and the residual adds are never quantised (not in ``QUA
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,20 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fastast_deploy.contract import INPUT_NAME
+from fastast_deploy.contract import INPUT_NAME, PART_KEY
 from fastast_deploy.errors import ConfigError, FastASTError
+from fastast_deploy.scoped import logging_disabled
 
 if TYPE_CHECKING:  # onnx is imported where used: the CLI imports this module for its option defaults
     import onnx
 
-PART_KEY = "fastast_deploy.part"  # node metadata the exporter writes (onnx_export.tag_nodes)
 QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
 CALIB_METHODS = ("minmax", "percentile", "entropy")
-QUANTIZE_SUFFIX = "_QuantizeLinear"
-
-
-class CalibrationError(FastASTError):
-    """Calibration data that cannot be used (missing, unreadable, of another input shape)."""
 
 
 @dataclass(frozen=True)
@@ -65,69 +59,8 @@ class QuantizeOptions:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Calibration data
+# Calibration data (read by exporters.calibration)
 # ---------------------------------------------------------------------------------------------------------------
-def load_calibration(spec: str | os.PathLike, frames: int, mel: int, export: dict[str, Any],
-                     limit: int | None = None) -> np.ndarray:
-    """Model inputs (N, frames, mel) float32 from ``spec``: an .npz with an ``fbank`` array of model inputs, or any
-    data the project reads (a folder of audio or one folder per class, an AST data .json, an ESC-50 style .csv, a
-    Polygraphy inputs .json), turned into inputs with the model's feature settings (``export["features"]``)."""
-    from fastast_deploy.evaluation.inputs import is_ast_data_json, load_inputs
-
-    path = Path(spec)
-    if not path.exists():
-        raise CalibrationError(f"--calib {spec}: no such file or folder; give an .npz with an fbank array, a folder "
-                               "of audio, an AST data .json or an ESC-50 style .csv")
-    if path.is_file() and path.suffix not in (".npz", ".json", ".csv"):
-        raise CalibrationError(f"--calib {spec}: a {path.suffix or 'suffix-less'} file; expected an .npz, a .json, "
-                               "a .csv or a folder")
-    try:
-        if path.suffix == ".csv" or path.suffix == ".json" and is_ast_data_json(path):
-            fbank = _listed_audio(path, export)
-        else:
-            fbank = load_inputs(str(path), 0, frames, mel, 0, export).fbank
-    except FastASTError as err:
-        raise CalibrationError(f"--calib {spec}: {err}") from None
-    if fbank.ndim != 3 or fbank.shape[1:] != (frames, mel):
-        raise CalibrationError(f"--calib {spec}: inputs of shape {fbank.shape}; the model takes (N, {frames}, {mel})")
-    if len(fbank) == 0:
-        raise CalibrationError(f"--calib {spec}: no clips")
-    bad = int((~np.isfinite(fbank)).any(axis=(1, 2)).sum())
-    if bad:
-        raise CalibrationError(f"--calib {spec}: {bad} of {len(fbank)} clips hold NaN or inf")
-    return np.ascontiguousarray(fbank[:limit], dtype=np.float32)
-
-
-def _listed_audio(path: Path, export: dict[str, Any]) -> np.ndarray:
-    """The clips an AST data .json or an ESC-50 style .csv lists (labels are not needed to calibrate); files that
-    cannot be read are skipped."""
-    import json
-
-    from fastast_deploy.audio.datasets import raw_fbank, read_esc50_csv
-    from fastast_deploy.audio.features import normalize
-    from fastast_deploy.model.config import FeatureConfig
-
-    if export.get("features") is None:
-        raise CalibrationError("the model records no feature settings, so audio cannot be turned into its input")
-    if path.suffix == ".csv":
-        files = [e.path for e in read_esc50_csv(path).examples]
-    else:
-        rows = json.loads(path.read_text(encoding="utf-8"))["data"]
-        if not all(isinstance(r, dict) and "wav" in r for r in rows):
-            raise CalibrationError('not an AST data file; expected {"data": [{"wav": ...}, ...]}')
-        files = [p if (p := Path(str(r["wav"])).expanduser()).is_absolute() else path.parent / p for r in rows]
-    config = FeatureConfig.from_dict(export["features"])
-    arrays = []
-    for file in files:
-        try:
-            arrays.append(normalize(raw_fbank(file, config), config.mean, config.std).numpy())
-        except FastASTError:
-            continue
-    if not arrays:
-        raise CalibrationError(f"none of the {len(files)} audio files it lists could be read")
-    return np.stack(arrays)
-
-
 def split_clips(fbank: np.ndarray, options: QuantizeOptions) -> tuple[np.ndarray, np.ndarray, str]:
     """Calibration clips and the clips the export's parity check uses: those after the calibration clips when the
     data has more, else the calibration clips themselves (said in the returned note)."""
@@ -260,19 +193,18 @@ def quantize_int8(proto: onnx.ModelProto, calibration: np.ndarray, options: Quan
     with tempfile.TemporaryDirectory(prefix="fastast-int8-") as tmp:
         source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save_model(proto, source)
-        logging.disable(logging.WARNING)  # ORT's tool logs advice (pre-processing) on the root logger
-        try:
-            quantize_static(
-                str(source), str(target), _Reader(calibration, batch), quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True, activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8, nodes_to_exclude=sorted(exclude), calibrate_method=method,
-                extra_options=extra,
-            )
-        except Exception as err:  # ORT's errors come from deep inside its calibrator
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise FastASTError(f"int8 quantisation failed: {first}") from err
-        finally:
-            logging.disable(logging.NOTSET)
+        # ORT's tool logs advice (pre-processing) on the root logger
+        with logging_disabled(logging.WARNING):
+            try:
+                quantize_static(
+                    str(source), str(target), _Reader(calibration, batch), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, nodes_to_exclude=sorted(exclude), calibrate_method=method,
+                    extra_options=extra,
+                )
+            except Exception as err:  # ORT's errors come from deep inside its calibrator
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise FastASTError(f"int8 quantisation failed: {first}") from err
         quantized = onnx.load(str(target))
     restored = restore_float_inputs(quantized, float_nodes)
     ops = [n.op_type for n in quantized.graph.node]

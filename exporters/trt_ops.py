@@ -129,8 +129,6 @@ TRT_DOMAIN_OPS: dict[int, frozenset[str]] = {10: frozenset(), 11: frozenset({"TR
                                                                               "TRT_KVCacheUpdate"})}
 
 TENSORRT_OPS: dict[int, dict[str, tuple[str, ...]]] = {10: NATIVE_OPS_TRT10, 11: NATIVE_OPS_TRT11}
-TABLE_SOURCES: dict[int, str] = {10: "onnx-tensorrt operators.md for TensorRT 10.15",
-                                 11: "onnx-tensorrt@7c51a63 operators.md for TensorRT 11.1"}
 # Inclusive opset range of the default domain. 10.15 and 11.1: 9-24; 10.0 and 10.1 GA: 9-20 (onnx-tensorrt@96e7811).
 OPSET_RANGE: dict[int, tuple[int, int]] = {10: (9, 24), 11: (9, 24)}
 OPSET_OLD_TRT10_MAX = 20
@@ -145,7 +143,8 @@ OPSET_OLD_TRT10_MAX = 20
 # runs over every key token (up to 1214 for AST at 1024 frames).
 FP32_COMPUTE_OPS: frozenset[str] = frozenset({"LayerNormalization", "Softmax"})
 
-# Valid ONNX that breaks the static-shape contract (design.md section 5), even where TensorRT has some support.
+# Valid ONNX that breaks the static-shape contract (every dim but the batch fixed at export: outputs whose shape
+# depends on the data, control flow, sequences), even where TensorRT has some support.
 # The one table: exporters/onnx_export.check_graph refuses these at export, lint reports them.
 STATIC_CONTRACT: dict[str, str] = {
     "NonZero": "output shape depends on the data",

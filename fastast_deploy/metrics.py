@@ -1,5 +1,6 @@
 """Comparisons of an engine's outputs with reference outputs, in numpy alone (no torch): errors, cosine,
-label agreement, merge-decision agreement, accuracy and mean average precision."""
+label agreement, the one parity check (`parity_checks`, against a `contract.Tolerance`), merge-decision agreement,
+accuracy and mean average precision; and the seeded dummy inputs every check feeds (`dummy_inputs`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from fastast_deploy.contract import WAVEFORM_NAME, Tolerance
 
 
 def fbank_like(num: int, frames: int, mel: int, seed: int = 0) -> np.ndarray:
@@ -42,16 +45,18 @@ def _stat(values: np.ndarray, how: str) -> float:
 
 
 def compare_logits(
-    reference: np.ndarray, candidate: np.ndarray, atol: float = 0.0, rtol: float = 0.0
+    reference: np.ndarray, candidate: np.ndarray, atol: float = 0.0, rtol: float = 0.0, peak_rtol: float = 0.0
 ) -> dict[str, Any]:
-    """Error statistics of candidate against reference (N, labels); NaN-aware (NaNs are counted, not averaged)."""
+    """Error statistics of candidate against reference (N, labels); NaN-aware (NaNs are counted, not averaged).
+    ``worst_excess`` and ``within_tolerance`` measure against ``atol + rtol * |ref| + peak_rtol * max|ref|``."""
     ref, got = reference.astype(np.float64), candidate.astype(np.float64)
     finite = np.isfinite(ref) & np.isfinite(got)
     rows = finite.all(axis=-1)
+    peak = float(np.abs(ref[finite]).max()) if finite.any() else 0.0
     with np.errstate(invalid="ignore", over="ignore"):  # non-finite entries are masked out below
         diff = np.abs(ref - got)[finite]
         rel = (np.abs(ref - got) / (np.abs(ref) + 1e-12))[finite]
-        excess = (np.abs(ref - got) - (atol + rtol * np.abs(ref)))[finite]
+        excess = (np.abs(ref - got) - (atol + rtol * np.abs(ref) + peak_rtol * peak))[finite]
     cos = cosine_rows(ref[rows], got[rows]) if rows.any() else np.array([np.nan])
     return {
         "clips": int(ref.shape[0]),
@@ -69,6 +74,50 @@ def compare_logits(
         "top1_agreement": float((ref.argmax(-1) == got.argmax(-1))[rows].mean()) if rows.any() else 0.0,
         "top5_agreement": topk_agreement(ref[rows], got[rows], 5) if rows.any() else 0.0,
     }
+
+
+def check_row(name: str, value: float, threshold: str, passed: bool, by: float | None = None) -> dict[str, Any]:
+    """One pass condition as a report row: ``by`` is how far a failed condition missed (None when it passed)."""
+    value = float(value)
+    return {"name": name, "value": value if np.isfinite(value) else str(value), "threshold": threshold,
+            "passed": bool(passed), "by": None if passed or by is None or not np.isfinite(by) else float(by)}
+
+
+def parity_checks(reference: np.ndarray, candidate: np.ndarray,
+                  tolerance: Tolerance) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The one parity check: candidate logits (N, labels) against reference logits under ``tolerance``. Returns the
+    figures (`compare_logits`) and one row per condition (`check_row`). NaN or inf on either side fails
+    ("finite outputs"), and every comparison is written so that a NaN figure fails too."""
+    t = tolerance
+    figures = compare_logits(reference, candidate, t.atol or 0.0, t.rtol or 0.0, t.peak_rtol or 0.0)
+    bad = figures["non_finite_clips"]
+    checks = [check_row("finite outputs", bad, "== 0", bad == 0)]
+    if t.atol is not None:
+        terms = ["atol", *(["rtol*|ref|"] if t.rtol is not None else []),
+                 *(["peak_rtol*max|ref|"] if t.peak_rtol is not None else [])]
+        within = figures["within_tolerance"]
+        checks.append(check_row(f"logits within {' + '.join(terms)}", within, "== 1 (all elements)", within == 1.0,
+                                by=figures["worst_excess"]))
+    for key, name, figure in (("min_cosine", "cosine (worst clip)", "cosine_min"),
+                              ("min_mean_cosine", "cosine (mean)", "cosine_mean"),
+                              ("min_top1", "top-1 agreement", "top1_agreement")):
+        floor = getattr(t, key)
+        if floor is not None:
+            value = figures[figure]
+            checks.append(check_row(name, value, f">= {floor}", value >= floor, by=floor - value))
+    return figures, checks
+
+
+def parity_failure(figures: dict[str, Any], checks: list[dict[str, Any]]) -> str | None:
+    """The first failed condition in words (None: all passed), e.g. ``top-1 agreement 0.5 < 0.9 (max |logit
+    diff| 0.3, 0 of 4 clips non-finite)``."""
+    failed = next((c for c in checks if not c["passed"]), None)
+    if failed is None:
+        return None
+    value = failed["value"]
+    shown = f"{value:.4g}" if isinstance(value, float) else value
+    return (f"{failed['name']} {shown}, needs {failed['threshold']} (max |logit diff| {figures['max_abs_diff']:.3g}, "
+            f"{figures['non_finite_clips']} of {figures['clips']} clips with NaN or inf)")
 
 
 def merge_pairs(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -116,6 +165,14 @@ def mean_average_precision(logits: np.ndarray, targets: np.ndarray) -> float:
     """Mean AP over the labels that have at least one positive clip (AudioSet's mAP)."""
     aps = [average_precision(logits[:, k], targets[:, k]) for k in range(targets.shape[1]) if targets[:, k].any()]
     return float(np.mean(aps)) if aps else float("nan")
+
+
+def dummy_inputs(name: str, shape: Sequence[int], num: int, seed: int = 0, rate: int = 16000) -> np.ndarray:
+    """Seeded inputs (num, *shape) for a graph input named ``name``: `waveform_like` for ``waveform`` (shape
+    (samples,)), `fbank_like` otherwise (shape (T, F)). What every parity check and timing feed uses."""
+    if name == WAVEFORM_NAME:
+        return waveform_like(num, int(shape[0]), seed, rate)
+    return fbank_like(num, int(shape[0]), int(shape[1]), seed)
 
 
 def waveform_like(num: int, samples: int, seed: int = 0, rate: int = 16000) -> np.ndarray:

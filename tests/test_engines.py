@@ -572,3 +572,32 @@ def test_optimize_refuses_the_tensorrt_provider_and_the_tensorrt_backend(exporte
     code, text = run("build-engine", exported["dynamic"], "-o", tmp_path / "x.plan", "--optimize")
     assert_one_line_failure(code, text, "--optimize", "onnxruntime only")
     assert files_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("side", ["plain", "fused"])
+def test_nan_or_inf_on_either_side_fails_the_fused_graph_check(exported: dict[str, Path], tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch, bad: float,
+                                                                side: str) -> None:
+    """`build-engine --optimize`'s check is the one parity check: a NaN or inf logit from the plain model (the
+    reference) fails it as well as one from the fused engine."""
+    from fastast_deploy.engines.base import EngineError
+    from fastast_deploy.engines.ort_engine import check_fused_parity
+
+    info = read_onnx_model(exported["dynamic"])
+    fused = tmp_path / "fused.onnx"
+    shutil.copy(info.path, fused)
+    spoiled = str(info.path if side == "plain" else fused)
+    real_run = ort.InferenceSession.run
+
+    def spoiled_run(self: ort.InferenceSession, *args: object, **kwargs: object) -> list[np.ndarray]:
+        outputs = real_run(self, *args, **kwargs)
+        if str(self._model_path) == spoiled:
+            outputs[0][0, 1] = bad
+        return outputs
+
+    assert check_fused_parity(info, fused, ["CPUExecutionProvider"], 1)["max_abs_diff"] == 0.0
+    monkeypatch.setattr(ort.InferenceSession, "run", spoiled_run)
+    with pytest.raises(EngineError, match="NaN or inf") as err:
+        check_fused_parity(info, fused, ["CPUExecutionProvider"], 1)
+    assert "\n" not in str(err.value)

@@ -10,8 +10,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from fastast_deploy.contract import sidecar_path
+from fastast_deploy.engines.onnx_model import read_onnx_model
 from fastast_deploy.errors import FastASTError
-from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx, read_metadata, sidecar_path
+from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
 from fastast_deploy.exporters.parity import torch_outputs
 from fastast_deploy.metrics import fbank_like
 from fastast_deploy.model.config import ModelConfig, TomeConfig
@@ -73,8 +75,8 @@ def test_matmul_graph_has_no_scatter_and_scatter_graph_has_adds(tmp_path: Path) 
 
 
 def test_merge_block_is_at_most_20_nodes_and_inspect_counts_them(tmp_path: Path) -> None:
+    from fastast_deploy.contract import PART_KEY
     from fastast_deploy.engines.description import describe, format_description
-    from fastast_deploy.exporters.onnx_export import PART_KEY
 
     model = tiny_model(8)
     out = export_onnx(model, tmp_path / "m.onnx").path  # dynamic batch, fp32, matmul merge
@@ -99,7 +101,7 @@ def test_reexport_is_byte_identical_and_metadata_is_complete(tmp_path: Path) -> 
     a = export_onnx(model, tmp_path / "a.onnx").path
     b = export_onnx(model, tmp_path / "b.onnx").path
     assert a.read_bytes() == b.read_bytes()
-    meta = read_metadata(a)
+    meta = read_onnx_model(a).metadata
     assert meta["tome"]["effective_schedule"] == [8, 8, 8, 8]
     assert meta["tome"]["token_counts"] == [146, 138, 130, 122, 114]
     assert meta["labels"][3] == "label 3"
@@ -125,9 +127,10 @@ def test_fp16_keeps_float32_io_and_fp16_weights(tmp_path: Path) -> None:
 
 
 def test_failed_parity_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fastast_deploy.exporters.parity as parity
+    from fastast_deploy.contract import TOLERANCES, Tolerance
 
-    monkeypatch.setattr(parity, "ATOL", -1.0)  # no graph can meet a negative tolerance
+    # no graph can meet a negative tolerance
+    monkeypatch.setitem(TOLERANCES["export"], "fp32", Tolerance(atol=-1.0, peak_rtol=1e-4))
     with pytest.raises(FastASTError, match="ONNX Runtime disagrees with PyTorch"):
         export_onnx(tiny_model(8), tmp_path / "x.onnx")
     assert list(tmp_path.iterdir()) == []
@@ -143,7 +146,7 @@ def test_hf_directory_at_r0_matches_transformers_in_onnxruntime(make_hf_model, t
     with torch.no_grad():
         want = hf(torch.from_numpy(x)).logits.numpy()
     assert np.abs(run_onnx(out, x)[0] - want).max() <= 1e-4
-    assert read_metadata(out)["labels"] == [hf.config.id2label[i] for i in range(len(hf.config.id2label))]
+    assert read_onnx_model(out).metadata["labels"] == [hf.config.id2label[i] for i in range(len(hf.config.id2label))]
 
 
 def synthetic_clips(num: int, seconds: float = 1.3, sr: int = 16000, seed: int = 0) -> list[np.ndarray]:
@@ -303,3 +306,24 @@ def test_pytorch_on_cuda_matches_the_cpu_at_fp32_and_fp16() -> None:
 
             positions = [p for m in got for p in ((2 * m.src_idx).cpu().numpy(), (2 * m.dst_idx + 1).cpu().numpy())]
             assert min(merge_agreement(merges, positions)) >= 0.75  # another summation order may flip a near-tie
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_logits_fail_the_fbank_export_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       bad: float) -> None:
+    """NaN or inf on either side fails the export's parity check (the one check, metrics.parity_checks)."""
+    from fastast_deploy.exporters import parity
+
+    model = tiny_model(8)
+    data = export_onnx(model, tmp_path / "m.onnx", check=False).path.read_bytes()
+    real_run = ort.InferenceSession.run
+
+    def spoiled_run(self: ort.InferenceSession, *args: object, **kwargs: object) -> list[np.ndarray]:
+        outputs = real_run(self, *args, **kwargs)
+        outputs[0][0, 1] = bad
+        return outputs
+
+    monkeypatch.setattr(ort.InferenceSession, "run", spoiled_run)
+    with pytest.raises(FastASTError, match="NaN or inf") as err:
+        parity.check_parity(model, data, ExportOptions())
+    assert "\n" not in str(err.value)

@@ -3,7 +3,6 @@ data errors, and what TensorRT is asked for."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +15,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fastast_deploy.checkpoints.native import save_checkpoint
 from fastast_deploy.cli.main import cli
+from fastast_deploy.contract import PART_KEY, TOLERANCES, Tolerance
 from fastast_deploy.engines.base import EngineError
+from fastast_deploy.engines.onnx_model import read_onnx_model
 from fastast_deploy.engines.trt_policy import parse_trt_version, precision_plan
 from fastast_deploy.errors import FastASTError
-from fastast_deploy.evaluation.verify import DEFAULT_THRESHOLDS, verify
+from fastast_deploy.evaluation.verify import default_thresholds, verify
 from fastast_deploy.exporters import parity
+from fastast_deploy.exporters.calibration import CalibrationError, load_calibration
 from fastast_deploy.exporters.lint import lint_model
-from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx, read_metadata
-from fastast_deploy.exporters.quantize import (
-    PART_KEY,
-    CalibrationError,
-    QuantizeOptions,
-    drop_outputs,
-    load_calibration,
-)
+from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
+from fastast_deploy.exporters.quantize import QuantizeOptions, drop_outputs
 from fastast_deploy.metrics import cosine_rows, fbank_like
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import FastAST, build_model
@@ -52,7 +48,7 @@ def int8_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[FastAST, Path
     out = tmp_path_factory.mktemp("int8") / "tiny.int8.onnx"
     calibration = fbank_like(8, TINY.input_frames, TINY.num_mel_bins, seed=1)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(parity, "INT8_MIN_TOP1", 0.0)
+        patch.setitem(TOLERANCES["export"], "int8", Tolerance(min_top1=0.0))
         result = export_onnx(model, out, ExportOptions(precision="int8", debug_merges=True),
                              calibration=calibration, quantize=QUICK)
     return model, out, result.parity
@@ -85,7 +81,7 @@ def test_int8_export_quantises_layers_and_keeps_merging_float(int8_export: tuple
         weight = numpy_helper.to_array(next(t for t in proto.graph.initializer if t.name == dq.input[0]))
         assert weight.dtype == np.int8
         assert producer[node.input[0]].op_type == "DequantizeLinear"  # the activation is quantised too
-    meta = read_metadata(path)
+    meta = read_onnx_model(path).metadata
     assert meta["precision"] == "int8" and meta["quantization"]["calibration_clips"] == 4
     assert len(proto.graph.output) == 1 + 2 * TINY.depth  # debug merge outputs kept when asked for
     drop_outputs(proto, {o.name for o in proto.graph.output[1:]})  # what an export without them does
@@ -107,7 +103,8 @@ def test_int8_parity_reports_agreement_and_fails_below_the_floor(int8_export: tu
     pairs = figures["merge_pair_agreement_per_block"]
     assert all(pairs[k] >= figures["merge_agreement_per_block"][k] for k in pairs)  # softer than whole-clip identity
     assert 0.0 <= figures["top1_agreement"] <= 1.0 and figures["cosine_min"] > 0.98
-    monkeypatch.setattr(parity, "INT8_MIN_TOP1", 1.01)  # unreachable: the check must fail, in one line
+    # unreachable: the check must fail, in one line
+    monkeypatch.setitem(TOLERANCES["export"], "int8", Tolerance(min_top1=1.01))
     x = fbank_like(3, TINY.input_frames, TINY.num_mel_bins, seed=4)
     with pytest.raises(FastASTError, match="top-1 agreement") as err:
         parity.check_parity_int8(model, onnx.load(str(path)), x, "3 clips", None)
@@ -183,9 +180,9 @@ def test_verify_uses_int8_thresholds(int8_export: tuple[FastAST, Path], tmp_path
     np.savez(tmp_path / "ref.npz", fbank=x, logits=parity.torch_outputs(model, x)[0])
     report, *_ = verify(path, str(tmp_path / "ref.npz"), batch=4)
     assert report["engine"]["precision"] == "int8"
-    assert report["thresholds"] == asdict(DEFAULT_THRESHOLDS["int8"])
-    assert DEFAULT_THRESHOLDS["int8"].min_top1 >= 0.97  # the int8 target; an int8 engine is judged by its labels
-    assert DEFAULT_THRESHOLDS["int8"].atol > DEFAULT_THRESHOLDS["fp16"].atol
+    assert report["thresholds"] == default_thresholds("int8").to_dict()
+    assert default_thresholds("int8").min_top1 >= 0.97  # the int8 target; an int8 engine is judged by its labels
+    assert default_thresholds("int8").atol > default_thresholds("fp16").atol
     names = {c["name"]: c for c in report["checks"]}
     assert names["finite outputs"]["passed"] and names["cosine (worst clip)"]["value"] > 0.98
 
@@ -249,3 +246,44 @@ def test_merge_pair_agreement_by_hand() -> None:
     ref = [np.array([[0, 2], [4, 6]]), np.array([[1, 3], [5, 7]])]  # block 0: src, dst of two clips
     got = [np.array([[2, 0], [4, 8]]), np.array([[3, 1], [9, 7]])]  # clip 0: same pairs reordered; clip 1: none
     assert parity.merge_pair_agreement(ref, got) == [0.5]
+
+
+def test_an_int8_export_leaves_the_callers_logging_as_it_was(tmp_path: Path) -> None:
+    """ORT's quantisation tool is silenced through scoped.logging_disabled: the caller's threshold and logger
+    levels come back (the export used to reset the threshold to NOTSET)."""
+    import logging
+
+    mine = logging.getLogger("fastast-test-caller")
+    before_disable, before_root = logging.root.manager.disable, logging.root.level
+    logging.disable(logging.INFO)
+    mine.setLevel(logging.ERROR)
+    try:
+        export_onnx(tiny_model(), tmp_path / "q.onnx", ExportOptions(precision="int8"), check=False,
+                    calibration=fbank_like(4, TINY.input_frames, TINY.num_mel_bins, seed=1), quantize=QUICK)
+        assert logging.root.manager.disable == logging.INFO
+        assert mine.level == logging.ERROR and logging.root.level == before_root
+    finally:
+        logging.disable(before_disable)
+        mine.setLevel(logging.NOTSET)
+
+
+def test_unreadable_calibration_audio_fails_naming_how_many_and_the_first(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    from fastast_deploy.model.config import FeatureConfig
+
+    config = FeatureConfig(frames=TINY.input_frames, num_mel_bins=TINY.num_mel_bins)
+    export = {"features": config.to_dict(), "labels": None}
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    sf.write(folder / "a.wav", (0.1 * rng.standard_normal(16000)).astype(np.float32), 16000)
+    (folder / "b.wav").write_bytes(b"RIFF not audio")
+    (folder / "c.wav").write_bytes(b"")
+    with pytest.raises(CalibrationError, match=r"2 of 3 audio files could not be read \(first: .*b\.wav") as err:
+        load_calibration(folder, TINY.input_frames, TINY.num_mel_bins, export)
+    assert "\n" not in str(err.value)
+    (folder / "b.wav").unlink()
+    (folder / "c.wav").unlink()
+    assert load_calibration(folder, TINY.input_frames, TINY.num_mel_bins, export).shape == \
+        (1, TINY.input_frames, TINY.num_mel_bins)

@@ -23,8 +23,8 @@ from fastast_deploy.checkpoints.cnn import save_cnn
 from fastast_deploy.checkpoints.loading import load_any
 from fastast_deploy.checkpoints.native import load_model, save_checkpoint
 from fastast_deploy.cli.main import cli
+from fastast_deploy.engines.onnx_model import read_onnx_model
 from fastast_deploy.errors import ConfigError
-from fastast_deploy.exporters.onnx_export import read_metadata
 from fastast_deploy.model.cnn import CNNClassifier, CNNConfig
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
@@ -291,7 +291,7 @@ def test_student_distils_from_teacher_and_exports(teacher_run: Path, data: Path,
     assert model.label_names == labels
     code, output = run("export", str(out / "best"), "-o", str(tmp_path / "student.onnx"))
     assert code == 0, output
-    meta = read_metadata(tmp_path / "student.onnx")
+    meta = read_onnx_model(tmp_path / "student.onnx").metadata
     assert meta["labels"] == list(labels)
     assert meta["tome"]["schedule"] == [4, 4] and meta["tome"]["token_counts"] == [50, 46, 42]
     assert meta["features"]["frames"] == 48 and meta["features"]["mean"] == pytest.approx(model.feature_config.mean)

@@ -173,3 +173,39 @@ def test_ast_data_json_inputs_with_labels(files: dict[str, Path]) -> None:
     assert report["inputs"]["clips"] == 2 and [Path(s["file"]).name for s in report["inputs"]["skipped"]] == ["bad.wav"]
     assert report["parity"]["mAP"]["reference"] == pytest.approx(report["parity"]["mAP"]["engine"])
     assert "mAP" in out
+
+
+def test_an_engine_that_fails_to_run_exits_1_with_the_cause(files: dict[str, Path],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runtime failure is no usage error: exit 1 and the cause in one line (it used to be exit 2)."""
+    from fastast_deploy.engines.base import EngineError
+    from fastast_deploy.engines.ort_engine import OnnxRuntimeEngine
+
+    def broken(self: OnnxRuntimeEngine, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise EngineError("the session failed: out of memory")
+
+    monkeypatch.setattr(OnnxRuntimeEngine, "_infer", broken)
+    code, out = verify(str(files["r8"]), "--reference", str(files["ckpt"]), "--num", "2", "--no-speed")
+    assert code == 1 and out.strip().splitlines() == ["Error: the session failed: out of memory"], out
+
+
+def test_a_corrupt_engine_exits_1_and_a_missing_one_2(files: dict[str, Path], tmp_path: Path) -> None:
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    code, out = verify(str(broken), "--reference", str(files["ckpt"]), "--no-speed")
+    assert code == 1 and "not a readable ONNX model" in out and len(out.strip().splitlines()) == 1, out
+    code, out = verify(str(tmp_path / "missing.onnx"), "--reference", str(files["ckpt"]), "--no-speed")
+    assert code == 2 and "does not exist" in out, out
+
+
+def test_help_states_the_defaults_of_every_precision_from_the_table() -> None:
+    from fastast_deploy.contract import PRECISIONS, TOLERANCES
+
+    result = CliRunner().invoke(cli, ["verify", "--help"], terminal_width=400)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for name, key in (("--atol", "atol"), ("--rtol", "rtol"), ("--min-cosine", "min_cosine"),
+                      ("--min-top1", "min_top1")):
+        shown = ", ".join(f"{getattr(TOLERANCES['verify'][p], key):g} {p}" for p in PRECISIONS)
+        assert f"{name} FLOAT" in text and f"[default: {shown}]" in text, (name, text)
+    assert "int8" in text.split("--atol", 1)[1].split("--rtol", 1)[0]

@@ -16,8 +16,9 @@ import soundfile as sf
 import torch
 
 from fastast_deploy.audio.features import read_audio, resample, waveform_to_input
+from fastast_deploy.audio.frames import waveform_samples
 from fastast_deploy.contract import WAVEFORM_NAME
-from fastast_deploy.exporters.fbank_graph import WaveformFbank, graph_features, reference_fbank, waveform_samples
+from fastast_deploy.exporters.fbank_graph import WaveformFbank, graph_features, reference_fbank
 from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
 from fastast_deploy.exporters.parity import torch_outputs
 from fastast_deploy.metrics import waveform_like
@@ -237,15 +238,15 @@ def test_fp16_waveform_export_keeps_the_features_in_float32_and_passes_lint(tmp_
 
 
 def test_int8_waveform_export_quantises_the_model_and_keeps_the_features_float(tmp_path: Path) -> None:
-    from fastast_deploy.exporters import parity
+    from fastast_deploy.contract import TOLERANCES, Tolerance
     from fastast_deploy.exporters.lint import format_report, lint_model
-    from fastast_deploy.exporters.parity import fbank_like
     from fastast_deploy.exporters.quantize import QuantizeOptions
+    from fastast_deploy.metrics import fbank_like
 
     model = tiny(8)
     calibration = fbank_like(8, TINY.input_frames, TINY.num_mel_bins, seed=1)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(parity, "INT8_MIN_TOP1", 0.0)  # a random tiny model has near-tied logits
+        patch.setitem(TOLERANCES["export"], "int8", Tolerance(min_top1=0.0))  # a random tiny model has near-tied logits
         result = export_onnx(model, tmp_path / "q.onnx", ExportOptions(input=WAVEFORM_NAME, precision="int8"),
                              calibration=calibration, quantize=QuantizeOptions(clips=8))
     proto = onnx.load(str(result.path))
@@ -264,7 +265,7 @@ def test_int8_waveform_export_quantises_the_model_and_keeps_the_features_float(t
     # On waveforms, the joined graph gives what the fbank-in int8 export of the same model and calibration gives on
     # the project's fbank of them.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(parity, "INT8_MIN_TOP1", 0.0)
+        patch.setitem(TOLERANCES["export"], "int8", Tolerance(min_top1=0.0))
         fbank_in = export_onnx(model, tmp_path / "qf.onnx", ExportOptions(precision="int8"),
                                calibration=calibration, quantize=QuantizeOptions(clips=8)).path
     config = graph_features(model)
@@ -290,7 +291,8 @@ def test_engine_reads_a_waveform_graph(waveform_export) -> None:
 
 
 def test_predict_gives_the_same_scores_from_waveform_and_fbank_exports(waveform_export, tmp_path: Path) -> None:
-    from fastast_deploy.serving.predict import PredictOptions, open_classifier, predict_files
+    from fastast_deploy.inference.runner import open_runner
+    from fastast_deploy.serving.predict import PredictOptions, predict_files
 
     model, wave_path = waveform_export
     fbank_path = export_onnx(model, tmp_path / "fbank.onnx", ExportOptions(), check=False).path
@@ -304,13 +306,10 @@ def test_predict_gives_the_same_scores_from_waveform_and_fbank_exports(waveform_
     options = PredictOptions(hop_s=0.25)
     results = {}
     for path in (wave_path, fbank_path):
-        classifier = open_classifier(path)
-        try:
-            results[path] = list(predict_files(classifier, files, options))
+        with open_runner(path) as runner:
+            results[path] = list(predict_files(runner, files, options))
             if path == wave_path:
-                assert classifier.input_name == WAVEFORM_NAME
-        finally:
-            classifier.close()
+                assert runner.input_name == WAVEFORM_NAME
     for a, b in zip(results[wave_path], results[fbank_path], strict=True):
         assert a.error is None and b.error is None and a.windows == b.windows
         assert np.abs(a.scores - b.scores).max() <= 1e-4
@@ -339,3 +338,38 @@ def test_verify_compares_a_waveform_engine_with_pytorch_on_the_project_fbank(wav
                              speed=SpeedOptions(batches=(2,), warmup=1, iterations=2))
     assert report["passed"] and report["parity"]["merge_agreement"]
     assert report["speed"]["baseline"] and report["speed"]["batches"]["2"]["engine"]["clips_per_s"] > 0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("side", ["pytorch", "onnx"])
+def test_nan_or_inf_logits_fail_the_waveform_export_check(waveform_export, monkeypatch: pytest.MonkeyPatch,
+                                                          bad: float, side: str) -> None:
+    """The waveform-in check is the one parity check: a NaN or inf logit on either side fails it (a NaN difference
+    used to pass a `>` comparison)."""
+    from fastast_deploy.errors import FastASTError
+    from fastast_deploy.exporters import parity
+    from fastast_deploy.exporters.fbank_graph import check_waveform_parity
+    from fastast_deploy.exporters.onnx_export import ExportOptions as Options
+
+    model, path = waveform_export
+    if side == "pytorch":
+        real = parity.torch_outputs
+
+        def spoiled_torch(*args: object) -> tuple[np.ndarray, list[np.ndarray]]:
+            logits, merges = real(*args)
+            logits[1, 0] = bad
+            return logits, merges
+
+        monkeypatch.setattr(parity, "torch_outputs", spoiled_torch)
+    else:
+        real_run = ort.InferenceSession.run
+
+        def spoiled_run(self: ort.InferenceSession, *args: object, **kwargs: object) -> list[np.ndarray]:
+            outputs = real_run(self, *args, **kwargs)
+            outputs[0][1, 0] = bad
+            return outputs
+
+        monkeypatch.setattr(ort.InferenceSession, "run", spoiled_run)
+    with pytest.raises(FastASTError, match="NaN or inf") as err:
+        check_waveform_parity(model, path.read_bytes(), Options(input=WAVEFORM_NAME, debug_merges=True))
+    assert "\n" not in str(err.value)

@@ -18,7 +18,7 @@ import torch
 from fastast_deploy.audio.features import file_fbank, normalize, pad_or_cut
 from fastast_deploy.audio.labels import LabelSet
 from fastast_deploy.errors import DatasetError, error_summary
-from fastast_deploy.files import read_csv_rows
+from fastast_deploy.files import read_csv_rows, read_json_object
 from fastast_deploy.model.config import FeatureConfig
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")  # the audio files every command takes from a folder (train, verify)
@@ -232,3 +232,23 @@ def is_ast_data_json(path: Path) -> bool:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
     return isinstance(data, dict) and isinstance(data.get("data"), list)
+
+
+def folder_audio(folder: Path) -> list[Path]:
+    """Every audio file (AUDIO_SUFFIXES) under ``folder``, recursively, sorted; DatasetError when there is none."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise DatasetError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) in the folder {folder}")
+    return files
+
+
+def listed_audio(path: Path) -> list[Path]:
+    """The audio files an AST data .json or an ESC-50 style .csv lists, resolved as the data lists resolve them
+    (labels are not read)."""
+    if path.suffix == ".csv":
+        return [e.path for e in read_esc50_csv(path).examples]
+    data = read_json_object(path, DatasetError, "data list")
+    rows = data.get("data")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "wav" in r for r in rows):
+        raise DatasetError(f'{path} is not an AST data file; expected {{"data": [{{"wav": ...}}, ...]}}')
+    return [_resolve(path.parent, str(r["wav"])) for r in rows]

@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 
 from fastast_deploy.audio.datasets import is_ast_data_json
-from fastast_deploy.errors import FastASTError, VerifyUsageError, error_summary
+from fastast_deploy.contract import INPUT_NAME, OUTPUT_NAME
+from fastast_deploy.engines.feeds import read_npz_array, read_polygraphy_feeds
+from fastast_deploy.errors import DatasetError, FastASTError, VerifyUsageError, error_summary
 from fastast_deploy.metrics import fbank_like
 
 
@@ -56,11 +58,12 @@ def load_inputs(spec: str, num: int, frames: int, mel: int, seed: int, export: d
     if path.is_dir():
         return _audio_folder(path, export)
     if path.suffix == ".npz":
-        return _checked(InputSet(_npz_array(path, "fbank"), [], str(path)), frames, mel)
+        return _checked(InputSet(read_npz_array(path, INPUT_NAME, VerifyUsageError), [], str(path)), frames, mel)
     if path.suffix == ".json":
         if is_ast_data_json(path):
             return _data_json(path, labels_csv, export)
-        return _checked(InputSet(_polygraphy_inputs(path), [], str(path)), frames, mel)
+        fbank = read_polygraphy_feeds(path, INPUT_NAME, VerifyUsageError)
+        return _checked(InputSet(fbank, [], str(path)), frames, mel)
     raise VerifyUsageError(f"--inputs {spec}: expected random, a folder, an .npz or a Polygraphy .json")
 
 
@@ -74,35 +77,6 @@ def _checked(inputs: InputSet, frames: int, mel: int) -> InputSet:
     return inputs
 
 
-def _npz_array(path: Path, name: str) -> np.ndarray:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if name not in data.files:
-                raise VerifyUsageError(f"{path} has arrays {sorted(data.files)}; expected {name!r}")
-            array = np.asarray(data[name])
-    except (OSError, ValueError, EOFError) as err:
-        raise VerifyUsageError(f"{path} is not a readable .npz ({error_summary(err)})") from None
-    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
-        raise VerifyUsageError(f"{path}: array {name!r} is of dtype {array.dtype}; expected real numbers")
-    return array
-
-
-def _polygraphy_inputs(path: Path) -> np.ndarray:
-    """A Polygraphy inputs file: a JSON list of feed dicts (``polygraphy run --save-inputs``)."""
-    from polygraphy.json import load_json
-
-    from fastast_deploy.scoped import polygraphy_verbosity
-
-    try:
-        with polygraphy_verbosity("ERROR"):
-            feeds = load_json(str(path))
-    except Exception as err:
-        raise VerifyUsageError(f"{path} is not a Polygraphy inputs file ({error_summary(err)})") from None
-    if not isinstance(feeds, list) or not feeds or not all(isinstance(f, dict) and "fbank" in f for f in feeds):
-        raise VerifyUsageError(f"{path} holds no list of feeds with an 'fbank' array")
-    return np.concatenate([np.asarray(f["fbank"]) for f in feeds])
-
-
 def label_folder(label: str) -> str:
     """The folder name that stands for a label in a folder-per-class layout ("/" cannot appear in a name)."""
     return label.replace("/", "_").replace("\\", "_")
@@ -111,13 +85,14 @@ def label_folder(label: str) -> str:
 def _audio_folder(path: Path, export: dict[str, Any]) -> InputSet:
     """Every audio file under ``path``; a sub-folder named like a label (see ``label_folder``) gives its clips that
     label."""
-    from fastast_deploy.audio.datasets import AUDIO_SUFFIXES
+    from fastast_deploy.audio.datasets import folder_audio
     from fastast_deploy.audio.features import load_input
     from fastast_deploy.model.config import FeatureConfig
 
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-    if not files:
-        raise VerifyUsageError(f"--inputs {path}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in the folder")
+    try:
+        files = folder_audio(path)
+    except DatasetError as err:
+        raise VerifyUsageError(f"--inputs {path}: {err}") from None
     if export.get("features") is None:
         raise VerifyUsageError("the engine records no feature settings, so audio cannot be turned into its input")
     config = FeatureConfig.from_dict(export["features"])
@@ -186,8 +161,8 @@ def load_reference(spec: str, inputs: InputSet | None, export: dict[str, Any]) -
     ToMe schedule and input length."""
     path = Path(spec)
     if path.suffix == ".npz" and path.is_file():
-        fbank = _npz_array(path, "fbank").astype(np.float32)
-        return Reference("npz", str(path), _npz_array(path, "logits"), fbank=fbank)
+        fbank = read_npz_array(path, INPUT_NAME, VerifyUsageError).astype(np.float32)
+        return Reference("npz", str(path), read_npz_array(path, OUTPUT_NAME, VerifyUsageError), fbank=fbank)
     if path.suffix == ".json" and path.is_file():
         return Reference("runresults", str(path), _runresults_logits(path))
     if inputs is None:

@@ -4,14 +4,12 @@ Every comparison the project prints (verify's speed-up over the r = 0 baseline, 
 scripts) goes through ``time_interleaved``: each round calls every run once, in an order that rotates from round
 to round, and the figures are medians and percentiles over rounds. numpy only: engines time without torch.
 
-On a CPU a call runs at the speed a steady stream of requests gets only when it follows a call of its own: on a
-2-core x86 VM, AST-small FastAST r = 50 at batch 1 on ONNX Runtime's 2 threads took 164 ms right after its own
-call and 233-284 ms after any pause of 10-300 ms, and ONNX Runtime's threads spin on for about 60 ms after a run
-(50-64 ms of CPU), taking a core from whatever is timed next. Both cost each call about the same time, so they
-shrink speed-ups: timed in plain alternation FastAST read 1.66x over r = 0, in steady state 1.72-1.89x.
-``rewarm_s`` gives every timed call that steady state: the same run is first called untimed until that long has
-passed (at least once), which also outlasts the previous run's spinning. CPU callers pass ``CPU_REWARM_S``
-(engines say what they need: ``Engine.rewarm_s``); on a GPU it is 0."""
+On a CPU a call runs at the speed a steady stream of requests gets only when it follows a call of its own, and
+ONNX Runtime's threads spin on for a while after a run, taking a core from whatever is timed next; both shrink
+speed-ups (docs/benchmarks.md, "How speed is timed on a CPU"). ``rewarm_s`` gives every timed call that steady
+state: the same run is first called untimed until that long has passed (at least once), which also outlasts the
+previous run's spinning. CPU callers pass ``engines.base.CPU_REWARM_S`` (engines say what they need:
+``Engine.rewarm_s``); on a GPU it is 0."""
 
 from __future__ import annotations
 
@@ -27,7 +25,6 @@ import numpy as np
 from fastast_deploy.errors import ConfigError
 
 K = TypeVar("K", bound=Hashable)
-CPU_REWARM_S = 0.1  # outlasts the ~60 ms ONNX Runtime's threads spin after a run (see above)
 
 
 @dataclass(frozen=True)

@@ -6,17 +6,24 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fastast_deploy.contract import OUTPUT_NAME, PACKAGE_VERSION, WAVEFORM_NAME, merge_output_names
+from fastast_deploy.contract import (
+    OUTPUT_NAME,
+    PACKAGE_VERSION,
+    WAVEFORM_NAME,
+    Tolerance,
+    merge_output_names,
+    tolerance,
+)
 from fastast_deploy.engines import Engine, load_engine
 from fastast_deploy.engines.base import batch_chunks
-from fastast_deploy.errors import VerifyUsageError
+from fastast_deploy.errors import FastASTError, UsageError, VerifyUsageError
 from fastast_deploy.evaluation.inputs import (
     InputSet,
     Reference,
@@ -27,35 +34,23 @@ from fastast_deploy.evaluation.inputs import (
 from fastast_deploy.evaluation.timing import time_interleaved
 from fastast_deploy.metrics import (
     accuracy,
-    compare_logits,
+    check_row,
+    dummy_inputs,
     fbank_like,
     mean_average_precision,
     merge_agreement,
-    waveform_like,
+    parity_checks,
 )
 
 REPORT_SCHEMA = "fastast-deploy/verify"
 REPORT_VERSION = 1
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """Pass conditions: every logit within atol + rtol * |reference|, every clip's cosine >= min_cosine, and the
-    top-1 labels agreeing on at least min_top1 of the clips. No NaN or inf anywhere."""
-
-    atol: float
-    rtol: float
-    min_cosine: float
-    min_top1: float
-
-
-# Defaults by engine precision: fp32 engines should match to float rounding; fp16 to fp16 rounding; int8 (Q/DQ,
-# against the fp32 model) is judged by its labels and cosine, with a logit tolerance of a few quantisation steps.
-DEFAULT_THRESHOLDS = {
-    "fp32": Thresholds(atol=1e-4, rtol=1e-3, min_cosine=0.9999, min_top1=0.99),
-    "fp16": Thresholds(atol=5e-2, rtol=5e-2, min_cosine=0.999, min_top1=0.98),
-    "int8": Thresholds(atol=0.5, rtol=0.1, min_cosine=0.98, min_top1=0.97),
-}
+def default_thresholds(precision: str) -> Tolerance:
+    """verify's pass conditions for an engine of ``precision``: contract.TOLERANCES["verify"] (fp32's for an
+    unknown precision). Every logit within atol + rtol * |reference|, every clip's cosine >= min_cosine, the top-1
+    labels agreeing on at least min_top1 of the clips, and no NaN or inf anywhere."""
+    return tolerance("verify", precision)
 
 
 @dataclass(frozen=True)
@@ -74,10 +69,8 @@ def input_name(engine: Engine) -> str:
 def engine_feed(engine: Engine, batch: int, seed: int) -> dict[str, np.ndarray]:
     """A timing input of ``batch`` rows: fbank-like arrays, or waveforms for a waveform-in engine."""
     name = input_name(engine)
-    shape = engine.input_specs[name][0]
-    if name == WAVEFORM_NAME:
-        return {name: waveform_like(batch, int(shape[1]), seed)}
-    return {name: fbank_like(batch, int(shape[1]), int(shape[2]), seed=seed)}
+    rate = int((engine.metadata["export"].get("features") or {}).get("sample_rate", 16000))
+    return {name: dummy_inputs(name, engine.input_specs[name][0][1:], batch, seed, rate)}
 
 
 def run_engine(engine: Engine, x: np.ndarray, batch: int) -> dict[str, np.ndarray]:
@@ -102,9 +95,9 @@ def merge_outputs(export: dict[str, Any], outputs: dict[str, np.ndarray]) -> lis
 
 
 def parity_section(reference: Reference, outputs: dict[str, np.ndarray], export: dict[str, Any],
-                   inputs: InputSet, thresholds: Thresholds) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                   inputs: InputSet, thresholds: Tolerance) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     logits = outputs[OUTPUT_NAME]
-    figures = compare_logits(reference.logits, logits, thresholds.atol, thresholds.rtol)
+    figures, parity = parity_checks(reference.logits, logits, thresholds)  # the one parity check
     engine_merges = merge_outputs(export, outputs)
     if engine_merges is not None and reference.merges:
         per_block = merge_agreement(reference.merges, engine_merges)
@@ -117,23 +110,8 @@ def parity_section(reference: Reference, outputs: dict[str, np.ndarray], export:
             figures["mAP"] = {"reference": mean_average_precision(reference.logits, inputs.labels),
                               "engine": mean_average_precision(logits, inputs.labels)}
     non_finite_inputs = int((~np.isfinite(inputs.fbank)).any(axis=(1, 2)).sum())
-    checks = [
-        check("finite inputs", non_finite_inputs, "== 0", non_finite_inputs == 0),
-        check("finite outputs", figures["non_finite_clips"], "== 0", figures["non_finite_clips"] == 0),
-        check("logits within atol + rtol*|ref|", figures["within_tolerance"], "== 1 (all elements)",
-              figures["within_tolerance"] == 1.0, by=figures["worst_excess"]),
-        check("cosine (worst clip)", figures["cosine_min"], f">= {thresholds.min_cosine}",
-              figures["cosine_min"] >= thresholds.min_cosine, by=thresholds.min_cosine - figures["cosine_min"]),
-        check("top-1 agreement", figures["top1_agreement"], f">= {thresholds.min_top1}",
-              figures["top1_agreement"] >= thresholds.min_top1, by=thresholds.min_top1 - figures["top1_agreement"]),
-    ]
+    checks = [check_row("finite inputs", non_finite_inputs, "== 0", non_finite_inputs == 0), *parity]
     return figures, checks
-
-
-def check(name: str, value: float, threshold: str, passed: bool, by: float | None = None) -> dict[str, Any]:
-    value = float(value)
-    return {"name": name, "value": value if np.isfinite(value) else str(value), "threshold": threshold,
-            "passed": bool(passed), "by": None if passed or by is None or not np.isfinite(by) else float(by)}
 
 
 def time_side_by_side(engines: dict[str, Engine], batch: int, warmup: int, rounds: int) -> dict[str, dict[str, float]]:
@@ -233,35 +211,21 @@ def engine_summary(engine: Engine) -> dict[str, Any]:
 
 
 def verify(engine_path: str | os.PathLike, reference_spec: str, *, inputs_spec: str = "random", num: int = 64,
-           batch: int = 8, seed: int = 0, thresholds: Thresholds | None = None, speed: SpeedOptions | None = None,
+           batch: int = 8, seed: int = 0, thresholds: Tolerance | None = None, speed: SpeedOptions | None = None,
            provider: str | None = None, labels_csv: str | None = None,
            ) -> tuple[dict[str, Any], InputSet, Reference, dict[str, np.ndarray]]:
     """Run the comparison (and the speed section unless ``speed`` is None); returns the report and what it used."""
     with load_engine(engine_path, provider=provider) as engine:
         export = engine.metadata["export"]
-        frames, mel = export["model"]["input_frames"], export["model"]["num_mel_bins"]
-        reference: Reference | None = None
         waveform = input_name(engine) == WAVEFORM_NAME
-        if waveform:  # the reference model is fed the project's own fbank of the same waveforms
-            samples = int(engine.input_specs[WAVEFORM_NAME][0][1])
-            if Path(reference_spec).suffix in (".npz", ".json") and Path(reference_spec).is_file():
-                raise VerifyUsageError(f"{engine.path.name} takes waveforms: give a checkpoint as --reference "
-                                       "(saved outputs hold no waveforms)")
-            inputs = load_waveform_inputs(inputs_spec, num, samples, seed, export, labels_csv)
-            reference = load_reference(reference_spec, inputs, export)
-        elif Path(reference_spec).suffix == ".npz" and Path(reference_spec).is_file():
-            if inputs_spec != "random":
-                raise VerifyUsageError("an .npz reference brings its own inputs (its fbank array); leave out --inputs")
-            reference = load_reference(reference_spec, None, export)
-            inputs = InputSet(reference.fbank, [f"ref-{i}" for i in range(len(reference.fbank))], reference_spec)
-            if inputs.fbank.ndim != 3 or inputs.fbank.shape[1:] != (frames, mel):
-                raise VerifyUsageError(f"reference {reference_spec} has inputs of shape {inputs.fbank.shape}; the "
-                                       f"engine takes (N, {frames}, {mel}): another input length")
-        else:
-            inputs = load_inputs(inputs_spec, num, frames, mel, seed, export, labels_csv)
-            reference = load_reference(reference_spec, inputs, export)
+        try:
+            inputs, reference = load_comparison(engine, reference_spec, inputs_spec, num, seed, labels_csv)
+        except UsageError:
+            raise
+        except FastASTError as err:  # a reference or inputs that cannot be read: the arguments, not the engine
+            raise VerifyUsageError(str(err)) from None
         check_compatible(reference, inputs, export)
-        thresholds = thresholds or DEFAULT_THRESHOLDS.get(engine.metadata["precision"], DEFAULT_THRESHOLDS["fp32"])
+        thresholds = thresholds or default_thresholds(engine.metadata["precision"])
         outputs = run_engine(engine, inputs.waveform if waveform else inputs.fbank, batch)
         figures, checks = parity_section(reference, outputs, export, inputs, thresholds)
         report: dict[str, Any] = {
@@ -270,13 +234,39 @@ def verify(engine_path: str | os.PathLike, reference_spec: str, *, inputs_spec: 
             "reference": {"kind": reference.kind, "source": reference.source},
             "inputs": {"source": inputs.source, "clips": int(len(inputs.fbank)), "skipped": inputs.skipped,
                        "labelled": inputs.labels is not None},
-            "thresholds": asdict(thresholds), "parity": figures, "checks": checks,
+            "thresholds": thresholds.to_dict(), "parity": figures, "checks": checks,
         }
         if speed is not None:
             source = reference.source if reference.kind == "checkpoint" else export.get("source", {}).get("path")
             report["speed"] = speed_section(engine, speed, source)
         report["passed"] = all(c["passed"] for c in checks)
     return report, inputs, reference, outputs
+
+
+def load_comparison(engine: Engine, reference_spec: str, inputs_spec: str, num: int, seed: int,
+                    labels_csv: str | None) -> tuple[InputSet, Reference]:
+    """The inputs and the reference outputs to compare ``engine`` against (VerifyUsageError when they do not fit
+    together)."""
+    export = engine.metadata["export"]
+    frames, mel = export["model"]["input_frames"], export["model"]["num_mel_bins"]
+    if input_name(engine) == WAVEFORM_NAME:  # the reference model is fed the project's own fbank of the waveforms
+        samples = int(engine.input_specs[WAVEFORM_NAME][0][1])
+        if Path(reference_spec).suffix in (".npz", ".json") and Path(reference_spec).is_file():
+            raise VerifyUsageError(f"{engine.path.name} takes waveforms: give a checkpoint as --reference "
+                                   "(saved outputs hold no waveforms)")
+        inputs = load_waveform_inputs(inputs_spec, num, samples, seed, export, labels_csv)
+        return inputs, load_reference(reference_spec, inputs, export)
+    if Path(reference_spec).suffix == ".npz" and Path(reference_spec).is_file():
+        if inputs_spec != "random":
+            raise VerifyUsageError("an .npz reference brings its own inputs (its fbank array); leave out --inputs")
+        reference = load_reference(reference_spec, None, export)
+        inputs = InputSet(reference.fbank, [f"ref-{i}" for i in range(len(reference.fbank))], reference_spec)
+        if inputs.fbank.ndim != 3 or inputs.fbank.shape[1:] != (frames, mel):
+            raise VerifyUsageError(f"reference {reference_spec} has inputs of shape {inputs.fbank.shape}; the "
+                                   f"engine takes (N, {frames}, {mel}): another input length")
+        return inputs, reference
+    inputs = load_inputs(inputs_spec, num, frames, mel, seed, export, labels_csv)
+    return inputs, load_reference(reference_spec, inputs, export)
 
 
 def check_compatible(reference: Reference, inputs: InputSet, export: dict[str, Any]) -> None:

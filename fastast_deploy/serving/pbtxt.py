@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastast_deploy.engines.base import BATCH
+from fastast_deploy.contract import BATCH
 from fastast_deploy.errors import FastASTError
 
 DATA_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastast_deploy.contract import OUTPUT_NAME, PACKAGE_VERSION, sidecar_path
-from fastast_deploy.engines.base import BATCH, BatchRange, EngineError
+from fastast_deploy.contract import BATCH, OUTPUT_NAME, PACKAGE_VERSION, sidecar_path
+from fastast_deploy.engines.base import BatchRange, EngineError
 from fastast_deploy.errors import ConfigError, FastASTError
 from fastast_deploy.serving.pbtxt import pb_list, pb_string, pb_tensor
 

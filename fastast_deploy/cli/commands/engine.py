@@ -76,9 +76,7 @@ def _refuse_foreign_options(ctx: click.Context, backend: str) -> None:
 @click.option("--optimize", is_flag=True, default=OrtBuildOptions.optimize,
               help="ONNX Runtime: apply ONNX Runtime's transformer fusions first (SkipLayerNormalization, BiasGelu, "
               "see engines/ort_fusion.py), parity-checked against the plain model and recorded in the sidecar. "
-              "Opt-in, as it is not faster everywhere: on AST-small, T = 512, ORT CPU 2 threads, a plain session "
-              "now fuses the export's GELU itself and --optimize measured 0.94x at r = 0, 0.97x at r = 50 (batch "
-              "1) and 0.94x, 1.05x (batch 8) (benchmarks/bench_optimum.py --optimize).")
+              "Opt-in, as it is not faster everywhere (measurements: docs/benchmarks.md).")
 @click.pass_context
 def build_engine(ctx: click.Context, model: Path, output: Path, backend: str, min_batch: int | None,
                  opt_batch: int | None, max_batch: int | None, precision: str | None, tf32: bool,

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from fastast_deploy.cli.commands.options import parse_r, tome_options
-from fastast_deploy.contract import INPUT_NAME, INPUT_NAMES, sidecar_path
+from fastast_deploy.contract import INPUT_NAME, INPUT_NAMES, PRECISIONS, sidecar_path
 from fastast_deploy.errors import ConfigError
 from fastast_deploy.exporters.quantize import QuantizeOptions
 from fastast_deploy.files import json_text
@@ -47,7 +47,7 @@ def info(source: str, tome_r: str | None, tome_inflection: float, frames: int | 
               "TensorRT runs only through a plugin.")
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="A static batch size; by default the batch dimension is dynamic.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
               help="fp16: fp16 weights and compute, merge decisions and weighted merges in fp32, float32 I/O. "
               "int8: Q/DQ int8 MatMul/Gemm/Conv calibrated on --calib, everything else (merging included) fp32.")
 @click.option("--calib", default=None, metavar="DATA",
@@ -99,7 +99,7 @@ def export(source: str, output: Path, tome_r: str | None, tome_inflection: float
         click.echo(f"note: r clipped to what each block's token count allows ({'; '.join(clipped)})", err=True)
     calibration = None
     if calib is not None:
-        from fastast_deploy.exporters.quantize import load_calibration
+        from fastast_deploy.exporters.calibration import load_calibration
 
         export = {"features": model.feature_config.to_dict() if model.feature_config else None,
                   "labels": list(model.label_names) if model.label_names else None}

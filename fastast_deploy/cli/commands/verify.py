@@ -1,4 +1,5 @@
-"""`fastast-deploy verify`: parity and speed of an engine against a reference; exit 0 pass, 1 fail, 2 usage."""
+"""`fastast-deploy verify`: parity and speed of an engine against a reference; exit 0 pass, 1 a failed check or a
+runtime failure (engine load or run, baseline build), 2 usage."""
 
 from __future__ import annotations
 
@@ -9,8 +10,15 @@ import click
 import numpy as np
 
 from fastast_deploy.cli.commands.options import parse_sizes
-from fastast_deploy.contract import PROVIDERS, sidecar_path
+from fastast_deploy.contract import PRECISIONS, PROVIDERS, TOLERANCES, sidecar_path
 from fastast_deploy.errors import FastASTError, VerifyUsageError
+
+
+def _defaults(name: str) -> str:
+    """``[default: 0.0001 fp32, 0.05 fp16, 0.5 int8]``: a threshold's defaults by engine precision, from the one
+    table (contract.TOLERANCES["verify"])."""
+    return "[default: " + ", ".join(f"{getattr(TOLERANCES['verify'][p], name):g} {p}" for p in PRECISIONS) + "]"
+
 
 
 @click.command()
@@ -26,10 +34,10 @@ from fastast_deploy.errors import FastASTError, VerifyUsageError
 @click.option("--num", type=click.IntRange(min=1), default=64, show_default=True, help="Clips for --inputs random.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --inputs random.")
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Batch for the parity run.")
-@click.option("--atol", type=click.FloatRange(min=0), default=None, help="[default: 1e-4 fp32, 5e-2 fp16]")
-@click.option("--rtol", type=click.FloatRange(min=0), default=None, help="[default: 1e-3 fp32, 5e-2 fp16]")
-@click.option("--min-cosine", type=click.FloatRange(-1, 1), default=None, help="[default: 0.9999 fp32, 0.999 fp16]")
-@click.option("--min-top1", type=click.FloatRange(0, 1), default=None, help="[default: 0.99 fp32, 0.98 fp16]")
+@click.option("--atol", type=click.FloatRange(min=0), default=None, help=_defaults("atol"))
+@click.option("--rtol", type=click.FloatRange(min=0), default=None, help=_defaults("rtol"))
+@click.option("--min-cosine", type=click.FloatRange(-1, 1), default=None, help=_defaults("min_cosine"))
+@click.option("--min-top1", type=click.FloatRange(0, 1), default=None, help=_defaults("min_top1"))
 @click.option("--baseline", default="auto", show_default=True, metavar="auto|none|ENGINE",
               help="Speed baseline: auto builds the same model with r = 0 the same way; none skips it.")
 @click.option("--no-speed", is_flag=True, help="Skip the speed section.")
@@ -51,8 +59,11 @@ def verify(engine: str, reference: str, inputs: str, labels_csv: str | None, num
            speed_batches: str, warmup: int, iterations: int, provider: str | None, report: Path | None,
            save_inputs: Path | None, save_outputs: Path | None) -> None:
     """Check ENGINE (a built engine or an exported .onnx) against REF: parity figures, thresholds, and speed
-    against the unmerged baseline. Exit 0 when every threshold holds, 1 when one fails, 2 for usage errors."""
-    from fastast_deploy.evaluation.verify import DEFAULT_THRESHOLDS, SpeedOptions, Thresholds
+    against the unmerged baseline. Exit 0 when every threshold holds; 1 when one fails, or when the engine cannot
+    be loaded or run or the baseline cannot be built (the cause in one line); 2 for usage errors."""
+    import dataclasses
+
+    from fastast_deploy.evaluation.verify import SpeedOptions, default_thresholds
     from fastast_deploy.evaluation.verify import verify as run_verify
 
     given = {"atol": atol, "rtol": rtol, "min_cosine": min_cosine, "min_top1": min_top1}
@@ -70,17 +81,15 @@ def verify(engine: str, reference: str, inputs: str, labels_csv: str | None, num
                 prepare_output(path)
     except FastASTError as err:
         raise VerifyUsageError(str(err)) from None
-    try:
-        precision = _engine_precision(engine)
-        base = DEFAULT_THRESHOLDS.get(precision, DEFAULT_THRESHOLDS["fp32"])
-        thresholds = Thresholds(**{k: v if v is not None else getattr(base, k) for k, v in given.items()})
-        result, used_inputs, _, outputs = run_verify(engine, reference, inputs_spec=inputs, num=num, batch=batch,
-                                                     seed=seed, thresholds=thresholds, speed=speed,
-                                                     provider=provider, labels_csv=labels_csv)
-    except FastASTError as err:
-        if err.exit_code == 1:  # nothing was compared: the arguments did not fit together
-            raise VerifyUsageError(str(err)) from None
-        raise
+    if not Path(engine).is_file():
+        raise VerifyUsageError(f"ENGINE {engine} does not exist or is not a file; give a built engine or an "
+                               "exported .onnx")
+    # Usage errors (VerifyUsageError) exit 2; engine, runtime and baseline failures keep their exit code 1.
+    base = default_thresholds(_engine_precision(engine))
+    thresholds = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+    result, used_inputs, _, outputs = run_verify(engine, reference, inputs_spec=inputs, num=num, batch=batch,
+                                                 seed=seed, thresholds=thresholds, speed=speed, provider=provider,
+                                                 labels_csv=labels_csv)
     if report is not None:
         from fastast_deploy.files import write_json_atomic
 
@@ -95,24 +104,18 @@ def verify(engine: str, reference: str, inputs: str, labels_csv: str | None, num
 
 
 def _engine_precision(engine: str) -> str:
+    from fastast_deploy.engines.onnx_model import read_onnx_model
     from fastast_deploy.engines.sidecar import read_sidecar
-    from fastast_deploy.exporters.metadata import read_metadata
 
-    data = read_sidecar(engine) if Path(engine).is_file() else None
-    return data["precision"] if data else read_metadata(engine).get("precision", "fp32")
-
-
-def _quiet_polygraphy() -> None:
-    from polygraphy.logger import G_LOGGER
-
-    G_LOGGER.module_severity = G_LOGGER.ERROR
+    data = read_sidecar(engine)
+    return data["precision"] if data else read_onnx_model(engine).precision
 
 
 def _save_inputs(path: Path, fbank: np.ndarray, batch: int) -> None:
     from fastast_deploy.files import atomic_path
+    from fastast_deploy.scoped import polygraphy_verbosity
 
-    _quiet_polygraphy()
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, polygraphy_verbosity("ERROR"):
         if path.suffix == ".json":
             from polygraphy.json import save_json
 
@@ -124,9 +127,9 @@ def _save_inputs(path: Path, fbank: np.ndarray, batch: int) -> None:
 
 def _save_outputs(path: Path, fbank: np.ndarray, outputs: dict[str, np.ndarray], batch: int, runner: str) -> None:
     from fastast_deploy.files import atomic_path
+    from fastast_deploy.scoped import polygraphy_verbosity
 
-    _quiet_polygraphy()
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, polygraphy_verbosity("ERROR"):
         if path.suffix == ".json":
             from polygraphy.comparator import RunResults
             from polygraphy.comparator.struct import IterationResult
