@@ -10,9 +10,9 @@ import pytest
 from fastast_deploy.audio.datasets import read_esc50_csv
 from fastast_deploy.audio.labels import read_label_csv
 from fastast_deploy.engines.base import EngineError
+from fastast_deploy.engines.feeds import read_npz_array
 from fastast_deploy.engines.schema import SIDECAR, check_fields
 from fastast_deploy.errors import ConfigError, DatasetError, FastASTError, VerifyUsageError
-from fastast_deploy.evaluation.inputs import _npz_array
 from fastast_deploy.model.config import ModelConfig
 
 
@@ -66,7 +66,7 @@ def test_npz_of_strings_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "ref.npz"
     np.savez(path, fbank=np.array(["a", "b"]))
     with pytest.raises(VerifyUsageError, match="dtype"):
-        _npz_array(path, "fbank")
+        read_npz_array(path, "fbank", VerifyUsageError)
 
 
 @pytest.mark.parametrize(("patch", "field"), [

@@ -65,7 +65,7 @@ def test_schedule_longer_than_model_is_rejected() -> None:
 
 @pytest.mark.parametrize(
     ("frames", "r", "final"),
-    # Hand-computed from the clipping rule r <= (N - 2) // 2 (design.md section 4 and the ToMe paper's table).
+    # Hand-computed from the clipping rule r <= (N - 2) // 2 (ToMe, Bolya et al. 2023).
     [(1024, 16, 1022), (1024, 50, 614), (1024, 100, 58), (512, 8, 506), (512, 50, 27), (128, 8, 50), (128, 16, 3)],
 )
 def test_static_token_counts(frames: int, r: int, final: int) -> None:

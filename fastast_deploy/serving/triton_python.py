@@ -59,8 +59,7 @@ def python_config_lines(model: Any, name: str, largest: int, site_packages: Sequ
     inputs = []
     for tensor, spec in model.inputs.items():
         if tensor == WAVEFORM_NAME:
-            shape = [spec["shape"][0], -1] if batched else [spec["shape"][0], -1]
-            spec = {**spec, "shape": shape}
+            spec = {**spec, "shape": [spec["shape"][0], -1]}  # any length: model.py cuts or pads to one window
         inputs.append(pb_tensor(tensor, spec, batched))
     params = {ENGINE_PARAM: model.filename, PROVIDER_PARAM: provider,
               SITE_PACKAGES_PARAM: os.pathsep.join(site_packages)}
