@@ -12,6 +12,7 @@ import numpy as np
 from fastast_deploy.contract import INPUT_NAME
 from fastast_deploy.engines.feeds import read_npz_array, read_polygraphy_feeds
 from fastast_deploy.errors import FastASTError
+from fastast_deploy.model.config import FeatureConfig
 
 
 class CalibrationError(FastASTError):
@@ -58,7 +59,6 @@ def audio_inputs(files: list[Path], export: dict[str, Any]) -> np.ndarray:
     """Model inputs (N, T, F) of audio files (`audio.features.load_input` with the model's feature settings);
     CalibrationError naming how many files could not be read and the first with its reason."""
     from fastast_deploy.audio.features import load_input
-    from fastast_deploy.model.config import FeatureConfig
 
     if export.get("features") is None:
         raise CalibrationError("the model records no feature settings, so audio cannot be turned into its input")

@@ -40,6 +40,8 @@ from torch import Tensor, nn
 
 from fastast_deploy.audio.features import LOG_FLOOR, PREEMPHASIS, _fbank_weights
 from fastast_deploy.audio.frames import frame_sizes, waveform_samples
+from fastast_deploy.contract import INPUT_NAME, WAVEFORM_NAME
+from fastast_deploy.metrics import dummy_inputs, merge_agreement
 from fastast_deploy.model.config import FeatureConfig
 
 __all__ = ["WaveformFbank", "check_waveform_parity", "graph_features", "input_shape", "waveform_samples"]
@@ -142,7 +144,6 @@ def waveform_features(model: nn.Module) -> WaveformFbank:
 
 def input_shape(model: nn.Module, name: str) -> tuple[int, ...]:
     """The graph input's shape without the batch: (T, F) for ``fbank``, (samples,) for ``waveform``."""
-    from fastast_deploy.contract import WAVEFORM_NAME
 
     if name == WAVEFORM_NAME:
         return (waveform_samples(graph_features(model)),)
@@ -168,9 +169,6 @@ def check_waveform_parity(model: nn.Module, onnx_bytes: bytes, options: object, 
     waveforms (tones, chirps and noise, some clips shorter than the input), under the export tolerance of its
     precision (`parity.require_parity`: NaN or inf logits fail); FastASTError beyond it."""
     import onnxruntime as ort
-
-    from fastast_deploy.contract import WAVEFORM_NAME
-    from fastast_deploy.metrics import dummy_inputs, merge_agreement
 
     from .parity import require_parity, torch_outputs
 
@@ -198,7 +196,6 @@ def join_features(front: Any, proto: Any) -> Any:
     import onnx
     from onnx import compose
 
-    from fastast_deploy.contract import INPUT_NAME
 
     front = compose.add_prefix(front, "features/", rename_inputs=False)
     del front.metadata_props[:]
@@ -217,9 +214,6 @@ def check_prepended(int8_fbank: Any, joined: Any, model: nn.Module, batch: int |
     them (ONNX Runtime CPU), under the int8 export tolerance (finite logits, top-1 agreement); FastASTError
     otherwise."""
     import onnxruntime as ort
-
-    from fastast_deploy.contract import INPUT_NAME, WAVEFORM_NAME
-    from fastast_deploy.metrics import dummy_inputs
 
     from .parity import require_parity
 

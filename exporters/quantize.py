@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fastast_deploy.contract import INPUT_NAME, PART_KEY
+from fastast_deploy.contract import INPUT_NAME, PART_KEY, merge_output_names
 from fastast_deploy.errors import ConfigError, FastASTError
 from fastast_deploy.scoped import logging_disabled
 
@@ -275,7 +275,6 @@ def export_int8(model: Any, traced: Any, options: Any, metadata: dict[str, Any],
     its merge nodes tagged: quantise, check parity against the fp32 model (top-1 and merge decisions), drop the
     debug outputs unless asked for. Returns the quantised graph (``metadata`` gains a "quantization" entry) and
     the parity figures."""
-    from fastast_deploy.contract import merge_output_names
 
     from .parity import check_parity_int8
 

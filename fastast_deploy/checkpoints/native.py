@@ -28,7 +28,7 @@ from fastast_deploy.checkpoints.access import (
 from fastast_deploy.checkpoints.foreign import _read_hf_dir, _read_pth
 from fastast_deploy.checkpoints.metadata import read_metadata, write_checkpoint_file
 from fastast_deploy.contract import METADATA_KEY
-from fastast_deploy.errors import CheckpointError, ConfigError
+from fastast_deploy.errors import CheckpointError, ConfigError, DatasetError
 from fastast_deploy.files import sha256_file
 from fastast_deploy.model.config import AUDIOSET, FeatureConfig, ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import FastAST, build_model
@@ -96,7 +96,6 @@ def default_checkpoint() -> Path:
 def _label_names(path: str | os.PathLike[str]) -> tuple[str, ...]:
     """Display names from an AST ``class_labels_indices.csv``, as a checkpoint error when it does not fit."""
     from fastast_deploy.audio.labels import read_label_csv
-    from fastast_deploy.errors import DatasetError
 
     try:
         return read_label_csv(path).names

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from fastast_deploy.checkpoints.native import load_model
+from fastast_deploy.files import check_outputs_apart, prepare_output, write_json_atomic
 from fastast_deploy.model.fastast import FastAST
 
 
@@ -62,7 +63,6 @@ def quickstart(output: Path, source: str = "default", backend: str = "auto", per
     from fastast_deploy.engines.build import build_engine, check_ready, engine_path
     from fastast_deploy.evaluation.verify import SpeedOptions, verify
     from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
-    from fastast_deploy.files import check_outputs_apart, prepare_output, write_json_atomic
 
     written = {f"-o's {name}": output / name for name in ("model.onnx", "model.onnx.json", "model.ort.onnx",
                                                           "model.ort.onnx.json", "model.plan", "model.plan.json",

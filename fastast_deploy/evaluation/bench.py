@@ -14,6 +14,8 @@ from fastast_deploy.contract import INPUT_NAME, INPUT_NAMES
 from fastast_deploy.engines import Engine, load_engine
 from fastast_deploy.errors import ConfigError, DatasetError
 from fastast_deploy.evaluation.timing import time_interleaved
+from fastast_deploy.metrics import accuracy, mean_average_precision
+from fastast_deploy.model.config import ModelConfig
 from fastast_deploy.model.schedule import check_r
 
 
@@ -94,8 +96,6 @@ def bench(source: str, options: BenchOptions, workdir: Path, data: str | None = 
     """Build every engine, time them side by side, and score them on labelled data when given."""
     from fastast_deploy.evaluation.evaluate import clip_scores
     from fastast_deploy.inference.runner import engine_runner
-    from fastast_deploy.metrics import accuracy, mean_average_precision
-    from fastast_deploy.model.config import ModelConfig
     from fastast_deploy.model.flops import flop_ratio
 
     engines = build_engines(source, options, workdir)

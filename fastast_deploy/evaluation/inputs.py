@@ -15,6 +15,8 @@ from fastast_deploy.contract import INPUT_NAME, OUTPUT_NAME
 from fastast_deploy.engines.feeds import read_npz_array, read_polygraphy_feeds
 from fastast_deploy.errors import DatasetError, FastASTError, VerifyUsageError, error_summary
 from fastast_deploy.metrics import fbank_like
+from fastast_deploy.model.config import FeatureConfig
+from fastast_deploy.scoped import polygraphy_verbosity
 
 
 @dataclass
@@ -87,7 +89,6 @@ def _audio_folder(path: Path, export: dict[str, Any]) -> InputSet:
     label."""
     from fastast_deploy.audio.datasets import folder_audio
     from fastast_deploy.audio.features import load_input
-    from fastast_deploy.model.config import FeatureConfig
 
     try:
         files = folder_audio(path)
@@ -120,7 +121,6 @@ def _data_json(path: Path, labels_csv: str | None, export: dict[str, Any]) -> In
     from fastast_deploy.audio.datasets import load_dataset, raw_fbank
     from fastast_deploy.audio.features import normalize
     from fastast_deploy.audio.labels import LabelSet, read_label_csv
-    from fastast_deploy.model.config import FeatureConfig
 
     names = export.get("labels")
     if labels_csv is not None:
@@ -174,7 +174,6 @@ def _runresults_logits(path: Path) -> np.ndarray:
     """Logits of the first runner in a Polygraphy RunResults file, iterations concatenated."""
     from polygraphy.comparator import RunResults
 
-    from fastast_deploy.scoped import polygraphy_verbosity
 
     try:
         with polygraphy_verbosity("ERROR"):
@@ -219,7 +218,6 @@ def load_waveform_inputs(spec: str, num: int, samples: int, seed: int, export: d
     """Inputs of a waveform-in engine: ``waveform`` (N, samples) and, for the reference, ``fbank`` (N, T, F), the
     project's own features of the same audio. ``random``: `waveform_like` clips; a folder of audio or an AST
     data .json: each file's first window (resampled, NaN past its end), as `predict` feeds it."""
-    from fastast_deploy.model.config import FeatureConfig
 
     if export.get("features") is None:
         raise VerifyUsageError("the engine records no feature settings, so audio cannot be turned into its input")

@@ -41,6 +41,7 @@ from fastast_deploy.metrics import (
     merge_agreement,
     parity_checks,
 )
+from fastast_deploy.model.config import ModelConfig
 
 REPORT_SCHEMA = "fastast-deploy/verify"
 REPORT_VERSION = 1
@@ -166,7 +167,6 @@ def build_baseline(engine: Engine, source: str, workdir: Path) -> Engine:
 
 def speed_section(engine: Engine, options: SpeedOptions, source: str | None) -> dict[str, Any]:
     """Throughput and latency per batch size of the engine and its baseline, side by side."""
-    from fastast_deploy.model.config import ModelConfig
     from fastast_deploy.model.flops import flop_ratio
 
     export = engine.metadata["export"]

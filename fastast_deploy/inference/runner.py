@@ -19,9 +19,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from fastast_deploy.audio.frames import waveform_samples
 from fastast_deploy.contract import INPUT_NAME, OUTPUT_NAME, WAVEFORM_NAME
 from fastast_deploy.engines.base import BatchRange
 from fastast_deploy.errors import ConfigError
+from fastast_deploy.model.config import FeatureConfig
+from fastast_deploy.scoped import torch_threads
 
 if TYPE_CHECKING:  # torch and the feature code load with the first model, not with the CLI
     from fastast_deploy.engines import Engine
@@ -165,8 +168,6 @@ def engine_features(path: Path, engine: Engine) -> tuple[FeatureConfig, int | No
     """The feature settings an engine's input is made with, its window in samples where it takes waveforms (the
     graph computes the fbank) else None, and notes; ConfigError, the engine closed, where the settings recorded
     at export do not give the graph's input."""
-    from fastast_deploy.audio.frames import waveform_samples
-    from fastast_deploy.model.config import FeatureConfig
 
     export = engine.metadata["export"]
     if WAVEFORM_NAME in engine.input_specs:
@@ -214,8 +215,6 @@ def _torch_runner(source: str | os.PathLike, threads: int | None, like: dict[str
     from fastast_deploy.checkpoints.loading import load_any, model_extra, resolve_run
     from fastast_deploy.checkpoints.native import load_model
     from fastast_deploy.model.cnn import CNNClassifier
-    from fastast_deploy.model.config import FeatureConfig
-    from fastast_deploy.scoped import torch_threads
 
     scope = contextlib.ExitStack()
     scope.enter_context(torch_threads(threads))

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from fastast_deploy.errors import ConfigError
+from fastast_deploy.model.config import SIZES
 
 ARCHS = ("fastast", "cnn", "compact-cnn")
 TASKS = ("multilabel", "singlelabel")
@@ -132,7 +133,6 @@ class TrainConfig:
         """Which recipe applies: "cnn", "finetune" (a FastAST from a checkpoint) or "scratch" (a new FastAST)."""
         from pathlib import Path
 
-        from fastast_deploy.model.config import SIZES
 
         if self.arch != "fastast":
             return "cnn"

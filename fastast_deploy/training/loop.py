@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from fastast_deploy.errors import CheckpointError, ConfigError, error_summary
 from fastast_deploy.files import read_json_object, write_bytes_atomic, write_json_atomic
-from fastast_deploy.pairs import exclusive_folder
+from fastast_deploy.pairs import commit_files, exclusive_folder, recover_commit
 from fastast_deploy.scoped import torch_threads
 from fastast_deploy.training.cmkd import TOKEN_MODES, TokenHeads, cmkd_loss, teacher_targets
 from fastast_deploy.training.config import ARCHS, TrainConfig
@@ -247,7 +247,6 @@ def _save(run: Path, prep: Prepared, model: nn.Module, optimizer: torch.optim.Op
     """State pair, RUN/last (whose step ties it to the pair), RUN/best when improved and the metrics line, written
     whole to temps and then committed as one (``pairs.commit_files``): a run killed at any point resumes from the
     previous epoch or from this one, never from a mix."""
-    from fastast_deploy.pairs import commit_files
     from fastast_deploy.training.state import state_paths
 
     extra = {"epoch": state.epoch, "step": state.step, "task": prep.task, "metrics": row,
@@ -267,7 +266,6 @@ def _save(run: Path, prep: Prepared, model: nn.Module, optimizer: torch.optim.Op
 
 def _clean_staged(run: Path) -> None:
     """Temps of a save that was killed before its commit started (a cut commit is finished first)."""
-    from fastast_deploy.pairs import recover_commit
 
     recover_commit(run)
     for stale in run.glob(f".*{STAGED}"):

@@ -26,6 +26,7 @@ from fastast_deploy.audio.frames import frame_count
 from fastast_deploy.audio.labels import LabelSet, read_label_csv
 from fastast_deploy.errors import ConfigError, DatasetError
 from fastast_deploy.model.config import PRESETS, SIZES, FeatureConfig, ModelConfig, TomeConfig
+from fastast_deploy.model.schedule import make_schedule
 from fastast_deploy.training.config import SOFT_KD_MODES
 from fastast_deploy.training.teachers import first_differences, read_teacher_logits, write_teacher_logits
 
@@ -235,7 +236,6 @@ def _feature_stats(config: TrainConfig, source: Any, geometry: FeatureConfig, tr
 
 def _student(config: TrainConfig, source: Any, labels: LabelSet, features: FeatureConfig, log: Log) -> nn.Module:
     from fastast_deploy.model.fastast import build_model
-    from fastast_deploy.model.schedule import make_schedule
 
     torch.manual_seed(config.seed)
     if config.arch != "fastast":

@@ -9,6 +9,8 @@ import click
 from fastast_deploy.cli.commands.options import parse_r
 from fastast_deploy.contract import INPUT_NAME, INPUT_NAMES, PROVIDERS
 from fastast_deploy.errors import ConfigError
+from fastast_deploy.files import check_outputs_apart, prepare_output, removed_on_failure, write_json_atomic
+from fastast_deploy.scoped import torch_threads
 
 
 @click.command()
@@ -42,8 +44,6 @@ def bench(source: str, tome_r: str, backend: str, provider: str, batch: int, rou
     from fastast_deploy.engines.build import check_ready
     from fastast_deploy.evaluation.bench import BenchOptions, format_table, plot
     from fastast_deploy.evaluation.bench import bench as run_bench
-    from fastast_deploy.files import check_outputs_apart, prepare_output, removed_on_failure, write_json_atomic
-    from fastast_deploy.scoped import torch_threads
 
     rs = parse_r(tome_r)
     rs = tuple(rs) if isinstance(rs, list) else (rs,)

@@ -11,7 +11,7 @@ from fastast_deploy.cli.commands.options import parse_r, tome_options
 from fastast_deploy.contract import INPUT_NAME, INPUT_NAMES, PRECISIONS, sidecar_path
 from fastast_deploy.errors import ConfigError
 from fastast_deploy.exporters.quantize import QuantizeOptions
-from fastast_deploy.files import json_text
+from fastast_deploy.files import check_outputs_apart, json_text, prepare_output
 
 
 @click.command()
@@ -74,7 +74,6 @@ def export(source: str, output: Path, tome_r: str | None, tome_inflection: float
     from fastast_deploy.checkpoints.native import load_model
     from fastast_deploy.exporters.lint import format_report, lint_model
     from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx, parity_summary
-    from fastast_deploy.files import check_outputs_apart, prepare_output
 
     if tome_r is not None and tome_schedule is not None:
         raise ConfigError("give either --tome-r or --tome-schedule, not both")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from fastast_deploy.contract import INPUT_NAME, INPUT_NAMES
+from fastast_deploy.files import removed_on_failure
 
 
 @click.command()
@@ -27,7 +28,6 @@ def quickstart(output: Path, source: str, backend: str, clips_per_class: int, it
     """Export -> build-engine -> verify (parity and speed) on the built-in FastAST, then a summary."""
     from fastast_deploy.cli.quickstart import format_summary
     from fastast_deploy.cli.quickstart import quickstart as run
-    from fastast_deploy.files import removed_on_failure
 
     with removed_on_failure(output):  # a run that breaks leaves no half a quickstart folder behind
         report = run(output, source, backend, clips_per_class, iterations=iterations, say=click.echo,

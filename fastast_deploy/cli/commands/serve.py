@@ -9,10 +9,11 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from fastast_deploy.audio.frames import hop_frames, window_seconds
 from fastast_deploy.cli.commands.options import parse_sizes
 from fastast_deploy.contract import PROVIDERS
 from fastast_deploy.errors import ConfigError
-from fastast_deploy.files import json_text
+from fastast_deploy.files import check_outputs_apart, json_text
 from fastast_deploy.inference.scoring import DEFAULT_BATCH, POOLS
 from fastast_deploy.serving.predict import PredictOptions
 from fastast_deploy.serving.triton import KINDS, SERVE_BACKENDS, TritonOptions
@@ -49,7 +50,6 @@ def predict(model: str, audio: tuple[Path, ...], top_k: int, hop_s: float | None
     file that cannot be read gets one `error: PATH: reason` line on stderr, the others are still predicted, and
     the exit code is 1.
     """
-    from fastast_deploy.audio.frames import hop_frames, window_seconds
     from fastast_deploy.inference.runner import open_runner
     from fastast_deploy.inference.scoring import batch_size
     from fastast_deploy.serving.predict import format_prediction, predict_files, prediction_dict
@@ -121,7 +121,6 @@ def triton(ctx: click.Context, model: Path, repo: Path, name: str | None, max_ba
     REPO/NAME/labels.txt for Triton's classification extension. With --backend python, also REPO/NAME/1/model.py
     and REPO/NAME/README.md (how the backend's stub finds its packages). Nothing is written when a check fails.
     """
-    from fastast_deploy.files import check_outputs_apart
     from fastast_deploy.serving.triton import read_served_model
     from fastast_deploy.serving.triton_repo import default_name, write_repository
 

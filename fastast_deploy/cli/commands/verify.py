@@ -12,6 +12,8 @@ import numpy as np
 from fastast_deploy.cli.commands.options import parse_sizes
 from fastast_deploy.contract import PRECISIONS, PROVIDERS, TOLERANCES, sidecar_path
 from fastast_deploy.errors import FastASTError, VerifyUsageError
+from fastast_deploy.files import atomic_path, check_outputs_apart, prepare_output
+from fastast_deploy.scoped import polygraphy_verbosity
 
 
 def _defaults(name: str) -> str:
@@ -69,7 +71,6 @@ def verify(engine: str, reference: str, inputs: str, labels_csv: str | None, num
     given = {"atol": atol, "rtol": rtol, "min_cosine": min_cosine, "min_top1": min_top1}
     sizes = parse_sizes(speed_batches, "--speed-batches", VerifyUsageError)
     speed = None if no_speed else SpeedOptions(sizes, warmup, iterations, None if baseline == "none" else baseline)
-    from fastast_deploy.files import check_outputs_apart, prepare_output
 
     try:
         check_outputs_apart({"--report": report, "--save-inputs": save_inputs, "--save-outputs": save_outputs},
@@ -112,8 +113,6 @@ def _engine_precision(engine: str) -> str:
 
 
 def _save_inputs(path: Path, fbank: np.ndarray, batch: int) -> None:
-    from fastast_deploy.files import atomic_path
-    from fastast_deploy.scoped import polygraphy_verbosity
 
     with atomic_path(path) as tmp, polygraphy_verbosity("ERROR"):
         if path.suffix == ".json":
@@ -126,8 +125,6 @@ def _save_inputs(path: Path, fbank: np.ndarray, batch: int) -> None:
 
 
 def _save_outputs(path: Path, fbank: np.ndarray, outputs: dict[str, np.ndarray], batch: int, runner: str) -> None:
-    from fastast_deploy.files import atomic_path
-    from fastast_deploy.scoped import polygraphy_verbosity
 
     with atomic_path(path) as tmp, polygraphy_verbosity("ERROR"):
         if path.suffix == ".json":
