@@ -83,3 +83,22 @@ def _assert_same_merges(got: list, want: list) -> None:
 def assert_same_merges():
     """`_assert_same_merges`: merge outputs (src, dst, ...) that make the same merges per clip."""
     return _assert_same_merges
+
+
+@pytest.fixture
+def spoil_onnx_runtime(monkeypatch: pytest.MonkeyPatch):
+    """``spoil(value, row, col)``: every ONNX Runtime session run from then on returns its first output with
+    ``[row, col]`` replaced by ``value`` (NaN or inf), as a broken kernel would."""
+    import onnxruntime as ort
+
+    real_run = ort.InferenceSession.run
+
+    def spoil(value: float, row: int, col: int) -> None:
+        def spoiled_run(self: ort.InferenceSession, *args: object, **kwargs: object) -> list:
+            outputs = real_run(self, *args, **kwargs)
+            outputs[0][row, col] = value
+            return outputs
+
+        monkeypatch.setattr(ort.InferenceSession, "run", spoiled_run)
+
+    return spoil

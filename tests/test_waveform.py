@@ -343,7 +343,7 @@ def test_verify_compares_a_waveform_engine_with_pytorch_on_the_project_fbank(wav
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 @pytest.mark.parametrize("side", ["pytorch", "onnx"])
 def test_nan_or_inf_logits_fail_the_waveform_export_check(waveform_export, monkeypatch: pytest.MonkeyPatch,
-                                                          bad: float, side: str) -> None:
+                                                          spoil_onnx_runtime, bad: float, side: str) -> None:
     """The waveform-in check is the one parity check: a NaN or inf logit on either side fails it (a NaN difference
     used to pass a `>` comparison)."""
     from fastast_deploy.errors import FastASTError
@@ -362,14 +362,7 @@ def test_nan_or_inf_logits_fail_the_waveform_export_check(waveform_export, monke
 
         monkeypatch.setattr(parity, "torch_outputs", spoiled_torch)
     else:
-        real_run = ort.InferenceSession.run
-
-        def spoiled_run(self: ort.InferenceSession, *args: object, **kwargs: object) -> list[np.ndarray]:
-            outputs = real_run(self, *args, **kwargs)
-            outputs[0][1, 0] = bad
-            return outputs
-
-        monkeypatch.setattr(ort.InferenceSession, "run", spoiled_run)
+        spoil_onnx_runtime(bad, 1, 0)
     with pytest.raises(FastASTError, match="NaN or inf") as err:
         check_waveform_parity(model, path.read_bytes(), Options(input=WAVEFORM_NAME, debug_merges=True))
     assert "\n" not in str(err.value)
