@@ -42,6 +42,7 @@ from fastast_deploy.errors import ConfigError, FastASTError, error_summary
 from fastast_deploy.files import prepare_output
 from fastast_deploy.model.fastast import FastAST
 from fastast_deploy.pairs import atomic_pair
+from fastast_deploy.scoped import logger_level
 
 from .fbank_graph import (
     FEATURE_FUNCTION,
@@ -138,8 +139,8 @@ def trace(module: nn.Module, shape: tuple[int, ...], input_name: str, output_nam
     example = torch.zeros(batch or 2, *shape)  # 2, not 1: an example batch of 1 would be specialised away
     dynamic = None if batch else ({0: torch.export.Dim(BATCH, min=1, max=4096)},)
     # The exporter logs a warning for every optional torchvision op it cannot register: noise for this model.
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), torch.no_grad():
+    quiet = logger_level("torch.onnx._internal.exporter._registration", logging.ERROR)
+    with quiet, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(

@@ -1,7 +1,7 @@
 """Process-wide settings changed for one call and put back afterwards, whatever happens inside: the logging
-threshold, Polygraphy's verbosity and torch's intra-op thread count. A library call that needs one of them takes
-it through these, so its caller's settings are as they were when it returns. Plain Python: torch and Polygraphy
-load only when their context is entered."""
+threshold, a logger's level, Polygraphy's verbosity and torch's intra-op thread count. A library call that needs
+one of them takes it through these, so its caller's settings are as they were when it returns. Plain Python:
+torch and Polygraphy load only when their context is entered."""
 
 from __future__ import annotations
 
@@ -20,6 +20,18 @@ def logging_disabled(level: int = logging.WARNING) -> Iterator[None]:
         yield
     finally:
         logging.disable(before)
+
+
+@contextlib.contextmanager
+def logger_level(name: str, level: int) -> Iterator[None]:
+    """Logger ``name`` at ``level`` inside, at its own level afterwards."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 @contextlib.contextmanager

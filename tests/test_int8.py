@@ -254,17 +254,21 @@ def test_an_int8_export_leaves_the_callers_logging_as_it_was(tmp_path: Path) -> 
     import logging
 
     mine = logging.getLogger("fastast-test-caller")
-    before_disable, before_root = logging.root.manager.disable, logging.root.level
+    exporter = logging.getLogger("torch.onnx._internal.exporter._registration")  # the export quiets it inside
+    before_disable, before_root, before_exporter = logging.root.manager.disable, logging.root.level, exporter.level
     logging.disable(logging.INFO)
     mine.setLevel(logging.ERROR)
+    exporter.setLevel(logging.DEBUG)
     try:
         export_onnx(tiny_model(), tmp_path / "q.onnx", ExportOptions(precision="int8"), check=False,
                     calibration=fbank_like(4, TINY.input_frames, TINY.num_mel_bins, seed=1), quantize=QUICK)
         assert logging.root.manager.disable == logging.INFO
         assert mine.level == logging.ERROR and logging.root.level == before_root
+        assert exporter.level == logging.DEBUG
     finally:
         logging.disable(before_disable)
         mine.setLevel(logging.NOTSET)
+        exporter.setLevel(before_exporter)
 
 
 def test_unreadable_calibration_audio_fails_naming_how_many_and_the_first(tmp_path: Path) -> None:
