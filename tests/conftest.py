@@ -102,3 +102,49 @@ def spoil_onnx_runtime(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setattr(ort.InferenceSession, "run", spoiled_run)
 
     return spoil
+
+
+_MEASURED_CLI = """
+import resource, sys
+from fastast_deploy.cli.main import main
+sys.argv = ["fastast-deploy", *sys.argv[2:]]
+try:
+    main()
+finally:
+    with open(__import__("os").environ["FASTAST_TEST_RSS"], "w") as f:
+        f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+"""
+
+
+class CliOutcome:
+    """A command run in its own process: exit code, non-empty output lines (stdout + stderr), peak RSS in MiB."""
+
+    def __init__(self, code: int, output: str, peak_mib: float) -> None:
+        self.code, self.output, self.peak_mib = code, output, peak_mib
+        self.lines = [line for line in output.splitlines() if line.strip()]
+
+    def assert_clean_failure(self, code: int, fragment: str = "") -> None:
+        """Exit ``code``, 1 to 3 lines, no traceback, ``fragment`` in the output."""
+        assert self.code == code, (self.code, self.output)
+        assert 1 <= len(self.lines) <= 3 and "Traceback" not in self.output, self.output
+        assert fragment in self.output, self.output
+
+
+@pytest.fixture
+def run_measured(tmp_path_factory: pytest.TempPathFactory):
+    """``run(args, cwd=None, stdin=None, timeout=600, env=None) -> CliOutcome``: ``fastast-deploy ARGS`` in a
+    subprocess, its peak resident memory measured (ru_maxrss of that process)."""
+    import os
+    import subprocess
+    import sys
+
+    def run(args: list, cwd=None, stdin: bytes | None = None, timeout: float = 600, env: dict | None = None):
+        rss = tmp_path_factory.mktemp("rss") / "peak"
+        full_env = {**os.environ, **(env or {}), "FASTAST_TEST_RSS": str(rss)}
+        done = subprocess.run([sys.executable, "-c", _MEASURED_CLI, "x", *map(str, args)], cwd=cwd, input=stdin,
+                              capture_output=True, timeout=timeout, env=full_env)
+        peak = int(rss.read_text()) / 1024 if rss.exists() else float("nan")  # ru_maxrss is in KiB on Linux
+        return CliOutcome(done.returncode, done.stdout.decode(errors="replace") + done.stderr.decode(
+            errors="replace"), peak)
+
+    return run
