@@ -144,7 +144,7 @@ def test_imports_follow_the_layers() -> None:
     assert not bad, f"{len(bad)} imports run against the layering (README, Layout):\n" + "\n".join(bad)
 
 
-def test_config_modules_import_without_torch() -> None:
+def test_config_modules_import_without_torch(tmp_path: Path) -> None:
     blocker = ("import sys\n"
                "class Block:\n"
                "    def find_spec(self, name, path=None, target=None):\n"
@@ -163,7 +163,8 @@ def test_config_modules_import_without_torch() -> None:
         "assert 'torch' not in sys.modules\n"
         "try:\n    import torch\nexcept ImportError:\n    pass\n"
         "else:\n    raise SystemExit('the blocker let torch in')\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    # Run outside the source tree: from its root, `import fastast_deploy` would find the folder, not the install.
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
 
 
