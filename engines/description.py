@@ -83,14 +83,17 @@ def format_description(report: dict[str, Any]) -> str:
     backend = report["backend"]
     if backend == "tensorrt":
         trt = report["tensorrt"]
-        mode = "strongly typed" if trt["strongly_typed"] else "weakly typed, fp16 builder flag"
+        # strongly_typed and tf32 are shown, not needed to run: a sidecar without them still describes the plan
+        typing = trt.get("strongly_typed")
+        mode = {True: "strongly typed", False: "weakly typed, fp16 builder flag"}.get(typing, "typing not recorded")
+        tf32 = {True: "on", False: "off"}.get(trt.get("tf32"), "not recorded")
         lines.append(("backend", f"TensorRT {trt['version']}, built on {trt['gpu']['name']} (compute capability "
-                                 f"{trt['gpu']['compute_capability']}), {mode}, tf32 {'on' if trt['tf32'] else 'off'}"))
+                                 f"{trt['gpu']['compute_capability']}), {mode}, tf32 {tf32}"))
     elif backend == "onnxruntime":
         ort = report["onnxruntime"]
-        lines.append(("backend", f"ONNX Runtime {ort['version']}, provider {ort['provider']} {ort['providers']}, "
-                                 f"optimisation {ort['optimization_level']}, intra-op threads "
-                                 f"{ort['intra_op_threads'] or 'default'}"))
+        lines.append(("backend", f"ONNX Runtime {ort['version']}, provider {ort['provider']} "
+                                 f"{ort.get('providers', '')}, optimisation {ort.get('optimization_level', '?')}, "
+                                 f"intra-op threads {ort.get('intra_op_threads') or 'default'}"))
     else:
         lines.append(("backend", "none: an exported model (runs on ONNX Runtime or builds into an engine)"))
     lines += [("inputs", _tensors(report["inputs"])), ("outputs", _tensors(report["outputs"]))]

@@ -21,7 +21,7 @@ from fastast_deploy.contract import (
 from fastast_deploy.errors import error_summary
 from fastast_deploy.files import prepare_output, sha256_file
 
-from .base import EngineError, Shape
+from .base import EngineError, Shape, format_shape
 from .schema import EXPORT, check_fields
 
 # Node domains that only ONNX Runtime runs: an ORT-optimised model holds them and is no input for TensorRT.
@@ -74,6 +74,18 @@ def export_metadata(proto: Any, path: Path) -> dict[str, Any]:
     return check_fields(metadata, EXPORT, f"{path} (fastast-deploy metadata)", HINT)
 
 
+def _check_logits(output: Any, batch: int | str, metadata: dict[str, Any], path: Path) -> None:
+    """The graph's ``logits`` is (batch, num_labels) float32: the input's batch, the metadata's label count."""
+    import onnx
+
+    labels = metadata["model"]["num_labels"]
+    found, kind = _dims(output), output.type.tensor_type.elem_type
+    if found != (batch, labels) or kind != onnx.TensorProto.FLOAT:
+        raise EngineError(f"{path}: output {OUTPUT_NAME!r} is {format_shape(found)} "
+                          f"{onnx.TensorProto.DataType.Name(kind).lower()}, but the input's batch and the metadata's "
+                          f"{labels} labels make it ({batch}, {labels}) float; {HINT}")
+
+
 def read_onnx_model(path: str | os.PathLike) -> OnnxModelInfo:
     """Load ``path`` (without external data) and check the contract; a one-line EngineError naming what is
     wrong otherwise."""
@@ -108,6 +120,7 @@ def read_onnx_model(path: str | os.PathLike) -> OnnxModelInfo:
     if not outputs or outputs[0] != OUTPUT_NAME:
         raise EngineError(f"{path} has outputs {list(outputs)}, expected {OUTPUT_NAME!r} first; {HINT}")
     metadata = export_metadata(proto, path)
+    _check_logits(proto.graph.output[0], shape[0], metadata, path)
     recorded = metadata.get("inputs", {}).get(name, {}).get("shape")
     if recorded != list(shape) or set(metadata.get("outputs", {})) != set(outputs):
         raise EngineError(f"{path}: its metadata (input {recorded}, outputs {sorted(metadata.get('outputs', {}))}) "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,14 +149,16 @@ def build_onnxruntime_engine(model: str | os.PathLike, output: str | os.PathLike
     with atomic_pair(output) as pair:
         tmp = pair.tmp
         source, fusion = info.path, None
-        if options.optimize:
-            source = tmp.with_name(tmp.name + ".fused.onnx")
-            fusion = _write_fused(info, source, options)
         session_options = _session_options(level, options.threads)
         session_options.optimized_model_filepath = str(tmp)
         session_options.add_session_config_entry("session.save_model_format", "ONNX")  # whatever the suffix
         try:
+            if options.optimize:  # a fused copy beside the output, removed below however the build ends
+                source = tmp.with_name(tmp.name + ".fused.onnx")
+                fusion = _write_fused(info, source, options)
             _open_session(source, session_options, save_chain)  # writes the optimised model while it opens
+        except EngineError as err:
+            raise _write_failure(err, output) or err from None
         finally:
             if source != info.path:
                 source.unlink(missing_ok=True)
@@ -172,6 +175,16 @@ def build_onnxruntime_engine(model: str | os.PathLike, output: str | os.PathLike
                                   versions={"onnxruntime": ort.__version__})
         pair.sidecar = metadata
     return BuildResult(output, sidecar_path(output), metadata, tuple(notes))
+
+
+def _write_failure(err: EngineError, output: Path) -> EngineError | None:
+    """The error of a session that read its model but could not write the optimised one (ONNX Runtime reports a
+    full disk as "INVALID_PROTOBUF: Protobuf serialization failed"): it names the output, not the input."""
+    if "serializ" not in str(err).lower():
+        return None
+    free = shutil.disk_usage(output.parent).free / 2**20
+    return EngineError(f"cannot write the optimised model {output}: the write failed ({free:.0f} MiB free on "
+                       f"{output.parent}; a full disk?); free some space or write it elsewhere")
 
 
 def _write_fused(info: OnnxModelInfo, path: Path, options: OrtBuildOptions) -> dict[str, Any]:

@@ -60,7 +60,7 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any] | None:
     try:
         data = read_pair_sidecar(path)  # the last complete commit's sidecar (pairs.py)
     except FastASTError as err:
-        raise EngineError(f"{err}; rebuild the engine") from None
+        raise EngineError(str(err)) from None  # the message names the file and what to do (pairs.py)
     if data is None or "backend" not in data:
         return None
     return data
@@ -88,7 +88,12 @@ def check_sidecar(data: dict[str, Any], path: str | os.PathLike) -> dict[str, An
     missing = [k for k in (*REQUIRED, *(f"{backend}.{k}" for k in BACKEND_REQUIRED[backend])) if not _has(data, k)]
     if missing:
         raise EngineError(f"sidecar {side} lacks {missing}; rebuild the engine with `fastast-deploy build-engine`")
-    return check_fields(data, SIDECAR, f"sidecar {side}", "rebuild the engine with `fastast-deploy build-engine`")
+    check_fields(data, SIDECAR, f"sidecar {side}", "rebuild the engine with `fastast-deploy build-engine`")
+    try:  # the one batch-range check: inspect, predict, verify and triton all read the range through here
+        BatchRange.from_dict(data["batch"])
+    except EngineError as err:
+        raise EngineError(f"sidecar {side}: {err}; rebuild the engine with `fastast-deploy build-engine`") from None
+    return data
 
 
 def check_engine_file(path: str | os.PathLike, data: dict[str, Any]) -> None:

@@ -272,6 +272,17 @@ def serialize(proto: onnx.ModelProto, metadata: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
+def check_feature_settings(model: FastAST) -> None:
+    """The feature settings a model carries (what turns audio into its input) give the mel bins it takes; a
+    ConfigError otherwise: its export would take audio features of the wrong width."""
+    features = getattr(model, "feature_config", None)
+    if features is not None and features.num_mel_bins != model.config.num_mel_bins:
+        source = (getattr(model, "source_info", None) or {}).get("path", "the checkpoint")
+        raise ConfigError(f"{source}: its feature settings give {features.num_mel_bins} mel bins, its model takes "
+                          f"{model.config.num_mel_bins}; the checkpoint is inconsistent: save it again from a model "
+                          "with matching feature settings")
+
+
 def export_onnx(
     model: FastAST,
     output: str | os.PathLike,
@@ -289,6 +300,7 @@ def export_onnx(
     from .fbank_graph import check_waveform_parity
     from .parity import check_parity
 
+    check_feature_settings(model)
     output = prepare_output(output)
     metadata = build_metadata(model, options, source_info or getattr(model, "source_info", None))
     merging = sum(1 for r in model.schedule if r > 0)

@@ -61,6 +61,9 @@ class QuantizeOptions:
 # ---------------------------------------------------------------------------------------------------------------
 # Calibration data (read by exporters.calibration)
 # ---------------------------------------------------------------------------------------------------------------
+HELD_SHARE = 4  # with no clips beyond --calib-clips, 1 in this many is held out to check the result
+
+
 def split_clips(fbank: np.ndarray, options: QuantizeOptions) -> tuple[np.ndarray, np.ndarray, str]:
     """Calibration clips and the clips the export's parity check uses: those after the calibration clips when the
     data has more, else the calibration clips themselves (said in the returned note)."""
@@ -68,7 +71,12 @@ def split_clips(fbank: np.ndarray, options: QuantizeOptions) -> tuple[np.ndarray
     held = fbank[options.clips : options.clips + options.parity_clips]
     if len(held):
         return calib, held, f"{len(held)} held-out clips (after the {len(calib)} calibration clips)"
-    return calib, calib[: options.parity_clips], "the calibration clips (no held-out clips in the data)"
+    if len(fbank) >= 2:  # --calib-clips takes every clip: a share is held out all the same, and said so
+        share = min(max(1, len(fbank) // HELD_SHARE), options.parity_clips)
+        calib, held = fbank[: len(fbank) - share], fbank[len(fbank) - share :]
+        return calib, held, (f"{share} held-out clips (the data has {len(fbank)} clips, not more than --calib-clips "
+                             f"{options.clips}: the last 1/{HELD_SHARE} check, {len(calib)} calibrate)")
+    return calib, calib[: options.parity_clips], "the one calibration clip (no clip to hold out in the data)"
 
 
 # ---------------------------------------------------------------------------------------------------------------

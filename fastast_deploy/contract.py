@@ -40,6 +40,14 @@ PROVIDERS: dict[str, tuple[str, ...]] = {
 
 BACKENDS = ("tensorrt", "onnxruntime")
 
+# Bounds of option values, checked where they are parsed (cli.commands.options): a batch (export --batch, the
+# build-engine batch range, verify --batch / --speed-batches, bench --batch), a clip count of generated inputs
+# (verify --num), and intra-op threads (0: the runtime's default). Past these, memory or threads run out before
+# any result; no real deployment of an audio transformer needs more.
+MAX_BATCH = 1024
+MAX_CLIPS = 1024
+MAX_THREADS = 256
+
 
 @dataclass(frozen=True)
 class Tolerance:

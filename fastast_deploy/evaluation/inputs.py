@@ -12,11 +12,16 @@ import numpy as np
 
 from fastast_deploy.audio.datasets import is_ast_data_json
 from fastast_deploy.contract import INPUT_NAME, OUTPUT_NAME
-from fastast_deploy.engines.feeds import read_npz_array, read_polygraphy_feeds
+from fastast_deploy.engines.feeds import (
+    concatenate_parts,
+    polygraphy_load_error,
+    polygraphy_silent,
+    read_npz_array,
+    read_polygraphy_feeds,
+)
 from fastast_deploy.errors import DatasetError, FastASTError, VerifyUsageError, error_summary
 from fastast_deploy.metrics import fbank_like
 from fastast_deploy.model.config import FeatureConfig
-from fastast_deploy.scoped import polygraphy_verbosity
 
 
 @dataclass
@@ -102,8 +107,9 @@ def _audio_folder(path: Path, export: dict[str, Any]) -> InputSet:
     for file in files:
         try:
             arrays.append(load_input(file, config).numpy())
-        except FastASTError as err:
-            skipped.append({"file": str(file), "error": str(err)})
+        except (FastASTError, OSError) as err:  # unreadable (damaged, no permission): skipped, named in the report
+            skipped.append({"file": str(file), "error": str(err) if isinstance(err, FastASTError) else
+                            f"cannot read {file} ({error_summary(err, with_type=True)})"})
             continue
         names.append(str(file.relative_to(path)))
         parent = file.parent.name if file.parent != path else None
@@ -143,8 +149,9 @@ def _data_json(path: Path, labels_csv: str | None, export: dict[str, Any]) -> In
     for example in dataset.examples:
         try:
             arrays.append(normalize(raw_fbank(example.path, config), config.mean, config.std).numpy())
-        except FastASTError as err:
-            skipped.append({"file": str(example.path), "error": str(err)})
+        except (FastASTError, OSError) as err:  # as in _audio_folder
+            skipped.append({"file": str(example.path), "error": str(err) if isinstance(err, FastASTError) else
+                            f"cannot read {example.path} ({error_summary(err, with_type=True)})"})
             continue
         clips.append(example.clip)
         files.append(str(example.path))
@@ -176,16 +183,19 @@ def _runresults_logits(path: Path) -> np.ndarray:
 
 
     try:
-        with polygraphy_verbosity("ERROR"):
+        with polygraphy_silent():
             results = RunResults.load(str(path))
-    except Exception as err:
-        raise VerifyUsageError(f"{path} is not a Polygraphy RunResults file ({error_summary(err)})") from None
-    if not results.lst:
+        runs = list(results.lst)
+        _, iterations = runs[0] if runs else (None, [])
+        iterations = list(iterations)
+    except Exception as err:  # noqa: BLE001 - polygraphy raises its own, json's and numpy's errors
+        raise VerifyUsageError(polygraphy_load_error(path, "RunResults", err)) from None
+    if not iterations:
         raise VerifyUsageError(f"{path} holds no runner results")
-    _, iterations = results.lst[0]
-    if not iterations or any("logits" not in it for it in iterations):
+    if any(not hasattr(it, "keys") or "logits" not in it for it in iterations):
         raise VerifyUsageError(f"{path}: the first runner has no 'logits' output")
-    return np.concatenate([np.asarray(it["logits"]) for it in iterations])
+    return concatenate_parts([it["logits"] for it in iterations], f"{path}: the 'logits' of its iterations",
+                             VerifyUsageError)
 
 
 def _checkpoint_reference(source: str, inputs: InputSet, export: dict[str, Any]) -> Reference:

@@ -165,14 +165,76 @@ def build_baseline(engine: Engine, source: str, workdir: Path) -> Engine:
     return load_engine(built.path)
 
 
-def speed_section(engine: Engine, options: SpeedOptions, source: str | None) -> dict[str, Any]:
-    """Throughput and latency per batch size of the engine and its baseline, side by side."""
-    from fastast_deploy.model.flops import flop_ratio
+def _provider(meta: dict[str, Any]) -> str | None:
+    return (meta.get("onnxruntime") or {}).get("provider")
+
+
+def baseline_differences(engine: Engine, base: dict[str, Any]) -> list[str]:
+    """How the engine metadata ``base`` of a --baseline ENGINE differs from an r = 0 twin of ``engine``: r per
+    block (all zeros), model geometry and input, precision, backend (and ONNX Runtime provider)."""
+    meta, export = engine.metadata, engine.metadata["export"]
+    diffs = []
+    schedule = list(base["export"]["tome"]["effective_schedule"])
+    if any(schedule):
+        diffs.append(f"its r per block is {schedule}, a baseline's is 0 in every block")
+    model, base_model = export["model"], base["export"]["model"]
+    for key in [*model, *(k for k in base_model if k not in model)]:
+        if model.get(key) != base_model.get(key):
+            diffs.append(f"its model {key} is {base_model.get(key)}, the engine's {model.get(key)}")
+    if list(base["export"].get("inputs", {})) != list(export.get("inputs", {})):
+        diffs.append(f"it takes {list(base['export'].get('inputs', {}))}, the engine {list(export.get('inputs', {}))}")
+    for key in ("precision", "backend"):
+        if base[key] != meta[key]:
+            diffs.append(f"its {key} is {base[key]}, the engine's {meta[key]}")
+    if base["backend"] == meta["backend"] and _provider(base) != _provider(meta):
+        diffs.append(f"its ONNX Runtime provider is {_provider(base)}, the engine's {_provider(meta)}")
+    return diffs
+
+
+def check_baseline(engine: Engine, path: str) -> dict[str, Any]:
+    """The engine metadata of a --baseline ENGINE, read without opening it (its sidecar, or a plain export's own
+    metadata, opened like ``engine``), checked to be ``engine`` with r = 0: VerifyUsageError naming what differs."""
+    from fastast_deploy.engines.onnx_model import read_onnx_model
+    from fastast_deploy.engines.sidecar import check_sidecar, read_sidecar
+
+    fix = ("give an r = 0 export of the same model with the same precision, built with the same backend, or "
+           "--baseline auto (builds that one from the checkpoint)")
+    if not Path(path).is_file():
+        raise VerifyUsageError(f"--baseline {path} does not exist or is not a file; {fix}")
+    try:
+        data = read_sidecar(path)
+        if data is not None:
+            check_sidecar(data, path)
+        else:  # a plain exported model: opened in ONNX Runtime like the engine (build_baseline does the same)
+            info = read_onnx_model(path)
+            ort = {"provider": _provider(engine.metadata), "offline": False}
+            data = {"backend": "onnxruntime", "precision": info.precision, "export": info.metadata, "onnxruntime": ort}
+    except FastASTError as err:
+        raise VerifyUsageError(f"--baseline {path}: {err} (or use --baseline auto)") from None
+    diffs = baseline_differences(engine, data)
+    if diffs:
+        raise VerifyUsageError(f"--baseline {path} is not {engine.path.name} with r = 0: {'; '.join(diffs)}; {fix}")
+    return data
+
+
+def open_baseline(engine: Engine, path: str, data: dict[str, Any]) -> Engine:
+    """Open a checked --baseline ENGINE (``data``: ``check_baseline``'s), a plain export with the engine's provider
+    and threads."""
+    if data["backend"] == "onnxruntime" and not data["onnxruntime"].get("offline", True):
+        ort = engine.metadata["onnxruntime"]
+        return load_engine(path, provider=ort["provider"], threads=ort.get("intra_op_threads") or None)
+    return load_engine(path)
+
+
+def speed_section(engine: Engine, options: SpeedOptions, source: str | None,
+                  given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Throughput and latency per batch size of the engine and its baseline, side by side. ``given``: the checked
+    metadata of a --baseline ENGINE (``check_baseline``)."""
+    from fastast_deploy.model.flops import model_flops
 
     export = engine.metadata["export"]
-    ratio = flop_ratio(ModelConfig.from_dict(export["model"]), export["tome"]["effective_schedule"])
     batches = [b for b in options.batches if b in engine.batch_range] or [engine.batch_range.min]
-    section: dict[str, Any] = {"flop_ratio": ratio, "batches": {}, "baseline": None, "timing": "wall clock"
+    section: dict[str, Any] = {"batches": {}, "baseline": None, "timing": "wall clock"
                                + ("; TensorRT device time under 'device'" if engine.backend == "tensorrt" else "")
                                + (f"; each timed call after {engine.rewarm_s:g} s of untimed calls of the same "
                                   "engine (CPU steady state)" if engine.rewarm_s else "")}
@@ -186,8 +248,13 @@ def speed_section(engine: Engine, options: SpeedOptions, source: str | None) -> 
                 baseline = build_baseline(engine, source, Path(tmp))
                 section["baseline"] = "r = 0, exported and built the same way"
         elif options.baseline:
-            baseline = load_engine(options.baseline)
+            baseline = open_baseline(engine, options.baseline, given or check_baseline(engine, options.baseline))
             section["baseline"] = options.baseline
+        # FLOPs of the baseline's own effective schedule (r = 0 without one) over the engine's: the ideal speed-up
+        config = ModelConfig.from_dict(export["model"])
+        base_schedule = baseline.metadata["export"]["tome"]["effective_schedule"] if baseline is not None else ()
+        section["flop_ratio"] = (model_flops(config, base_schedule)
+                                 / model_flops(config, export["tome"]["effective_schedule"]))
         try:
             for b in batches:
                 # Engine and baseline alternate round by round, so that drifting machine load touches both alike.
@@ -218,6 +285,9 @@ def verify(engine_path: str | os.PathLike, reference_spec: str, *, inputs_spec: 
     with load_engine(engine_path, provider=provider) as engine:
         export = engine.metadata["export"]
         waveform = input_name(engine) == WAVEFORM_NAME
+        given = None  # a --baseline ENGINE is checked before any work: usage errors first
+        if speed is not None and speed.baseline not in (None, "auto"):
+            given = check_baseline(engine, speed.baseline)
         try:
             inputs, reference = load_comparison(engine, reference_spec, inputs_spec, num, seed, labels_csv)
         except UsageError:
@@ -238,7 +308,7 @@ def verify(engine_path: str | os.PathLike, reference_spec: str, *, inputs_spec: 
         }
         if speed is not None:
             source = reference.source if reference.kind == "checkpoint" else export.get("source", {}).get("path")
-            report["speed"] = speed_section(engine, speed, source)
+            report["speed"] = speed_section(engine, speed, source, given)
         report["passed"] = all(c["passed"] for c in checks)
     return report, inputs, reference, outputs
 

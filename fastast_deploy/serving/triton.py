@@ -26,7 +26,7 @@ from typing import Any
 
 from fastast_deploy.contract import BATCH, OUTPUT_NAME, PACKAGE_VERSION, sidecar_path
 from fastast_deploy.engines.base import BatchRange, EngineError
-from fastast_deploy.errors import ConfigError, FastASTError
+from fastast_deploy.errors import ConfigError, FastASTError, UsageError
 from fastast_deploy.serving.pbtxt import pb_list, pb_string, pb_tensor
 
 PLATFORMS = {"tensorrt": ("tensorrt_plan", "model.plan"), "onnxruntime": ("onnxruntime_onnx", "model.onnx")}
@@ -70,6 +70,13 @@ class TritonOptions:
             raise ConfigError(f"--gpus must be distinct GPU indices >= 0, got {list(self.gpus)}")
         if self.gpus and self.kind == "cpu":
             raise ConfigError("--gpus places GPU instances; it does not apply with --kind cpu")
+        if self.site_packages is not None and self.backend != "python":
+            raise UsageError("--site-packages applies to --backend python only (the platform backends import no "
+                              "Python); add --backend python or drop it")
+        missing = [p for p in self.site_packages or () if not Path(p).is_dir()]
+        if missing:
+            raise UsageError(f"--site-packages {missing[0]}: no such folder; give the site-packages of the Python "
+                              "that Triton's stub runs (as folders that exist here), or 'none'")
         if self.name is not None and not NAME_PATTERN.fullmatch(self.name):
             raise ConfigError(f"model name {self.name!r} is not a plain directory name; use letters, digits, "
                               "'_', '-' and '.', not starting with '.' or '-'")

@@ -8,7 +8,9 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from fastast_deploy.cli.commands.options import BATCH, THREADS
 from fastast_deploy.contract import BACKENDS, PRECISIONS, PROVIDERS, sidecar_path
+from fastast_deploy.engines.base import BackendUnavailableError
 from fastast_deploy.engines.ort_engine import LEVELS, OrtBuildOptions
 from fastast_deploy.engines.trt_engine import TrtBuildOptions
 from fastast_deploy.errors import ConfigError
@@ -44,12 +46,13 @@ def _refuse_foreign_options(ctx: click.Context, backend: str) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The engine to write (a plan for TensorRT, an .onnx for ONNX Runtime); its JSON sidecar is "
               "written beside it as OUTPUT.json.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="tensorrt", show_default=True)
-@click.option("--min-batch", type=click.IntRange(min=1), default=None,
+@click.option("--backend", type=click.Choice(BACKENDS), default="tensorrt", show_default=True,
+              help="tensorrt needs TensorRT and an NVIDIA GPU; onnxruntime builds anywhere ONNX Runtime runs.")
+@click.option("--min-batch", type=BATCH, default=None,
               help="Smallest batch the engine accepts [default: 1; a static-batch model: its batch].")
-@click.option("--opt-batch", type=click.IntRange(min=1), default=None,
+@click.option("--opt-batch", type=BATCH, default=None,
               help="Batch TensorRT tunes its kernels for [default: 8, kept within the range].")
-@click.option("--max-batch", type=click.IntRange(min=1), default=None,
+@click.option("--max-batch", type=BATCH, default=None,
               help="Largest batch [default: 32 for TensorRT, unbounded for ONNX Runtime].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="TensorRT: engine precision [default: the graph's]. fp16 from an fp32 graph uses TensorRT 10's "
@@ -71,7 +74,7 @@ def _refuse_foreign_options(ctx: click.Context, backend: str) -> None:
               help="ONNX Runtime: execution provider the model is optimised for and runs on.")
 @click.option("--optimization", type=click.Choice(list(LEVELS)), default=None,
               help="ONNX Runtime: graph optimisation level [default: all; basic with --provider tensorrt].")
-@click.option("--threads", type=click.IntRange(min=0), default=OrtBuildOptions.threads, show_default=True,
+@click.option("--threads", type=THREADS, default=OrtBuildOptions.threads, show_default=True,
               help="ONNX Runtime: intra-op threads (0: ONNX Runtime's default).")
 @click.option("--optimize", is_flag=True, default=OrtBuildOptions.optimize,
               help="ONNX Runtime: apply ONNX Runtime's transformer fusions first (SkipLayerNormalization, BiasGelu, "
@@ -105,7 +108,13 @@ def build_engine(ctx: click.Context, model: Path, output: Path, backend: str, mi
     else:
         options = OrtBuildOptions(provider=provider, optimization=optimization, threads=threads, optimize=optimize,
                                   **batches)
-    result = build_engine(model, output, backend, options)
+    try:
+        result = build_engine(model, output, backend, options)
+    except BackendUnavailableError as err:
+        if backend != "tensorrt" or "TensorRT is not available" not in str(err):
+            raise
+        raise BackendUnavailableError(f"{err}; or build for ONNX Runtime (installed, CPU or GPU) with --backend "
+                                      "onnxruntime") from None
     if backend == "tensorrt":
         trt, gpu = result.metadata["tensorrt"], result.metadata["tensorrt"]["gpu"]
         how = f"TensorRT {trt['version']} on {gpu['name']} (compute capability {gpu['compute_capability']})"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from fastast_deploy.cli.commands.options import parse_r, tome_options
+from fastast_deploy.cli.commands.options import BATCH, parse_r, tome_options
 from fastast_deploy.contract import INPUT_NAME, INPUT_NAMES, PRECISIONS, sidecar_path
 from fastast_deploy.errors import ConfigError
 from fastast_deploy.exporters.quantize import QuantizeOptions
@@ -45,14 +45,15 @@ def info(source: str, tome_r: str | None, tome_inflection: float, frames: int | 
 @click.option("--merge-impl", type=click.Choice(["matmul", "scatter"]), default="matmul", show_default=True,
               help="matmul: one-hot MatMul scatter-add, native in TensorRT; scatter: ScatterElements(add), which "
               "TensorRT runs only through a plugin.")
-@click.option("--batch", type=click.IntRange(min=1), default=None,
+@click.option("--batch", type=BATCH, default=None,
               help="A static batch size; by default the batch dimension is dynamic.")
 @click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
               help="fp16: fp16 weights and compute, merge decisions and weighted merges in fp32, float32 I/O. "
               "int8: Q/DQ int8 MatMul/Gemm/Conv calibrated on --calib, everything else (merging included) fp32.")
 @click.option("--calib", default=None, metavar="DATA",
               help="int8: calibration clips: an .npz with an fbank array of model inputs, a folder of audio (or one "
-              "per class), an AST data .json or an ESC-50 style .csv. Clips beyond --calib-clips check the result.")
+              "per class), an AST data .json or an ESC-50 style .csv. Clips beyond --calib-clips check the result; "
+              "a set of no more than --calib-clips clips has its last quarter held out to check it.")
 @click.option("--calib-clips", type=click.IntRange(min=1), default=QuantizeOptions.clips, show_default=True,
               help="int8: how many clips of --calib to calibrate on.")
 @click.option("--opset", type=click.IntRange(18, 23), default=18, show_default=True)

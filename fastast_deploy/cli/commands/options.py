@@ -2,36 +2,74 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import click
 
-from fastast_deploy.errors import ConfigError, FastASTError
+from fastast_deploy.contract import MAX_BATCH, MAX_CLIPS, MAX_THREADS
+from fastast_deploy.errors import ConfigError, FastASTError, UsageError
 from fastast_deploy.model.schedule import check_r
 
+# Bounded option types, one per kind of value, for every command that takes one (limits: contract.py).
+BATCH = click.IntRange(1, MAX_BATCH)  # export --batch, build-engine --min/opt/max-batch, verify --batch, bench --batch
+CLIPS = click.IntRange(1, MAX_CLIPS)  # generated inputs: verify --num
+THREADS = click.IntRange(0, MAX_THREADS)  # intra-op threads, 0 the runtime's default: build-engine
+SOME_THREADS = click.IntRange(1, MAX_THREADS)  # threads where leaving the option out means the default: predict, ...
 
-def parse_sizes(value: str, option: str, error: type[FastASTError] = ConfigError, minimum: int = 1) -> tuple[int, ...]:
-    """``"1,8"`` -> (1, 8): comma-separated ints >= ``minimum`` for ``option``; ``error`` names the exit code."""
+
+class FiniteFloat(click.ParamType):
+    """A finite float within [min, max]: FloatRange lets NaN through (it compares false with every bound), and a
+    threshold of NaN fails every check it sets, one of inf passes every one."""
+
+    name = "float"
+
+    def __init__(self, min: float | None = None, max: float | None = None) -> None:
+        self.min, self.max = min, max
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = click.FLOAT.convert(value, param, ctx)
+        low = -math.inf if self.min is None else self.min
+        high = math.inf if self.max is None else self.max
+        if not math.isfinite(number) or not low <= number <= high:
+            self.fail(f"{value!r} is not a finite number from {low:g} to {high:g}", param, ctx)
+        return number
+
+
+def parse_sizes(value: str, option: str, error: type[FastASTError] = ConfigError, minimum: int = 1,
+                maximum: int = MAX_BATCH) -> tuple[int, ...]:
+    """``"1,8"`` -> (1, 8): comma-separated ints in ``minimum..maximum`` for ``option``; ``error`` names the exit
+    code."""
+    parts = value.split(",")
+    if len(parts) > 1 and not all(p.strip() for p in parts):
+        raise error(f"{option} has an empty value in {value!r}; give comma-separated ints such as 1,8")
     try:
-        sizes = tuple(int(v) for v in value.split(",") if v.strip())
+        sizes = tuple(int(v) for v in parts if v.strip())
     except ValueError:
         raise error(f"{option} takes comma-separated ints, got {value!r}") from None
-    if not sizes or min(sizes) < minimum:
-        raise error(f"{option} takes values >= {minimum}, got {value!r}")
+    if not sizes or min(sizes) < minimum or max(sizes) > maximum:
+        raise error(f"{option} takes values from {minimum} to {maximum}, got {value!r}")
     return sizes
 
 
 def parse_r(value: str | None) -> int | list[int] | None:
-    """``"16"`` -> 16, ``"16,8,0"`` -> [16, 8, 0], None stays None (the checkpoint's own schedule)."""
+    """``"16"`` -> 16, ``"16,8,0"`` -> [16, 8, 0], None stays None (the checkpoint's own schedule). An empty value
+    ("8,,8", "8,") is an error; a list's length is checked against the model's blocks where it is built."""
     if value is None:
         return None
+    if "," in value and not all(p.strip() for p in value.split(",")):
+        raise UsageError(f"ToMe r has an empty value in {value!r}; give one int, or one int per block such as "
+                          "8,8,0,0")
     try:
         parts = [int(p) for p in value.split(",") if p.strip()]
     except ValueError:
-        raise ConfigError(f"ToMe r must be an int or a comma-separated list of ints, got {value!r}") from None
+        raise UsageError(f"ToMe r must be an int or a comma-separated list of ints, got {value!r}") from None
     if not parts:
-        raise ConfigError("ToMe r needs at least one value")
-    check_r(parts)
+        raise UsageError("ToMe r needs at least one value")
+    try:
+        check_r(parts)
+    except ConfigError as err:
+        raise UsageError(str(err)) from None
     return parts[0] if len(parts) == 1 and "," not in value else parts
 
 

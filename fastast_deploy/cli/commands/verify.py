@@ -1,5 +1,5 @@
 """`fastast-deploy verify`: parity and speed of an engine against a reference; exit 0 pass, 1 a failed check or a
-runtime failure (engine load or run, baseline build), 2 usage."""
+runtime failure (engine load or run, baseline build, an I/O error), 2 usage, 130 Ctrl-C."""
 
 from __future__ import annotations
 
@@ -9,11 +9,15 @@ from typing import Any
 import click
 import numpy as np
 
-from fastast_deploy.cli.commands.options import parse_sizes
+from fastast_deploy.cli.commands.options import BATCH, CLIPS, FiniteFloat, parse_sizes
 from fastast_deploy.contract import PRECISIONS, PROVIDERS, TOLERANCES, sidecar_path
-from fastast_deploy.errors import FastASTError, VerifyUsageError
+from fastast_deploy.errors import FastASTError, VerifyUsageError, error_summary
 from fastast_deploy.files import atomic_path, check_outputs_apart, prepare_output
 from fastast_deploy.scoped import polygraphy_verbosity
+
+INT8_HINT = ("note: int8 engines are calibrated on real audio and checked on it; random fbank-like inputs lie outside "
+             "their calibration range: verify int8 with --inputs DIR (clips like the calibration set)")
+SAVE_SUFFIXES = (".npz", ".json")  # --save-inputs / --save-outputs: the suffix picks the format
 
 
 def _defaults(name: str) -> str:
@@ -33,15 +37,16 @@ def _defaults(name: str) -> str:
               "data .json (labelled clips), an .npz with an fbank array, or a Polygraphy inputs .json.")
 @click.option("--labels", "labels_csv", type=click.Path(dir_okay=False), default=None,
               help="Label CSV (index,mid,display_name) for an AST data .json given as --inputs.")
-@click.option("--num", type=click.IntRange(min=1), default=64, show_default=True, help="Clips for --inputs random.")
+@click.option("--num", type=CLIPS, default=64, show_default=True, help="Clips for --inputs random.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --inputs random.")
-@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Batch for the parity run.")
-@click.option("--atol", type=click.FloatRange(min=0), default=None, help=_defaults("atol"))
-@click.option("--rtol", type=click.FloatRange(min=0), default=None, help=_defaults("rtol"))
-@click.option("--min-cosine", type=click.FloatRange(-1, 1), default=None, help=_defaults("min_cosine"))
-@click.option("--min-top1", type=click.FloatRange(0, 1), default=None, help=_defaults("min_top1"))
+@click.option("--batch", type=BATCH, default=8, show_default=True, help="Batch for the parity run.")
+@click.option("--atol", type=FiniteFloat(min=0), default=None, help=_defaults("atol"))
+@click.option("--rtol", type=FiniteFloat(min=0), default=None, help=_defaults("rtol"))
+@click.option("--min-cosine", type=FiniteFloat(-1, 1), default=None, help=_defaults("min_cosine"))
+@click.option("--min-top1", type=FiniteFloat(0, 1), default=None, help=_defaults("min_top1"))
 @click.option("--baseline", default="auto", show_default=True, metavar="auto|none|ENGINE",
-              help="Speed baseline: auto builds the same model with r = 0 the same way; none skips it.")
+              help="Speed baseline: auto builds the same model with r = 0 the same way; none skips it; an ENGINE "
+              "must be that one (r = 0 in every block, the same model, precision and backend), else exit 2.")
 @click.option("--no-speed", is_flag=True, help="Skip the speed section.")
 @click.option("--speed-batches", default="1,8", show_default=True, help="Batch sizes timed in the speed section.")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
@@ -51,10 +56,10 @@ def _defaults(name: str) -> str:
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the JSON report here (schema: docs/verify-report.md).")
 @click.option("--save-inputs", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Save the inputs: .npz (fbank) or .json (Polygraphy inputs).")
+              help="Save the inputs: .npz (fbank) or .json (Polygraphy inputs); another suffix is an error.")
 @click.option("--save-outputs", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Save the engine's outputs: .npz (fbank + logits, usable as --reference) or .json (Polygraphy "
-              "RunResults).")
+              "RunResults); another suffix is an error.")
 def verify(engine: str, reference: str, inputs: str, labels_csv: str | None, num: int, seed: int, batch: int,
            atol: float | None,
            rtol: float | None, min_cosine: float | None, min_top1: float | None, baseline: str, no_speed: bool,
@@ -62,7 +67,9 @@ def verify(engine: str, reference: str, inputs: str, labels_csv: str | None, num
            save_inputs: Path | None, save_outputs: Path | None) -> None:
     """Check ENGINE (a built engine or an exported .onnx) against REF: parity figures, thresholds, and speed
     against the unmerged baseline. Exit 0 when every threshold holds; 1 when one fails, or when the engine cannot
-    be loaded or run or the baseline cannot be built (the cause in one line); 2 for usage errors."""
+    be loaded or run or the baseline cannot be built (the cause in one line), or on an I/O error (said so); 2 for
+    usage errors; 130 on Ctrl-C. Verify an int8 engine on real clips (--inputs DIR): the default random inputs lie
+    outside its calibration range."""
     import dataclasses
 
     from fastast_deploy.evaluation.verify import SpeedOptions, default_thresholds
@@ -72,6 +79,10 @@ def verify(engine: str, reference: str, inputs: str, labels_csv: str | None, num
     sizes = parse_sizes(speed_batches, "--speed-batches", VerifyUsageError)
     speed = None if no_speed else SpeedOptions(sizes, warmup, iterations, None if baseline == "none" else baseline)
 
+    for option, path in (("--save-inputs", save_inputs), ("--save-outputs", save_outputs)):
+        if path is not None and path.suffix not in SAVE_SUFFIXES:
+            raise VerifyUsageError(f"{option} {path}: name an .npz or a .json file (the suffix picks the format); "
+                                   f"got {path.suffix or 'no suffix'}")
     try:
         check_outputs_apart({"--report": report, "--save-inputs": save_inputs, "--save-outputs": save_outputs},
                             {"ENGINE": engine, "ENGINE's sidecar": sidecar_path(engine), "--reference": reference,
@@ -86,21 +97,34 @@ def verify(engine: str, reference: str, inputs: str, labels_csv: str | None, num
         raise VerifyUsageError(f"ENGINE {engine} does not exist or is not a file; give a built engine or an "
                                "exported .onnx")
     # Usage errors (VerifyUsageError) exit 2; engine, runtime and baseline failures keep their exit code 1.
-    base = default_thresholds(_engine_precision(engine))
-    thresholds = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
-    result, used_inputs, _, outputs = run_verify(engine, reference, inputs_spec=inputs, num=num, batch=batch,
-                                                 seed=seed, thresholds=thresholds, speed=speed, provider=provider,
-                                                 labels_csv=labels_csv)
-    if report is not None:
-        from fastast_deploy.files import write_json_atomic
+    # I/O errors and Ctrl-C end apart from a failed check: exit 1 with "I/O error", exit 130 (outputs are written
+    # last and atomically, so neither leaves one half written).
+    try:
+        precision = _engine_precision(engine)
+        base = default_thresholds(precision)
+        thresholds = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+        result, used_inputs, _, outputs = run_verify(engine, reference, inputs_spec=inputs, num=num, batch=batch,
+                                                     seed=seed, thresholds=thresholds, speed=speed,
+                                                     provider=provider, labels_csv=labels_csv)
+        if report is not None:
+            from fastast_deploy.files import write_json_atomic
 
-        write_json_atomic(report, result)
-    if save_inputs is not None:
-        _save_inputs(save_inputs, used_inputs.fbank, batch)
-    if save_outputs is not None:
-        _save_outputs(save_outputs, used_inputs.fbank, outputs, batch, Path(engine).name)
+            write_json_atomic(report, result)
+        if save_inputs is not None:
+            _save_inputs(save_inputs, used_inputs.fbank, batch)
+        if save_outputs is not None:
+            _save_outputs(save_outputs, used_inputs.fbank, outputs, batch, Path(engine).name)
+    except KeyboardInterrupt:
+        click.echo("Interrupted: verify stopped before its verdict; nothing was written", err=True)
+        raise SystemExit(130) from None
+    except OSError as err:
+        where = f" on {err.filename}" if err.filename else ""
+        raise FastASTError(f"verify stopped on an I/O error{where} ({error_summary(err, with_type=True)}), not on a "
+                           "failed check; free space or fix the file and run it again") from None
     click.echo(format_report(result))
     if not result["passed"]:
+        if precision == "int8" and inputs == "random" and Path(reference).suffix not in (".npz", ".json"):
+            click.echo(INT8_HINT, err=True)
         raise SystemExit(1)
 
 
@@ -113,6 +137,7 @@ def _engine_precision(engine: str) -> str:
 
 
 def _save_inputs(path: Path, fbank: np.ndarray, batch: int) -> None:
+    from fastast_deploy.engines.feeds import write_npz
 
     with atomic_path(path) as tmp, polygraphy_verbosity("ERROR"):
         if path.suffix == ".json":
@@ -121,10 +146,11 @@ def _save_inputs(path: Path, fbank: np.ndarray, batch: int) -> None:
             save_json([{"fbank": fbank[i : i + batch]} for i in range(0, len(fbank), batch)], str(tmp))
         else:
             with open(tmp, "wb") as f:
-                np.savez(f, fbank=fbank)
+                write_npz(f, {"fbank": fbank})
 
 
 def _save_outputs(path: Path, fbank: np.ndarray, outputs: dict[str, np.ndarray], batch: int, runner: str) -> None:
+    from fastast_deploy.engines.feeds import write_npz
 
     with atomic_path(path) as tmp, polygraphy_verbosity("ERROR"):
         if path.suffix == ".json":
@@ -138,11 +164,24 @@ def _save_outputs(path: Path, fbank: np.ndarray, outputs: dict[str, np.ndarray],
             results.save(str(tmp))
         else:
             with open(tmp, "wb") as f:
-                np.savez(f, fbank=fbank, **outputs)
+                write_npz(f, {"fbank": fbank, **outputs})
 
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+SHOWN_SKIPPED = 3  # files named in the terminal report; --report lists every one with its reason
+
+
+def _skipped_lines(skipped: list[dict[str, str]]) -> list[str]:
+    """``skipped    a.wav, b.wav, c.wav and 2 more (a.wav: why)``: which input files were left out, and the first
+    one's reason."""
+    if not skipped:
+        return []
+    names = ", ".join(s["file"] for s in skipped[:SHOWN_SKIPPED])
+    more = f" and {len(skipped) - SHOWN_SKIPPED} more (all in --report)" if len(skipped) > SHOWN_SKIPPED else ""
+    return [f"skipped    {names}{more}; first: {skipped[0]['error']}"]
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -153,6 +192,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"reference  {report['reference']['source']} ({report['reference']['kind']})",
         f"inputs     {report['inputs']['clips']} clips from {report['inputs']['source']}"
         + (f", {len(report['inputs']['skipped'])} skipped" if report["inputs"]["skipped"] else ""),
+        *_skipped_lines(report["inputs"]["skipped"]),
         "",
         f"{'check':<34} {'value':>12}  {'threshold':<22} result",
     ]
