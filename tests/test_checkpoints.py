@@ -245,7 +245,9 @@ def test_own_format_round_trip(tmp_path: Path) -> None:
 def test_own_format_tome_overrides(tmp_path: Path) -> None:
     path = save_checkpoint(small_model(), tmp_path / "m.safetensors")
     assert load_model(path, tome_r=3).schedule == (3, 3)
-    assert load_model(path, tome_r=[5]).schedule == (5, 0)
+    assert load_model(path, tome_r=[5, 0]).schedule == (5, 0)
+    with pytest.raises(ConfigError, match="one value per block"):
+        load_model(path, tome_r=[5])
     assert load_model(path, tome_r=4, tome_inflection=-1.0).schedule == (8, 0)
     assert load_model(path, tome_r=0).schedule == (0, 0)
     assert load_model(path, prop_attn=True).tome.prop_attn is True
@@ -397,7 +399,7 @@ def safe_metadata(path: Path) -> dict[str, str]:
 def test_foreign_safetensors_and_bin_point_to_the_directory(hf_dir: Path) -> None:
     with pytest.raises(CheckpointError) as err:
         load_model(hf_dir / "model.safetensors")
-    assert_one_line_error(err, "without fastast-deploy metadata", f"Hugging Face directory {hf_dir}")
+    assert_one_line_error(err, "holds Hugging Face AST weights", f"pass the directory {hf_dir}")
     bin_path = hf_dir.parent / "pytorch_model.bin"
     torch.save(load_file(hf_dir / "model.safetensors"), bin_path)
     with pytest.raises(CheckpointError) as err:

@@ -41,7 +41,9 @@ def reference_merge(metric: torch.Tensor, x: torch.Tensor, size: torch.Tensor, r
 
 def test_constant_and_list_schedules() -> None:
     assert make_schedule(16, 12) == (16,) * 12
-    assert make_schedule([4, 3], 4) == (4, 3, 0, 0)
+    assert make_schedule([4, 3, 0, 0], 4) == (4, 3, 0, 0)
+    with pytest.raises(ConfigError, match="one value per block"):
+        make_schedule([4, 3], 4)  # a shorter list is refused, not padded (issue 23, item 15)
     assert make_schedule(0, 3) == (0, 0, 0)
 
 

@@ -23,9 +23,10 @@ import soundfile as sf
 
 from fastast_deploy.audio.labels import LabelSet, write_label_csv
 from fastast_deploy.errors import ConfigError
-from fastast_deploy.files import prepare_output, write_bytes_atomic, write_json_atomic
+from fastast_deploy.files import prepare_output, removed_on_failure, write_bytes_atomic, write_json_atomic
 
 SAMPLE_RATE = 16000
+DATASET_FILES = ("train.json", "val.json", "labels.csv", "dataset.json", "audio")  # what make_synthetic writes
 MAX_SPREAD = 1.25  # a class's key parameter varies at most by this factor either side of its band's centre
 FAMILIES = ("tone", "chirp", "noise", "clicks", "am", "fm", "harmonic", "bell")
 # Range of each family's key parameter (Hz; clicks per second for click trains), split among its classes.
@@ -249,9 +250,15 @@ def render_clip(classes: list[SoundClass], samples: int, rng: np.random.Generato
 
 def make_synthetic(output: str | os.PathLike[str], config: SyntheticConfig = SyntheticConfig(),
                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Write the dataset to ``output``; returns a summary (also written as ``output/dataset.json``)."""
+    """Write the dataset to ``output``; returns a summary (also written as ``output/dataset.json``). A write that
+    fails (a full disk) removes what it added, and the JSON files come last: no folder of clips without them."""
     root = Path(output)
-    prepare_output(root / "labels.csv")
+    with removed_on_failure(root):
+        prepare_output(root / "labels.csv")
+        return _write_dataset(root, config, progress)
+
+
+def _write_dataset(root: Path, config: SyntheticConfig, progress: Callable[[int, int], None] | None) -> dict[str, Any]:
     classes = make_classes(config.classes, config.seed)
     samples = int(round(config.seconds * SAMPLE_RATE))
     val_count = max(1, min(config.clips_per_class - 1, round(config.clips_per_class * config.val_fraction)))

@@ -90,8 +90,46 @@ def _load_safetensors(path: Path) -> dict[str, Tensor]:
                               "safetensors file") from None
 
 
+# How the files torch.save writes begin: a zip archive (torch >= 1.6), or the legacy pickle (protocol 2, then
+# torch's magic number as a long), or a tar archive (torch < 0.4; "ustar" at byte 257).
+_TORCH_HEADS = (b"PK\x03\x04", b"\x80\x02\x8a\x0a")
+_FOREIGN_HEADS = ((b"RIFF", "an audio file (wav)"), (b"fLaC", "an audio file (flac)"), (b"OggS", "an audio file (ogg)"),
+                  (b"ID3", "an audio file (mp3)"), (b"\x89PNG", "an image (png)"), (b"\x93NUMPY", "a numpy .npy array"))
+
+
+def _not_torch(path: Path) -> str | None:
+    """What ``path`` is when it cannot be a file torch.save wrote (told from its first bytes), else None: an empty
+    file, audio, an ONNX model, a plain pickle, a text file. torch.load of such a file fails with a message about
+    the pickle machinery ("Unsupported operand 8"), not about the file."""
+    size = path.stat().st_size
+    if size == 0:
+        return "an empty file (0 bytes)"
+    with path.open("rb") as f:
+        head = f.read(512)
+    if head.startswith(_TORCH_HEADS) or head[257:262] == b"ustar":
+        return None
+    for magic, what in _FOREIGN_HEADS:
+        if head.startswith(magic):
+            return what
+    if path.suffix.lower() == ".onnx" or (head[:1] == b"\x08" and b"\x12" in head[:16]):
+        return "an ONNX model (export reads the checkpoint it came from; build-engine and predict take the model)"
+    if head[:1] == b"\x80":
+        return f"a pickle (protocol {head[1]}) that torch.save did not write"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        text = head[: err.start].decode("utf-8") if err.start > 64 else None
+    if text is not None and "\x00" not in text:
+        first = " ".join(text.split())[:40]
+        return f"a text file (it starts {first!r})"
+    return f"not a file torch.save writes (it starts with bytes {head[:4].hex(' ')})"
+
+
 def _torch_load(path: Path) -> dict[str, Tensor]:
     """A tensor state dict from a torch file, with weights_only=True; anything else is a CheckpointError."""
+    what = _not_torch(path)
+    if what is not None:
+        raise CheckpointError(f"{path} is {what}, not a checkpoint; {_EXPECTED}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # an untrusted file fails in many ways; each means "not a checkpoint"

@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from fastast_deploy.checkpoints.access import _load_safetensors
-from fastast_deploy.checkpoints.metadata import read_metadata, write_checkpoint_file
+from fastast_deploy.checkpoints.metadata import CNN_METADATA_KEY, read_metadata, write_checkpoint_file
 from fastast_deploy.checkpoints.native import load_state_dict_strict
 from fastast_deploy.errors import CheckpointError, ConfigError
 from fastast_deploy.model.cnn import CNNClassifier, CNNConfig
 from fastast_deploy.model.config import FeatureConfig
 
-CNN_METADATA_KEY = "fastast_deploy_cnn"
 CNN_FORMAT_VERSION = 1
 
 

@@ -17,6 +17,7 @@ from fastast_deploy.checkpoints.access import _header_names, _safetensors_layout
 from fastast_deploy.errors import CheckpointError, ConfigError
 from fastast_deploy.files import atomic_path
 
+CNN_METADATA_KEY = "fastast_deploy_cnn"  # the header key of CNN checkpoints (FastAST ones: contract.METADATA_KEY)
 _FIX = "save it again, or use another copy (a run keeps RUN/best and RUN/last)"
 
 
@@ -29,8 +30,18 @@ def write_checkpoint_file(path: str | os.PathLike[str], state: Mapping[str, Tens
     except (TypeError, ValueError) as err:
         raise ConfigError(f"checkpoint extra must be JSON-serialisable: {err}") from None
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    return write_safetensors(path, tensors, {"format": "pt", key: text})
+
+
+def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, Tensor],
+                      metadata: dict[str, str] | None = None) -> Path:
+    """``tensors`` as one safetensors file, atomic (temp file + rename), with the mode every other output has
+    (safetensors itself creates files 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
     with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt", key: text})
+        save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~umask)
     return Path(path)
 
 

@@ -23,10 +23,10 @@ from fastast_deploy.checkpoints.access import (
     _count,
     _info,
     _load_safetensors,
-    _safetensors_header,
+    _safetensors_layout,
 )
 from fastast_deploy.checkpoints.foreign import _read_hf_dir, _read_pth
-from fastast_deploy.checkpoints.metadata import read_metadata, write_checkpoint_file
+from fastast_deploy.checkpoints.metadata import CNN_METADATA_KEY, read_metadata, write_checkpoint_file
 from fastast_deploy.contract import METADATA_KEY
 from fastast_deploy.errors import CheckpointError, ConfigError, DatasetError
 from fastast_deploy.files import sha256_file
@@ -162,10 +162,18 @@ def read_checkpoint_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is not a file; expected a .safetensors file from save_checkpoint")
     meta = read_metadata(path, METADATA_KEY, "FastAST checkpoint", FORMAT_VERSION)
     if meta is None:
-        header = _safetensors_header(path)  # the reason, when it is no safetensors file at all
-        hf = any(k.startswith(("audio_spectrogram_transformer.", "classifier.")) for k in header)
-        hint = f"pass the Hugging Face directory {path.parent} instead" if hf else _EXPECTED
-        raise CheckpointError(f"{path} is a safetensors file without fastast-deploy metadata; {hint}")
+        header, needed = _safetensors_layout(path)  # the reason, when it is no safetensors file at all
+        if CNN_METADATA_KEY in (header.get("__metadata__") or {}):
+            raise CheckpointError(f"{path} is a CNN checkpoint (train --arch cnn): predict and evaluate take it, and "
+                                  "train --teacher; export, verify and bench take a FastAST or AST checkpoint")
+        if any(k.startswith(("audio_spectrogram_transformer.", "classifier.")) for k in header):
+            size = path.stat().st_size
+            if size < needed:
+                raise CheckpointError(f"{path} is a Hugging Face AST weights file cut short ({size} of {needed} "
+                                      "bytes): download it again, then pass its directory")
+            raise CheckpointError(f"{path} holds Hugging Face AST weights; pass the directory {path.parent} (with "
+                                  "its config.json) instead")
+        raise CheckpointError(f"{path} is a safetensors file without fastast-deploy metadata; {_EXPECTED}")
     return meta
 
 

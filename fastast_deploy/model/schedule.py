@@ -30,8 +30,9 @@ def make_schedule(r: int | Sequence[int], depth: int, inflection: float = 0.0) -
     """Per-block r, as ToMe's ``parse_r``: an int with an inflection, or an explicit list.
 
     An int r with inflection 0 is constant; otherwise a linear ramp from ``int(r * (1 - inflection))`` to
-    ``2r - that`` over the blocks (inflection -1: 2r down to 0; +1: 0 up to 2r). A list shorter than ``depth``
-    is padded with zeros.
+    ``2r - that`` over the blocks (inflection -1: 2r down to 0; +1: 0 up to 2r). A list gives one value per block,
+    exactly ``depth`` of them (a shorter one is refused, not padded: "8,8" for 4 blocks is more likely a mistake
+    than "8,8,0,0").
     """
     if depth < 1:
         raise ConfigError(f"model depth must be >= 1, got {depth}")
@@ -45,7 +46,12 @@ def make_schedule(r: int | Sequence[int], depth: int, inflection: float = 0.0) -
         hi = 2 * r - lo
         step = (hi - lo) / (depth - 1)
         return tuple(int(lo + step * i) for i in range(depth))
-    return pad_schedule(r, depth)
+    values = check_r(r)
+    if len(values) != depth:
+        example = ",".join(str(v) for v in (values + (0,) * depth)[:depth])
+        raise ConfigError(f"ToMe r list has {len(values)} values but the model has {depth} blocks; give one value "
+                          f"per block (such as {example}) or one int for every block")
+    return values
 
 
 def clip_schedule(num_tokens: int, schedule: Sequence[int]) -> tuple[int, ...]:

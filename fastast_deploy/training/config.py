@@ -158,5 +158,21 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
+        """The config saved as ``to_dict``; a ConfigError naming the first field whose value has the wrong type."""
+        known = {f.name: f.type for f in fields(cls)}
+        for name, value in data.items():
+            if name in known and not _fits(value, str(known[name])):
+                raise ConfigError(f"field {name!r} holds {value!r}, expected {known[name]}")
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    """Whether a JSON value fits a field annotation such as ``int | list[int] | None``."""
+    for kind in (a.strip() for a in annotation.split("|")):
+        if (kind == "None" and value is None or kind == "bool" and isinstance(value, bool)
+                or kind == "str" and isinstance(value, str)
+                or kind == "int" and isinstance(value, int) and not isinstance(value, bool)
+                or kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool)
+                or kind == "list[int]" and isinstance(value, list) and all(_fits(v, "int") for v in value)):
+            return True
+    return False

@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +22,26 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fastast_deploy.errors import CheckpointError, ConfigError, error_summary
-from fastast_deploy.files import read_json_object, write_bytes_atomic, write_json_atomic
-from fastast_deploy.pairs import commit_files, exclusive_folder, recover_commit
+from fastast_deploy.errors import FastASTError, error_summary
+from fastast_deploy.files import write_json_atomic
+from fastast_deploy.pairs import JOURNAL, commit_files, exclusive_folder
 from fastast_deploy.scoped import torch_threads
 from fastast_deploy.training.cmkd import TOKEN_MODES, TokenHeads, cmkd_loss, teacher_targets
 from fastast_deploy.training.config import ARCHS, TrainConfig
+from fastast_deploy.training.rundir import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    STAGED,
+    check_last,
+    clean_staged,
+    run_config,
+    truncate_metrics,
+)
 from fastast_deploy.training.setup import Distributed, Prepared, init_distributed, prepare
-from fastast_deploy.training.state import DAMAGED_FIX, Progress, load_state, save_state
+from fastast_deploy.training.state import Progress, load_state, save_state
 from fastast_deploy.training.steps import evaluate, predict
 
 __all__ = ["ARCHS", "TrainConfig", "TrainResult", "train"]
-
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-STAGED = ".staged"  # suffix of the temps a save writes before committing them
-
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -53,6 +57,10 @@ class TrainResult:
 Log = Callable[[str], None]
 
 
+class TrainingError(FastASTError):
+    """Training cannot go on: its loss stopped being a finite number (exit code 1)."""
+
+
 def train(config: TrainConfig, *, resume: bool = False, log: Log = print, progress: bool = True) -> TrainResult:
     """Run (or, with ``resume``, continue) the training ``config`` describes; see the module docstring."""
     with torch_threads(config.threads):  # the caller's thread count returns afterwards
@@ -62,16 +70,16 @@ def train(config: TrainConfig, *, resume: bool = False, log: Log = print, progre
             if dist.rank != 0:
                 return _train(config, run, dist, resume, log, progress)
             with exclusive_folder(run, "train"):  # one training per run directory; held until it ends
-                _clean_staged(run)
+                clean_staged(run)
                 return _train(config, run, dist, resume, log, progress)
         finally:
             dist.close()
 
 
 def _train(config: TrainConfig, run: Path, dist: Distributed, resume: bool, log: Log, progress: bool) -> TrainResult:
-    config = _run_config(run, config, resume)
     if dist.rank != 0:
         log = _silent
+    config = run_config(run, config, resume, log)
     prep = prepare(config, dist, log, progress and dist.rank == 0, resume)
     if not resume:
         dist.barrier()  # every process has checked the run directory before rank 0 writes into it
@@ -82,31 +90,6 @@ def _train(config: TrainConfig, run: Path, dist: Distributed, resume: bool, log:
 
 def _silent(_: str) -> None:
     pass
-
-
-def _run_config(run: Path, config: TrainConfig, resume: bool) -> TrainConfig:
-    """A new run needs a fresh directory; a resumed one takes the saved config (only ``stop_after``, ``device`` and
-    ``threads`` may change). Either way, the lr, warm-up and epochs left None come from the run kind's recipe."""
-    saved = run / CONFIG_FILE
-    if resume:
-        if not saved.is_file() or not (run / "last").is_file():
-            raise ConfigError(f"cannot resume: {run} holds no run ({CONFIG_FILE} and last expected); "
-                              f"start a new one without --resume")
-        try:
-            data = read_json_object(saved, CheckpointError, "run settings")
-        except CheckpointError as err:
-            raise CheckpointError(f"cannot resume: {err}; {DAMAGED_FIX}") from None
-        try:
-            saved_config = TrainConfig.from_dict(data)
-        except (ConfigError, TypeError, ValueError) as err:
-            raise CheckpointError(f"cannot resume: run settings {saved} are invalid ({error_summary(err)}); "
-                                  f"{DAMAGED_FIX}") from None
-        _check_resumable(run)
-        return replace(saved_config, stop_after=config.stop_after, device=config.device,
-                       threads=config.threads).resolved()
-    if (run / "last").exists() or saved.exists():
-        raise ConfigError(f"{run} already holds a run; continue it with --resume or choose another -o")
-    return config.resolved()
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -165,10 +148,10 @@ def _fit(config: TrainConfig, prep: Prepared, dist: Distributed, run: Path, resu
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     state = Progress(aug_state=np.random.default_rng([config.seed, 7]).bit_generator.state)
     if resume:
-        _check_last(run, model)
+        check_last(run, model)
         state = load_state(run, optimizer, scheduler, scaler)
         if dist.rank == 0:
-            _truncate_metrics(run, state.epoch)
+            truncate_metrics(run, state.epoch)
         log(f"resuming {run} after epoch {state.epoch} (step {state.step})")
     rng = np.random.default_rng()
     rng.bit_generator.state = state.aug_state
@@ -203,6 +186,10 @@ def _fit(config: TrainConfig, prep: Prepared, dist: Distributed, run: Path, resu
                 out = net(x).float()
             logits, heads = (out[:, 0], (out[:, 1], out[:, 2])) if tokens else (out, None)
             parts = cmkd_loss(logits, y, kd, prep.task, config.kd_lambda, config.kd_tau, config.kd_mode, heads)
+            loss = float(parts.total.detach())
+            if not math.isfinite(loss):
+                raise _diverged(run, config, f"loss {loss}", (epoch, state.step + 1, scheduler.get_last_lr()[0]),
+                                state.epoch)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(parts.total).backward()
@@ -218,12 +205,15 @@ def _fit(config: TrainConfig, prep: Prepared, dist: Distributed, run: Path, resu
                 optimizer.step()
             scheduler.step()
             state.step += 1
-            sums["loss"] += float(parts.total.detach())
+            sums["loss"] += loss
             sums["task_loss"] += float(parts.task.detach())
             sums["kd_loss"] += float(parts.kd.detach()) if parts.kd is not None else 0.0
             if progress:
-                bar.set_postfix(loss=f"{float(parts.total.detach()):.4f}")
+                bar.set_postfix(loss=f"{loss:.4f}")
         logits = predict(model, prep.val_x, 2 * per_rank, device)
+        if not bool(torch.isfinite(logits).all()):  # weights too large or not finite: nothing worth saving
+            raise _diverged(run, config, "validation logits not finite",
+                            (epoch, state.step, scheduler.get_last_lr()[0]), state.epoch)
         name, value = evaluate(logits, prep.val_y, prep.task)
         state.epoch = epoch + 1
         improved = state.best is None or value > state.best
@@ -242,6 +232,20 @@ def _fit(config: TrainConfig, prep: Prepared, dist: Distributed, run: Path, resu
     return TrainResult(run, prep.task, metric, state.best, state.best_epoch, history, prep.teacher_metric)
 
 
+def _diverged(run: Path, config: TrainConfig, what: str, where: tuple[int, int, float], saved: int) -> TrainingError:
+    """The error that stops a run at its first non-finite loss (before the step that would spread it into the
+    weights) or validation output (before the epoch is saved): where it happened, what is kept, a lower lr to try."""
+    epoch, step, lr = where  # epoch index (from 0), optimizer step (from 1), learning rate at it
+    lower = f"a lower --lr, such as {config.lr / 10:.3g}"
+    if saved == 0:
+        fix = f"no checkpoint was written: run the same command again with {lower}"
+    else:
+        fix = (f"{run / 'last'} (epoch {saved}) is kept: start a new run in another -o with {lower} "
+               f"(--model {run / 'last'} goes on from its weights)")
+    return TrainingError(f"training diverged: {what} in epoch {epoch + 1}, step {step} (lr {lr:.3g}); "
+                         f"{fix}")
+
+
 def _save(run: Path, prep: Prepared, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
           scaler: Any, state: Progress, row: dict[str, Any], improved: bool) -> None:
     """State pair, RUN/last (whose step ties it to the pair), RUN/best when improved and the metrics line, written
@@ -254,78 +258,24 @@ def _save(run: Path, prep: Prepared, model: nn.Module, optimizer: torch.optim.Op
     tensors, meta = state_paths(run)
     names = (tensors.name, meta.name, "last", METRICS_FILE, *(["best"] if improved else []))
     staged = {name: run / f".{name}.{os.getpid()}{STAGED}" for name in names}
-    save_state(run, optimizer, scheduler, state, scaler, to=(staged[tensors.name], staged[meta.name]))
-    prep.save(model, staged["last"], extra)
-    if improved:
-        prep.save(model, staged["best"], extra)
-    metrics = run / METRICS_FILE
-    before = metrics.read_bytes() if metrics.is_file() else b""
-    staged[METRICS_FILE].write_bytes(before + (json.dumps(row) + "\n").encode())
-    commit_files(run, staged)
-
-
-def _clean_staged(run: Path) -> None:
-    """Temps of a save that was killed before its commit started (a cut commit is finished first)."""
-
-    recover_commit(run)
-    for stale in run.glob(f".*{STAGED}"):
-        stale.unlink(missing_ok=True)
-
-
-def _check_last(run: Path, model: nn.Module) -> None:
-    """Load RUN/last into ``model``, checking that it and the state pair come from the same step."""
-    from fastast_deploy.checkpoints.loading import load_weights
-    from fastast_deploy.training.state import read_state
-
-    state_step = read_state(run).get("step")
-    saved_step = load_weights(model, run / "last").get("step")
-    if saved_step != state_step:
-        raise ConfigError(f"cannot resume: {run / 'last'} is from step {saved_step} but its state pair from step "
-                          f"{state_step}; the run was interrupted while saving")
-
-
-def _check_resumable(run: Path) -> None:
-    """The files a resume reads, checked before the slow preparation: the state pair's JSON, RUN/last's header
-    (and its size) and the metrics lines."""
-    from fastast_deploy.checkpoints.loading import checkpoint_metadata
-    from fastast_deploy.training.state import read_state
-
-    read_state(run)
-    checkpoint_metadata(run / "last")
-    _metric_rows(run)
-
-
-def _truncate_metrics(run: Path, epoch: int) -> None:
-    """Drop metric lines of epochs after the one being resumed from (written before an interruption)."""
-    rows = _metric_rows(run)
-    kept = [line for line, row_epoch in rows if row_epoch <= epoch]
-    if len(kept) != len(rows):
-        write_bytes_atomic(run / METRICS_FILE, "".join(line + "\n" for line in kept).encode())
-
-
-def _metric_rows(run: Path) -> list[tuple[str, int]]:
-    """Each line of RUN/metrics.jsonl with its epoch ([] without the file); a damaged line is a one-line
-    CheckpointError."""
-    path = run / METRICS_FILE
-    if not path.is_file():
-        return []
-    fix = "it holds one JSON object per epoch: delete the damaged lines (and the epochs after) and resume again"
     try:
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except UnicodeDecodeError as err:
-        raise CheckpointError(f"cannot resume: {path} is not UTF-8 text (byte {err.start}); {fix}") from None
-    rows = []
-    for number, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        epoch = row.get("epoch", 0) if isinstance(row, dict) else None
-        if not isinstance(epoch, int):
-            raise CheckpointError(f"cannot resume: line {number} of {path} is not a metrics row (a JSON object "
-                                  f"with an integer epoch); {fix}")
-        rows.append((line, epoch))
-    return rows
+        save_state(run, optimizer, scheduler, state, scaler, to=(staged[tensors.name], staged[meta.name]))
+        prep.save(model, staged["last"], extra)
+        if improved:
+            prep.save(model, staged["best"], extra)
+        metrics = run / METRICS_FILE
+        before = metrics.read_bytes() if metrics.is_file() else b""
+        staged[METRICS_FILE].write_bytes(before + (json.dumps(row) + "\n").encode())
+        commit_files(run, staged)
+    except (OSError, FastASTError) as err:
+        if (run / JOURNAL).exists():  # the commit had begun: the next run finishes it
+            raise
+        for tmp in staged.values():  # nothing of this epoch is kept; the previous one is intact
+            tmp.unlink(missing_ok=True)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else error_summary(err)
+        kept = (f"{run / 'last'} is still epoch {state.epoch - 1}: free some space, then continue with --resume"
+                if state.epoch > 1 else "nothing was saved: free some space, then run the same command again")
+        raise FastASTError(f"cannot save epoch {state.epoch} in {run} ({reason}); {kept}") from None
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

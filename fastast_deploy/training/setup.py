@@ -25,7 +25,7 @@ from fastast_deploy.audio.datasets import (
 from fastast_deploy.audio.frames import frame_count
 from fastast_deploy.audio.labels import LabelSet, read_label_csv
 from fastast_deploy.errors import ConfigError, DatasetError
-from fastast_deploy.model.config import PRESETS, SIZES, FeatureConfig, ModelConfig, TomeConfig
+from fastast_deploy.model.config import LIMITS, PRESETS, SIZES, FeatureConfig, ModelConfig, TomeConfig
 from fastast_deploy.model.schedule import make_schedule
 from fastast_deploy.training.config import SOFT_KD_MODES
 from fastast_deploy.training.teachers import first_differences, read_teacher_logits, write_teacher_logits
@@ -133,6 +133,7 @@ def prepare(config: TrainConfig, dist: Distributed, log: Log, progress: bool, re
     frames = _frames(config, source, train_ds, sample_rate)
     mel_bins = source.config.num_mel_bins if source is not None else config.mel_bins
     geometry = FeatureConfig(sample_rate=sample_rate, num_mel_bins=mel_bins, frames=frames)
+    _check_geometry(config, source, labels, frames, mel_bins)
     train_raw = fbank_cache([e.path for e in train_ds.examples], geometry,
                             _counter(len(train_ds), "features (train)", progress))
     val_raw = fbank_cache([e.path for e in val_ds.examples], geometry,
@@ -215,6 +216,20 @@ def _frames(config: TrainConfig, source: Any, train: Dataset, sample_rate: int) 
         info = sf.info(str(e.path))
         longest = max(longest, frame_count(round(info.frames * sample_rate / info.samplerate), sample_rate))
     return max(16, longest)
+
+
+def _check_geometry(config: TrainConfig, source: Any, labels: LabelSet, frames: int, mel_bins: int) -> None:
+    """A new FastAST's input size checked against the model's bounds before the features are cached (their memory
+    grows with it): the same ConfigError `ModelConfig` gives everywhere."""
+    if frames > LIMITS["input_frames"]:
+        raise ConfigError(f"the longest training clip is {frames} frames; at most {LIMITS['input_frames']} are "
+                          f"supported: give --frames")
+    if source is None and config.arch == "fastast":
+        depth = {"depth": config.depth} if config.depth is not None else {}
+        cfg = ModelConfig.from_size(config.model, input_frames=frames, num_mel_bins=mel_bins,
+                                    num_labels=len(labels), **depth)
+        if config.tome_r is not None:
+            make_schedule(config.tome_r, cfg.depth, config.tome_inflection)
 
 
 def _feature_stats(config: TrainConfig, source: Any, geometry: FeatureConfig, train_raw: Tensor) -> FeatureConfig:

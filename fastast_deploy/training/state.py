@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from fastast_deploy.checkpoints.access import _load_safetensors
+from fastast_deploy.checkpoints.metadata import write_safetensors
 from fastast_deploy.errors import CheckpointError, error_summary
-from fastast_deploy.files import atomic_path, read_json_object, sha256_file, write_json_atomic
+from fastast_deploy.files import read_json_object, sha256_file, write_json_atomic
 
 STATE_VERSION = 1
 # How to go on from a run whose files are damaged: its weights are still a checkpoint.
@@ -72,8 +72,7 @@ def save_state(run: Path, optimizer: torch.optim.Optimizer, scheduler: Any, prog
                       "cached_gaussian": float(np_state[4])},
     }
     tensor_path, json_path = to or state_paths(run)
-    with atomic_path(tensor_path) as tmp:
-        save_file(tensors, tmp)
+    write_safetensors(tensor_path, tensors)
     meta["tensors_sha256"] = sha256_file(tensor_path)
     write_json_atomic(json_path, meta)
 
@@ -84,8 +83,8 @@ def read_state(run: Path) -> dict[str, Any]:
     tensor_path, json_path = state_paths(run)
     for path in (tensor_path, json_path):
         if not path.is_file():
-            raise CheckpointError(f"cannot resume: {path} is missing; expected the state pair that `train` writes "
-                                  f"beside RUN/last")
+            raise CheckpointError(f"cannot resume: {path} is missing (`train` writes it beside RUN/last); "
+                                  f"{DAMAGED_FIX}")
     try:
         meta = read_json_object(json_path, CheckpointError, "resume state")
     except CheckpointError as err:

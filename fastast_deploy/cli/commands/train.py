@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import click
 from click.core import ParameterSource
 
-from fastast_deploy.audio.synthetic import SyntheticConfig
-from fastast_deploy.cli.commands.options import parse_r
-from fastast_deploy.errors import ConfigError
+from fastast_deploy.audio.synthetic import DATASET_FILES, SyntheticConfig
+from fastast_deploy.cli.commands.options import FiniteFloat, parse_r
+from fastast_deploy.errors import ConfigError, UsageError
+from fastast_deploy.model.config import LIMITS
 from fastast_deploy.training.config import (
     ARCHS,
     AUTO_KD_MODE,
@@ -24,6 +27,25 @@ from fastast_deploy.training.config import (
 _S = SyntheticConfig()
 _T = TrainConfig()
 RESUME_KEEPS = ("output", "resume", "stop_after", "device", "threads", "quiet")  # the only options a resume may give
+KD_OPTIONS = ("kd_mode", "kd_lambda", "kd_tau", "teacher_inputs")  # meaningful only with a teacher
+FRAMES = click.IntRange(16, LIMITS["input_frames"])  # the bound every model input length has (ModelConfig)
+
+
+class OpenFloat(FiniteFloat):
+    """A finite float strictly inside (min, max), or above min: click's ranges let NaN through."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = super().convert(value, param, ctx)
+        if number in (self.min, self.max):
+            self.fail(f"{value!r} must lie strictly between {self.min:g} and {self.max:g}"
+                      if self.max is not None else f"{value!r} must be greater than {self.min:g}", param, ctx)
+        return number
+
+
+def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value):
+        return value
+    raise click.BadParameter(f"{value!r} is not a device torch trains on here: give auto, cpu, cuda or cuda:N")
 
 
 def _kd_recipe(field: str) -> str:
@@ -50,26 +72,28 @@ def make_dataset() -> None:
               help="Directory to write: audio/, train.json, val.json, labels.csv, dataset.json.")
 @click.option("--classes", type=click.IntRange(min=2), default=_S.classes, show_default=True)
 @click.option("--clips-per-class", type=click.IntRange(min=2), default=_S.clips_per_class, show_default=True)
-@click.option("--seconds", type=click.FloatRange(0.1, 60.0), default=_S.seconds, show_default=True,
+@click.option("--seconds", type=FiniteFloat(0.1, 60.0), default=_S.seconds, show_default=True,
               help="Length of every clip.")
 @click.option("--seed", type=int, default=_S.seed, show_default=True)
-@click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+@click.option("--val-fraction", type=OpenFloat(0.0, 1.0),
               default=_S.val_fraction, show_default=True, help="Share of each class's clips kept for validation.")
 @click.option("--max-events", type=click.IntRange(min=1), default=_S.max_events, show_default=True,
               help="Up to this many classes per clip; above 1 the dataset is multi-label.")
 @click.option("--absolute-paths", is_flag=True,
               help="List absolute wav paths (AST's loader opens paths relative to its working directory); by "
               "default they are relative to the JSON file's folder.")
+@click.option("--force", is_flag=True, help="Write into a folder that already holds a dataset, replacing its files.")
 def synthetic(output: Path, classes: int, clips_per_class: int, seconds: float, seed: int, val_fraction: float,
-              max_events: int, absolute_paths: bool) -> None:
+              max_events: int, absolute_paths: bool, force: bool) -> None:
     """A built-in sound-event dataset of real wav files: tones, chirps, noise bursts, click trains, AM / FM sounds,
     harmonic stacks and bells, randomised per clip and mixed with background noise, in the AST layout."""
     from fastast_deploy.audio.synthetic import make_synthetic
 
     config = SyntheticConfig(classes, clips_per_class, seconds, seed, val_fraction, max_events, absolute_paths)
-    taken = [n for n in ("train.json", "val.json", "labels.csv") if (output / n).exists()]
-    if taken:
-        raise ConfigError(f"{output} already holds a dataset ({', '.join(taken)}); choose another -o")
+    taken = [n for n in DATASET_FILES if (output / n).exists()]
+    if taken and not force:
+        raise UsageError(f"{output} already holds a dataset ({', '.join(taken)}); pass --force to replace it or "
+                         f"choose another -o")
     from tqdm import tqdm
 
     with tqdm(total=classes * clips_per_class, desc="writing clips", leave=False, disable=None) as bar:
@@ -92,7 +116,7 @@ def synthetic(output: Path, classes: int, clips_per_class: int, seconds: float, 
               help="fastast: the transformer; cnn: EfficientNet-B2 where timm is installed, else the compact CNN; "
               "compact-cnn: always the compact CNN.")
 @click.option("--depth", type=click.IntRange(min=1), default=None, help="Blocks of a new FastAST [default: 12].")
-@click.option("--frames", type=click.IntRange(min=16), default=None,
+@click.option("--frames", type=FRAMES, default=None,
               help="Input length [default: the checkpoint's, else the longest training clip's].")
 @click.option("--mel-bins", type=click.IntRange(min=16), default=_T.mel_bins, show_default=True,
               help="Mel bins of a new model.")
@@ -102,7 +126,7 @@ def synthetic(output: Path, classes: int, clips_per_class: int, seconds: float, 
 @click.option("--tome-r", default=None, metavar="R|R1,R2,...",
               help="Tokens merged per block while training: one int, or one value per block [default: the "
               "checkpoint's schedule, else 0].")
-@click.option("--tome-inflection", type=click.FloatRange(-1.0, 1.0), default=_T.tome_inflection, show_default=True,
+@click.option("--tome-inflection", type=FiniteFloat(-1.0, 1.0), default=_T.tome_inflection, show_default=True,
               help="Linear r ramp: -1 goes from 2r down to 0, +1 from 0 up to 2r.")
 @click.option("--no-prop-attn", is_flag=True, help="Turn proportional attention off.")
 @click.option("--cnn-width", type=click.IntRange(min=1), default=_T.cnn_width, show_default=True,
@@ -121,9 +145,9 @@ def synthetic(output: Path, classes: int, clips_per_class: int, seconds: float, 
               help="augmented: the teacher answers on the student's augmented batch each step; clean: its logits "
               "of the clean clips, computed once (the only choice with --teacher-logits). auto: augmented with "
               "--teacher, clean with --teacher-logits.")
-@click.option("--kd-lambda", type=click.FloatRange(0.0, 1.0), default=None,
+@click.option("--kd-lambda", type=FiniteFloat(0.0, 1.0), default=None,
               help=f"Weight of the label loss; 1 - lambda weighs the distillation loss. {_kd_recipe('kd_lambda')}")
-@click.option("--kd-tau", type=click.FloatRange(0.0, min_open=True), default=None,
+@click.option("--kd-tau", type=OpenFloat(0.0), default=None,
               help=f"Distillation temperature of the soft modes (at tau 1 a confident teacher's softmax is nearly "
               f"its one-hot decision). {_kd_recipe('kd_tau')}")
 @click.option("--task", type=click.Choice(["auto", "multilabel", "singlelabel"]), default=_T.task,
@@ -131,27 +155,27 @@ def synthetic(output: Path, classes: int, clips_per_class: int, seconds: float, 
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help=f"Length. {_recipe('epochs')}")
 @click.option("--batch-size", type=click.IntRange(min=1), default=_T.batch_size, show_default=True,
               help="Global batch, split across torchrun processes.")
-@click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=None,
+@click.option("--lr", type=OpenFloat(0.0), default=None,
               help=f"Peak AdamW learning rate. {_recipe('lr')}")
-@click.option("--weight-decay", type=click.FloatRange(0.0), default=_T.weight_decay, show_default=True)
-@click.option("--warmup-epochs", type=click.FloatRange(0.0), default=None,
+@click.option("--weight-decay", type=FiniteFloat(0.0), default=_T.weight_decay, show_default=True)
+@click.option("--warmup-epochs", type=FiniteFloat(0.0), default=None,
               help=f"Linear warm-up, then cosine decay. {_recipe('warmup_epochs')}")
-@click.option("--grad-clip", type=click.FloatRange(0.0), default=_T.grad_clip, show_default=True,
+@click.option("--grad-clip", type=FiniteFloat(0.0), default=_T.grad_clip, show_default=True,
               help="Max gradient norm; 0 turns clipping off.")
 @click.option("--freqm", type=click.IntRange(min=0), default=None,
               help="SpecAugment: widest frequency mask [default: a fifth of the mel bins].")
 @click.option("--timem", type=click.IntRange(min=0), default=None,
               help="SpecAugment: widest time mask [default: a fifth of the frames].")
-@click.option("--mixup", type=click.FloatRange(0.0, 1.0), default=_T.mixup, show_default=True,
+@click.option("--mixup", type=FiniteFloat(0.0, 1.0), default=_T.mixup, show_default=True,
               help="Probability that a clip is mixed with another (weight ~ Beta(alpha, alpha)).")
-@click.option("--mixup-alpha", type=click.FloatRange(0.0, min_open=True), default=_T.mixup_alpha, show_default=True)
+@click.option("--mixup-alpha", type=OpenFloat(0.0), default=_T.mixup_alpha, show_default=True)
 @click.option("--val-fold", type=int, default=None,
               help="ESC-50-style CSV: validate on this fold and train on the others (no --val needed).")
 @click.option("--skip-missing", is_flag=True, help="Train without missing audio files (counted in a warning).")
 @click.option("--seed", type=int, default=_T.seed, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch CPU threads [default: torch's choice, all cores]; 1 on a shared machine.")
-@click.option("--device", default=_T.device, show_default=True, help="auto, cpu or cuda.")
+@click.option("--device", default=_T.device, show_default=True, callback=_device, help="auto, cpu, cuda or cuda:N.")
 @click.option("--no-amp", is_flag=True, help="Train in float32 on CUDA too.")
 @click.option("--stop-after", type=click.IntRange(min=1), default=None, metavar="EPOCHS",
               help="Stop after this many epochs; the schedule still spans --epochs; continue with --resume.")
@@ -173,6 +197,7 @@ def train(ctx: click.Context, train_data: str | None, val_data: str | None, labe
     option takes (FastAST ones carry the ToMe schedule, labels and feature settings). Under torchrun it trains on
     every process with DDP.
     """
+    from fastast_deploy.files import check_outputs_apart
     from fastast_deploy.training.loop import train as run_training
 
     if resume:
@@ -185,6 +210,15 @@ def train(ctx: click.Context, train_data: str | None, val_data: str | None, labe
     else:
         if train_data is None:
             raise ConfigError("--train is required (an AST data .json, an ESC-50-style .csv or a folder per class)")
+        if teacher is None and teacher_logits is None:
+            given = [max(p.opts, key=len) for p in ctx.command.params
+                     if p.name in KD_OPTIONS and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
+            if given:
+                raise UsageError(f"{', '.join(given)} set the distillation, which needs --teacher or "
+                                 f"--teacher-logits; give a teacher or drop {', '.join(given)}")
+        check_outputs_apart({"-o": output}, {"--train": train_data, "--val": val_data, "--labels": labels,
+                                             "--teacher-logits": teacher_logits, "--model": _path_or_none(model),
+                                             "--teacher": teacher})
         r = parse_r(tome_r)
         config = TrainConfig(
             train=train_data, val=val_data or "", output=str(output), labels=labels, val_fold=val_fold,
@@ -200,3 +234,8 @@ def train(ctx: click.Context, train_data: str | None, val_data: str | None, labe
     if result.best is not None:
         click.echo(f"best {result.metric} {result.best:.4f} at epoch {result.best_epoch}; checkpoints "
                    f"{output / 'best'} and {output / 'last'}, metrics {output / 'metrics.jsonl'}")
+
+
+def _path_or_none(model: str) -> str | None:
+    """--model as a path when it names one (not a size such as tiny)."""
+    return model if Path(model).exists() else None
