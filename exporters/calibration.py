@@ -23,8 +23,9 @@ def load_calibration(spec: str | os.PathLike, frames: int, mel: int, export: dic
                      limit: int | None = None) -> np.ndarray:
     """Model inputs (N, frames, mel) float32 from ``spec``: an .npz with an ``fbank`` array of model inputs, a
     Polygraphy inputs .json, or audio (a folder of audio or one folder per class, an AST data .json, an ESC-50
-    style .csv) turned into inputs with the model's feature settings (``export["features"]``). Every audio file
-    must be readable."""
+    style .csv) turned into inputs with the model's feature settings (``export["features"]``). Only the first
+    ``limit`` clips are read, and of each only its first window, streamed (memory bounded by the clips used, not
+    by the files); every audio file read must be readable."""
     from fastast_deploy.audio.datasets import folder_audio, is_ast_data_json, listed_audio
 
     path = Path(spec)
@@ -36,9 +37,9 @@ def load_calibration(spec: str | os.PathLike, frames: int, mel: int, export: dic
                                "a .csv or a folder")
     try:
         if path.is_dir():
-            fbank = audio_inputs(folder_audio(path), export)
+            fbank = audio_inputs(folder_audio(path)[:limit], export)
         elif path.suffix == ".csv" or path.suffix == ".json" and is_ast_data_json(path):
-            fbank = audio_inputs(listed_audio(path), export)
+            fbank = audio_inputs(listed_audio(path)[:limit], export)
         elif path.suffix == ".npz":
             fbank = read_npz_array(path, INPUT_NAME, CalibrationError)
         else:
@@ -56,8 +57,9 @@ def load_calibration(spec: str | os.PathLike, frames: int, mel: int, export: dic
 
 
 def audio_inputs(files: list[Path], export: dict[str, Any]) -> np.ndarray:
-    """Model inputs (N, T, F) of audio files (`audio.features.load_input` with the model's feature settings);
-    CalibrationError naming how many files could not be read and the first with its reason."""
+    """Model inputs (N, T, F) of audio files: each file's first window (`audio.features.load_input`, streamed)
+    with the model's feature settings; CalibrationError naming how many files could not be read and the first
+    with its reason."""
     from fastast_deploy.audio.features import load_input
 
     if export.get("features") is None:

@@ -10,11 +10,19 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from fastast_deploy.errors import FastASTError, error_summary
+
+WRITTEN_RECORD = ".fastast-deploy-written.json"  # in an output folder: what each command wrote there
+
+
+def shown_path(path: str | os.PathLike | bytes) -> str:
+    """``path`` as printable text: the bytes of a file name that is not UTF-8 (which Python holds as surrogate
+    escapes, and which no UTF-8 stream can print) as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def prepare_output(path: str | os.PathLike) -> Path:
@@ -201,3 +209,38 @@ def removed_on_failure(folder: str | os.PathLike) -> Iterator[None]:
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
+
+
+def _written(folder: Path) -> dict[str, dict[str, str]]:
+    """The folder's record: {command: {file name relative to the folder: sha256 when written}}; {} if none."""
+    try:
+        data = json.loads((folder / WRITTEN_RECORD).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) and all(isinstance(v, dict) for v in data.values()) else {}
+
+
+def check_replaceable(folder: str | os.PathLike, names: Iterable[str], command: str, force: bool = False) -> None:
+    """Refuse, before any work, to replace a file in ``folder`` that ``command`` did not write there: one of
+    ``names`` (relative to the folder) that exists and is not in the folder's record (`record_written`) with the
+    content it has now. ``force`` allows it. One error listing up to three such files and the fix."""
+    folder = Path(folder)
+    if force or not folder.is_dir():
+        return
+    mine = _written(folder).get(command, {})
+    foreign = [n for n in names if (folder / n).exists() and
+               ((folder / n).is_dir() or mine.get(n) != sha256_file(folder / n))]
+    if foreign:
+        shown = ", ".join(shown_path(n) for n in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise FastASTError(f"{shown_path(folder)} holds {len(foreign)} file(s) that {command} would replace and did "
+                           f"not write ({shown}); pass --force to replace them or choose another -o")
+
+
+def record_written(folder: str | os.PathLike, names: Iterable[str], command: str) -> None:
+    """Record in ``folder`` that ``command`` wrote ``names`` (those that exist) as they are now, so that its next
+    run may replace them (`check_replaceable`)."""
+    folder = Path(folder)
+    record = _written(folder)
+    mine = record.setdefault(command, {})
+    mine.update({n: sha256_file(folder / n) for n in names if (folder / n).is_file()})
+    write_json_atomic(folder / WRITTEN_RECORD, record)

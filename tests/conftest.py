@@ -79,6 +79,21 @@ def _assert_same_merges(got: list, want: list) -> None:
             assert pairs == sorted(zip(ws.tolist(), wd.tolist(), strict=True)), f"merge outputs {i}, {i + 1}"
 
 
+def _snapshot(root) -> dict[str, str]:
+    """sha256 of every file under ``root`` (hidden temps too), by path relative to it."""
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def snapshot():
+    """``snapshot(root) -> {relative path: sha256}`` of every file under a folder: equal before and after a
+    command that failed means no input changed and no file (or temp) was left."""
+    return _snapshot
+
+
 @pytest.fixture
 def assert_same_merges():
     """`_assert_same_merges`: merge outputs (src, dst, ...) that make the same merges per clip."""

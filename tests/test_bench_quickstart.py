@@ -69,8 +69,6 @@ def test_bench_table_json_plot_and_accuracy(checkpoint: Path, tmp_path: Path) ->
 
 
 def test_bench_fails_on_missing_files_as_evaluate_does(tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
     from fastast_deploy.errors import DatasetError
     from fastast_deploy.evaluation.bench import labelled_data
 
@@ -80,9 +78,8 @@ def test_bench_fails_on_missing_files_as_evaluate_does(tmp_path: Path) -> None:
     sf.write(tmp_path / "here.wav", np.zeros(1600, np.float32), 16000)
     rows = [{"wav": "here.wav", "labels": names[0]}, {"wav": "gone.wav", "labels": names[1]}]
     (tmp_path / "data.json").write_text(json.dumps({"data": rows}))
-    engine = SimpleNamespace(metadata={"export": {"labels": names}})
     with pytest.raises(DatasetError, match=r"1 of 2 audio files .* are missing \(e\.g\. .*gone\.wav\)"):
-        labelled_data(str(tmp_path / "data.json"), str(tmp_path / "labels.csv"), engine)
+        labelled_data(str(tmp_path / "data.json"), str(tmp_path / "labels.csv"), names)
 
 
 def test_bench_rejects_repeated_r(checkpoint: Path, tmp_path: Path) -> None:

@@ -245,11 +245,11 @@ def test_evaluate_scores_a_long_file_as_predict_does(case: dict[str, Any], tmp_p
     def whole(*_: Any, **__: Any) -> None:
         raise AssertionError("a whole-file read on evaluate's path")
 
-    for module, name in ((datasets, "fbank_cache"), (datasets, "file_fbank"), (features, "file_fbank"),
+    for module, name in ((datasets, "fbank_cache"), (datasets, "first_fbank"), (features, "file_fbank"),
                          (features, "read_audio")):
         monkeypatch.setattr(module, name, whole)
     with open_runner(root / "model.safetensors") as runner:
-        scores, windows = clip_scores(runner, [wav], 3)
+        scores, windows, _ = clip_scores(runner, [wav], 3)
     assert windows == count
     np.testing.assert_allclose(scores[0], predicted["scores"], atol=1e-6)
     # the report's decision is predict's top-1: the clip labelled with it is right

@@ -82,10 +82,6 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def snapshot(root: Path) -> dict[str, str]:
-    """sha256 of every file under root (hidden temps too)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def invoke(args: list[str]) -> tuple[int, str, BaseException | None]:
@@ -125,7 +121,7 @@ BAD = [
 
 
 @pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
-def test_bad_input_fails_cleanly_and_changes_nothing(world: dict[str, Path], case: tuple) -> None:
+def test_bad_input_fails_cleanly_and_changes_nothing(world: dict[str, Path], case: tuple, snapshot) -> None:
     _, argv, fragment = case
     names = {k: str(v) for k, v in world.items()}
     names.update(root_name=world["root"].name)
@@ -141,7 +137,7 @@ def test_bad_input_fails_cleanly_and_changes_nothing(world: dict[str, Path], cas
     assert not (world["root"] / "pwned").exists()  # and no pickle payload ran
 
 
-def test_predict_json_stays_valid_with_nan_audio(world: dict[str, Path]) -> None:
+def test_predict_json_stays_valid_with_nan_audio(world: dict[str, Path], snapshot) -> None:
     before = snapshot(world["root"])
     code, output, exception = invoke(["predict", str(world["engine"]), str(world["nan_wav"]), str(world["wav"]),
                                       "--json"])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from fastast_deploy.audio.features import file_fbank, normalize, pad_or_cut
+from fastast_deploy.audio.features import first_fbank, normalize
 from fastast_deploy.audio.labels import LabelSet
 from fastast_deploy.errors import DatasetError, error_summary
 from fastast_deploy.files import read_csv_rows, read_json_object
@@ -171,8 +171,9 @@ def detect_task(*datasets: Dataset) -> str:
 
 
 def raw_fbank(path: Path, config: FeatureConfig) -> torch.Tensor:
-    """Unnormalised log-mel fbank (config.frames, config.num_mel_bins) of one file, as AST's loader computes it."""
-    return pad_or_cut(file_fbank(path, config), config.frames)  # (T, F)
+    """Unnormalised log-mel fbank (config.frames, config.num_mel_bins) of a clip's first window, as AST's loader
+    computes it, streamed: memory is bounded by the window, not the file (``features.first_fbank``)."""
+    return first_fbank(path, config)  # (T, F)
 
 
 def fbank_cache(paths: Sequence[Path], config: FeatureConfig,
@@ -215,6 +216,11 @@ def _build(source: Path, entries: list[tuple[str, Path, list[str]]], labels: Lab
         examples.append(Example(clip, path, indices))
     if unknown:
         shown = ", ".join(list(unknown)[:_SHOWN]) + (", ..." if len(unknown) > _SHOWN else "")
+        if labels.no_mid_column and source.suffix.lower() == ".json":
+            raise DatasetError(f"{len(unknown)} labels used in {source} are not in the label CSV "
+                               f"{labels.no_mid_column} ({shown}): it has no mid column, and an AST data file names "
+                               "labels by mid; give a label CSV with columns index,mid,display_name (the layout of "
+                               "AST's class_labels_indices.csv)")
         raise DatasetError(f"{len(unknown)} labels used in {source} are missing from the label set of "
                            f"{len(labels)} labels ({shown}); add them to the label CSV or fix the data")
     if not examples:

@@ -17,13 +17,15 @@ import soundfile as sf
 import soxr
 import torch
 
-from fastast_deploy.audio.frames import frame_sizes, require_frame
+from fastast_deploy.audio.frames import frame_sizes, frames_span, require_frame
 from fastast_deploy.errors import AudioError, ConfigError, error_summary
+from fastast_deploy.files import shown_path
 from fastast_deploy.model.config import AUDIOSET, FeatureConfig
 
 PREEMPHASIS = 0.97
 LOW_FREQ_HZ = 20.0
 LOG_FLOOR = torch.finfo(torch.float32).eps
+BLOCK_SECONDS = 10.0  # audio read and resampled per step where a file is streamed
 
 
 def audio_path(path: str | os.PathLike[str]) -> Path:
@@ -31,32 +33,33 @@ def audio_path(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
-        raise AudioError(f"audio file {path} {what}; expected a readable audio file (WAV, FLAC, OGG)")
+        raise AudioError(f"audio file {shown_path(path)} {what}; expected a readable audio file (WAV, FLAC, OGG)")
     return path
 
 
 def audio_blocks(path: str | os.PathLike[str], seconds: float | None = None) -> Iterator[tuple[np.ndarray, int]]:
     """The one way audio files are read: decoded with libsndfile (WAV, FLAC, OGG, ...) as float32, checked for
     NaN / inf, downmixed to mono; yields (block (samples,) float32, sample rate in Hz) of ``seconds`` each (None:
-    the whole file as one block). AudioError for a missing, unreadable or non-finite file."""
+    the whole file as one block). AudioError for a missing, unreadable or non-finite file. A file name that is
+    not UTF-8 (surrogate-escaped by Python) is opened by its bytes and named in errors with ``\\x`` escapes."""
     path = audio_path(path)
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(os.fsencode(path)) as f:  # bytes: libsndfile gets the name as the file system has it
             rate = int(f.samplerate)
             size = -1 if seconds is None else max(1, int(seconds * rate))
             while True:
                 data = f.read(size, dtype="float32", always_2d=True)  # (samples, channels)
                 if not np.isfinite(data).all():  # float WAV / FLAC can carry them; features would be NaN
                     bad = int((~np.isfinite(data)).any(axis=1).sum())
-                    raise AudioError(f"audio file {path} has NaN or inf in {bad} of {data.shape[0]} samples read; "
-                                     "expected finite audio")
+                    raise AudioError(f"audio file {shown_path(path)} has NaN or inf in {bad} of {data.shape[0]} "
+                                     "samples read; expected finite audio")
                 yield (data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]), rate
                 if size < 0 or len(data) < size:
                     return
     except (sf.SoundFileError, RuntimeError, ValueError) as err:
         raise AudioError(
-            f"cannot read audio file {path} ({error_summary(err)}); expected an audio file libsndfile can decode "
-            "(WAV, FLAC, OGG)"
+            f"cannot read audio file {shown_path(path)} ({error_summary(err)}); expected an audio file libsndfile can "
+            "decode (WAV, FLAC, OGG)"
         ) from None
 
 
@@ -64,8 +67,21 @@ def read_audio(path: str | os.PathLike[str]) -> tuple[torch.Tensor, int]:
     """A whole audio file (``audio_blocks``): (waveform of shape (samples,), sample rate in Hz)."""
     (data, rate), = audio_blocks(path)
     if data.shape[0] == 0:
-        raise AudioError(f"audio file {audio_path(path)} has 0 samples; expected non-empty audio")
+        raise AudioError(f"audio file {shown_path(audio_path(path))} has 0 samples; expected non-empty audio")
     return torch.from_numpy(np.ascontiguousarray(data)), rate
+
+
+def resampled_blocks(path: str | os.PathLike[str], rate: int) -> Iterator[np.ndarray]:
+    """Mono float32 blocks of the file (``audio_blocks``, BLOCK_SECONDS each) at ``rate``, resampled as a
+    stream (soxr HQ): the samples ``resample`` gives for the whole file, in constant memory."""
+    stream = None
+    for mono, source_rate in audio_blocks(path, BLOCK_SECONDS):
+        if stream is None and source_rate != rate:
+            stream = soxr.ResampleStream(source_rate, rate, 1, dtype="float32", quality="HQ")
+        last = len(mono) < max(1, int(BLOCK_SECONDS * source_rate))
+        out = mono if source_rate == rate else stream.resample_chunk(mono, last=last)
+        if len(out):
+            yield np.ascontiguousarray(out, dtype=np.float32)
 
 
 def resample(waveform: torch.Tensor, orig_sr: int, target_sr: int = 16000) -> torch.Tensor:
@@ -170,12 +186,48 @@ def file_fbank(path: str | os.PathLike[str], config: FeatureConfig = AUDIOSET) -
     try:
         return waveform_fbank(waveform, rate, config)
     except AudioError as err:
-        raise AudioError(f"{path}: {err}") from None
+        raise AudioError(f"{shown_path(path)}: {err}") from None
+
+
+def first_fbank(path: str | os.PathLike[str], config: FeatureConfig = AUDIOSET) -> torch.Tensor:
+    """Unnormalised fbank (config.frames, config.num_mel_bins) of the start of an audio file: ``file_fbank``
+    padded or cut to the model's window, reading only the samples the window covers (and at most two read
+    blocks more), so memory does not grow with the file (a 40 KB wav at 1 Hz is 5.5 hours at 16 kHz).
+
+    A clip that ends within what was read is featurised whole, exactly as ``file_fbank``. For a longer one the
+    clip mean (which AST removes) is not known without reading everything; it is not removed, since the fbank's
+    per-frame DC removal cancels a constant offset (the result equals ``file_fbank``'s up to float rounding).
+    """
+    rate = config.sample_rate
+    span = frames_span(config.frames, rate)  # samples the window's frames cover
+    blocks = resampled_blocks(path, rate)
+    head, read = [], 0
+    try:
+        for block in blocks:
+            head.append(block)
+            read += len(block)
+            if read > span:
+                break
+        ended = read <= span or next(blocks, None) is None
+    finally:
+        blocks.close()  # closes the file
+    if read == 0:
+        raise AudioError(f"audio file {shown_path(audio_path(path))} has 0 samples; expected non-empty audio")
+    waveform = torch.from_numpy(np.concatenate(head))
+    try:
+        if ended:  # the whole clip: as waveform_fbank
+            features = fbank(waveform - waveform.mean(), rate, config.num_mel_bins)
+        else:
+            features = fbank(waveform[:span], rate, config.num_mel_bins)
+    except AudioError as err:
+        raise AudioError(f"{shown_path(path)}: {err}") from None
+    return pad_or_cut(features, config.frames)  # (T, F)
 
 
 def load_input(path: str | os.PathLike[str], config: FeatureConfig = AUDIOSET) -> torch.Tensor:
-    """Model input of shape (config.frames, config.num_mel_bins) from an audio file."""
-    return normalize(pad_or_cut(file_fbank(path, config), config.frames), config.mean, config.std)
+    """Model input of shape (config.frames, config.num_mel_bins) from an audio file: its first window
+    (``first_fbank``, read in constant memory), normalised."""
+    return normalize(first_fbank(path, config), config.mean, config.std)
 
 
 def load_batch(paths: Iterable[str | os.PathLike[str]], config: FeatureConfig = AUDIOSET) -> torch.Tensor:

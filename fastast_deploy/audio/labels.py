@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastast_deploy.errors import DatasetError
@@ -18,6 +18,8 @@ class LabelSet:
 
     mids: tuple[str, ...]
     names: tuple[str, ...]
+    # a label CSV read without a mid column (its path and columns): its mids are the display names
+    no_mid_column: str | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -25,7 +27,6 @@ class LabelSet:
     def lookup(self) -> dict[str, int]:
         """Label token -> index; a token may be a mid or a display name (mids win on a clash)."""
         return {**{n: i for i, n in enumerate(self.names)}, **{m: i for i, m in enumerate(self.mids)}}
-
 
 
 def read_label_csv(path: str | os.PathLike[str]) -> LabelSet:
@@ -51,7 +52,9 @@ def read_label_csv(path: str | os.PathLike[str]) -> LabelSet:
     if sorted(by_index) != list(range(len(rows))):
         raise DatasetError(f"label file {path}: indices must be 0..{len(rows) - 1}, each once")
     pairs = [by_index[i] for i in range(len(rows))]
-    return LabelSet(tuple(m for m, _ in pairs), tuple(n for _, n in pairs))
+    columns = ", ".join(str(c) for c in rows[0] if isinstance(c, str))
+    return LabelSet(tuple(m for m, _ in pairs), tuple(n for _, n in pairs),
+                    None if "mid" in rows[0] else f"{path} (columns {columns})")
 
 
 def write_label_csv(path: str | os.PathLike[str], labels: LabelSet) -> None:

@@ -15,33 +15,18 @@ import os
 from collections.abc import Iterator
 
 import numpy as np
-import soxr
 import torch
 
-from fastast_deploy.audio.features import audio_blocks, fbank, normalize, pad_or_cut
+from fastast_deploy.audio.features import fbank, normalize, pad_or_cut, resampled_blocks
 from fastast_deploy.audio.frames import frame_count, frame_sizes, frames_span, require_frame, window_count
+from fastast_deploy.files import shown_path
 from fastast_deploy.model.config import FeatureConfig
-
-BLOCK_SECONDS = 10.0  # audio read and resampled per step
-
-
-def _resampled_blocks(path: str | os.PathLike, rate: int) -> Iterator[np.ndarray]:
-    """Mono float32 blocks of the file (``features.audio_blocks``) at ``rate`` (soxr HQ, as ``features.resample``)."""
-    blocks = audio_blocks(path, BLOCK_SECONDS)
-    stream = None
-    for mono, source_rate in blocks:
-        if stream is None and source_rate != rate:
-            stream = soxr.ResampleStream(source_rate, rate, 1, dtype="float32", quality="HQ")
-        last = len(mono) < max(1, int(BLOCK_SECONDS * source_rate))
-        out = mono if source_rate == rate else stream.resample_chunk(mono, last=last)
-        if len(out):
-            yield np.ascontiguousarray(out, dtype=np.float32)
 
 
 def _scan(path: str | os.PathLike, rate: int) -> tuple[float, int]:
     """First pass: the mean and the length (samples at ``rate``) of the resampled clip."""
     total, length = 0.0, 0
-    for block in _resampled_blocks(path, rate):
+    for block in resampled_blocks(path, rate):
         total += float(block.sum(dtype=np.float64))
         length += len(block)
     return (total / length if length else 0.0), length
@@ -53,7 +38,7 @@ def _window_samples(path: str | os.PathLike, rate: int, length: int, starts: Ite
     ascending order), holding only what the next window needs."""
     buffer, offset = np.zeros(0, np.float32), 0  # offset: clip position of buffer[0]
     start = next(starts, None)
-    for block in _resampled_blocks(path, rate):
+    for block in resampled_blocks(path, rate):
         buffer = np.concatenate([buffer, block])
         while start is not None and offset + len(buffer) >= min(start + span, length):
             yield buffer[start - offset : min(start + span, length) - offset]
@@ -67,7 +52,7 @@ def _starts(path: str | os.PathLike, config: FeatureConfig, hop: int) -> tuple[f
     rate = config.sample_rate
     shift = frame_sizes(rate)[1]
     mean, length = _scan(path, rate)
-    require_frame(length, rate, f"audio file {path}")
+    require_frame(length, rate, f"audio file {shown_path(path)}")
     count = window_count(frame_count(length, rate), config.frames, hop)
     return mean, length, iter(range(0, count * hop * shift, hop * shift))
 

@@ -13,7 +13,13 @@ from typing import Any
 import numpy as np
 
 from fastast_deploy.checkpoints.native import load_model
-from fastast_deploy.files import check_outputs_apart, prepare_output, write_json_atomic
+from fastast_deploy.files import (
+    check_outputs_apart,
+    check_replaceable,
+    prepare_output,
+    record_written,
+    write_json_atomic,
+)
 from fastast_deploy.model.fastast import FastAST
 
 
@@ -57,18 +63,20 @@ def write_clips(model: FastAST, folder: Path, per_class: int, seed: int) -> int:
 
 def quickstart(output: Path, source: str = "default", backend: str = "auto", per_class: int = 4, *,
                iterations: int, say: Callable[[str], None] = print,
-               graph_input: str = "fbank") -> dict[str, Any]:
+               graph_input: str = "fbank", force: bool = False) -> dict[str, Any]:
     """Run every step, reporting each through ``say``; returns the verify report plus the files written.
-    ``graph_input="waveform"`` exports with the fbank inside the graph."""
+    ``graph_input="waveform"`` exports with the fbank inside the graph. A file in ``output`` that quickstart
+    would replace and did not write itself stops it before it starts, unless ``force``."""
     from fastast_deploy.engines.build import build_engine, check_ready, engine_path
     from fastast_deploy.evaluation.verify import SpeedOptions, verify
     from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
 
-    written = {f"-o's {name}": output / name for name in ("model.onnx", "model.onnx.json", "model.ort.onnx",
-                                                          "model.ort.onnx.json", "model.plan", "model.plan.json",
-                                                          "verify.json", "summary.json")}
-    check_outputs_apart({**written, "-o's clips": output / "clips"},
+    names = ["model.onnx", "model.onnx.json", "model.ort.onnx", "model.ort.onnx.json", "model.plan",
+             "model.plan.json", "verify.json", "summary.json"]
+    check_outputs_apart({**{f"-o's {name}": output / name for name in names}, "-o's clips": output / "clips"},
                         {"--source": source if Path(source).exists() else None}, replaced_folders=("-o's clips",))
+    clips_there = [str(p.relative_to(output)) for p in sorted((output / "clips").rglob("*")) if not p.is_dir()]
+    check_replaceable(output, names + clips_there, "quickstart", force)
     if backend != "auto":
         check_ready(backend)  # before the slow export
     prepare_output(output / "summary.json")
@@ -101,6 +109,8 @@ def quickstart(output: Path, source: str = "default", backend: str = "auto", per
                        "engine_sidecar": str(built.sidecar), "clips": str(output / "clips") if clips else None,
                        "report": str(output / "verify.json")}
     write_json_atomic(output / "verify.json", report)
+    clip_files = [str(p.relative_to(output)) for p in sorted((output / "clips").rglob("*.wav"))]
+    record_written(output, names + clip_files, "quickstart")
     step("done")
     return report
 

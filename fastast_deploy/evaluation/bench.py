@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from fastast_deploy.contract import INPUT_NAME, INPUT_NAMES
+from fastast_deploy.contract import INPUT_NAME, INPUT_NAMES, MAX_BATCH
 from fastast_deploy.engines import Engine, load_engine
 from fastast_deploy.errors import ConfigError, DatasetError
 from fastast_deploy.evaluation.timing import time_interleaved
@@ -37,8 +37,8 @@ class BenchOptions:
         if not self.rs:
             raise ConfigError("--tome-r needs at least one value")
         check_r(self.rs)
-        if self.batch < 1 or self.rounds < 1 or self.warmup < 0:
-            raise ConfigError("--batch and --rounds must be >= 1 and --warmup >= 0")
+        if not 1 <= self.batch <= MAX_BATCH or self.rounds < 1 or self.warmup < 0:
+            raise ConfigError(f"--batch must be 1 to {MAX_BATCH}, --rounds >= 1 and --warmup >= 0")
 
 
 def build_engines(source: str, options: BenchOptions, workdir: Path) -> dict[int, Engine]:
@@ -73,13 +73,25 @@ def time_round_robin(engines: dict[int, Engine], options: BenchOptions) -> dict[
     return {r: t.as_dict() for r, t in timed.items()}
 
 
-def labelled_data(data: str, labels_csv: str | None, engine: Engine) -> tuple[list[Path], np.ndarray, str]:
-    """The audio files of labelled data, their multi-hot targets (N, labels) in the engine's label order, and the
-    task; a DatasetError when a listed file is missing (as evaluate)."""
+Labelled = tuple[list[Path], np.ndarray, str]  # audio files, multi-hot targets (N, labels), task
+
+
+def check_inputs(source: str, options: BenchOptions, data: str | None = None,
+                 labels_csv: str | None = None) -> Labelled | None:
+    """Everything bench reads, checked before it writes anything: SOURCE loads at --frames, and --data /
+    --labels match the model's labels (`labelled_data`, None without --data)."""
+    from fastast_deploy.checkpoints.native import load_model
+
+    names = load_model(source, input_frames=options.frames).label_names
+    return None if data is None else labelled_data(data, labels_csv, list(names) if names else None)
+
+
+def labelled_data(data: str, labels_csv: str | None, names: list[str] | None) -> Labelled:
+    """The audio files of labelled data, their multi-hot targets (N, labels) in the model's label order
+    (``names``), and the task; a DatasetError when a listed file is missing (as evaluate)."""
     from fastast_deploy.audio.datasets import detect_task, load_dataset
     from fastast_deploy.audio.labels import LabelSet, read_label_csv
 
-    names = engine.metadata["export"].get("labels")
     labels = read_label_csv(labels_csv) if labels_csv else (LabelSet(tuple(names), tuple(names)) if names else None)
     dataset = load_dataset(data, labels)
     if names and list(dataset.labels.names) != list(names):
@@ -91,9 +103,9 @@ def labelled_data(data: str, labels_csv: str | None, engine: Engine) -> tuple[li
     return [e.path for e in dataset.examples], dataset.targets().numpy(), detect_task(dataset)
 
 
-def bench(source: str, options: BenchOptions, workdir: Path, data: str | None = None,
-          labels_csv: str | None = None) -> dict[str, Any]:
-    """Build every engine, time them side by side, and score them on labelled data when given."""
+def bench(source: str, options: BenchOptions, workdir: Path, labelled: Labelled | None = None) -> dict[str, Any]:
+    """Build every engine, time them side by side, and score them on labelled data (`check_inputs`) when
+    given."""
     from fastast_deploy.evaluation.evaluate import clip_scores
     from fastast_deploy.inference.runner import engine_runner
     from fastast_deploy.model.flops import flop_ratio
@@ -102,8 +114,8 @@ def bench(source: str, options: BenchOptions, workdir: Path, data: str | None = 
     try:
         timing = time_round_robin(engines, options)
         scored = None
-        if data is not None:
-            files, targets, task = labelled_data(data, labels_csv, engines[options.rs[0]])
+        if labelled is not None:
+            files, targets, task = labelled
             metric = accuracy if task == "singlelabel" else mean_average_precision
             # each clip scored as evaluate and predict score it (every window, mean); the runner is not closed
             # here, the engines are below

@@ -12,7 +12,7 @@ right. Multi-label data: mAP, and per class its AP.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ import numpy as np
 from fastast_deploy.audio.datasets import Dataset, detect_task, load_dataset
 from fastast_deploy.audio.labels import LabelSet, read_label_csv
 from fastast_deploy.errors import AudioError, ConfigError, DatasetError
+from fastast_deploy.files import shown_path
 from fastast_deploy.inference.runner import Runner, open_runner
 from fastast_deploy.inference.scoring import batch_size, score_files
 from fastast_deploy.metrics import accuracy, average_precision, mean_average_precision
@@ -33,11 +34,13 @@ POOL = "mean"  # how a clip's window scores are pooled, as predict's default
 @dataclass(frozen=True)
 class EvaluateOptions:
     """``batch``: windows per inference call (within an engine's batch range); ``threads``: torch threads for a
-    checkpoint, ONNX Runtime intra-op threads for an engine (None: default)."""
+    checkpoint, ONNX Runtime intra-op threads for an engine (None: default); ``skip_unreadable``: score the
+    readable clips when some cannot be read (else that is an error, after every clip is tried)."""
 
     batch: int = 16
     threads: int | None = None
     provider: str | None = None
+    skip_unreadable: bool = False
 
     def __post_init__(self) -> None:
         if self.batch < 1:
@@ -46,10 +49,25 @@ class EvaluateOptions:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
 
 
-def label_columns(dataset: Dataset, runner: Runner) -> list[int]:
+def placeholder_names(names: Sequence[str] | None) -> bool:
+    """Whether ``names`` are transformers' default id2label names, LABEL_0, LABEL_1, ... (no class names)."""
+    return bool(names) and all(n == f"LABEL_{i}" for i, n in enumerate(names))
+
+
+def label_columns(dataset: Dataset, runner: Runner, from_csv: bool = False) -> list[int]:
     """For each dataset label, the model output that scores it: by name where the model names its outputs, else
-    by index (the counts must agree)."""
+    by index (the counts must agree). A model named only by placeholders (LABEL_0..) is matched by index when the
+    labels come from a label CSV (``from_csv``: --labels, read in the model's output order), else refused."""
     names = dataset.labels.names
+    if placeholder_names(runner.label_names):
+        count = runner.num_labels
+        if not from_csv or len(names) != count:
+            given = (f"the label CSV has {len(names)} labels" if from_csv else "no label CSV was given")
+            raise DatasetError(f"{runner.source} names its {count} outputs LABEL_0..LABEL_{count - 1}, Hugging "
+                               f"Face's placeholders, not classes ({given}); give a label CSV of its {count} classes "
+                               "in output order with --labels (index,mid,display_name); the data must name the "
+                               "same classes")
+        return list(range(count))
     if runner.label_names is None:
         if len(names) != runner.num_labels:
             raise DatasetError(f"{runner.source} has {runner.num_labels} unnamed outputs but the data has "
@@ -64,22 +82,38 @@ def label_columns(dataset: Dataset, runner: Runner) -> list[int]:
     return [index[n] for n in names]
 
 
-def clip_scores(runner: Runner, files: Sequence[str | os.PathLike[str]], batch: int) -> tuple[np.ndarray, int]:
-    """Pooled scores (N, labels) of every clip, as `predict` scores a file (every window, no overlap, mean), with
-    ``batch`` windows per call (the nearest size the model takes), and the number of windows; an AudioError
-    naming the first clip that cannot be read."""
-    rows, windows = [], 0
-    for result in score_files(runner, files, pool=POOL, size=batch_size(runner.batch, batch, fit=True)):
+def clip_scores(runner: Runner, files: Sequence[str | os.PathLike[str]], batch: int, *,
+                skip_unreadable: bool = False,
+                report: Callable[[str, str], None] | None = None) -> tuple[np.ndarray, int, list[int]]:
+    """Pooled scores (N, labels) of the clips scored, as `predict` scores a file (every window, no overlap, mean),
+    with ``batch`` windows per call (the nearest size the model takes), the number of windows, and the indices
+    of the clips scored. Every clip is tried; each that cannot be read goes to ``report(path, reason)``. Then
+    an AudioError naming how many (and the first) could not be read, unless ``skip_unreadable`` (and some
+    were read)."""
+    rows, kept, failed, windows = [], [], [], 0
+    size = batch_size(runner.batch, batch, fit=True)
+    for index, result in enumerate(score_files(runner, files, pool=POOL, size=size)):
         if result.error is not None or result.scores is None:
-            raise AudioError(f"cannot score {result.path}: {result.error}; fix or remove it from the data list")
+            failed.append(f"{result.path}: {result.error}")
+            if report is not None:
+                report(result.path, str(result.error))
+            continue
         rows.append(result.scores)
+        kept.append(index)
         windows += result.windows
-    return np.stack(rows), windows
+    if failed and (not skip_unreadable or not rows):
+        fix = ("fix or remove them" if not rows else
+               f"fix or remove them, or pass --skip-unreadable to score the other {len(rows)}")
+        raise AudioError(f"{len(failed)} of {len(files)} clips could not be read (first: {failed[0]}); {fix}")
+    return np.stack(rows), windows, kept
 
 
 def evaluate(target: str | os.PathLike[str], data: str | os.PathLike[str], labels_csv: str | None = None,
-             options: EvaluateOptions = EvaluateOptions()) -> dict[str, Any]:
-    """The report: metric of the whole set and per class (JSON-ready)."""
+             options: EvaluateOptions = EvaluateOptions(),
+             report_unreadable: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+    """The report: metric of the whole set and per class (JSON-ready). Each clip that cannot be read goes to
+    ``report_unreadable(path, reason)``; then the run fails unless ``options.skip_unreadable``, when the metric
+    is of the readable clips and the report lists the others under ``unreadable``."""
     labels: LabelSet | None = read_label_csv(labels_csv) if labels_csv else None
     dataset = load_dataset(data, labels)
     missing = dataset.missing()
@@ -89,14 +123,18 @@ def evaluate(target: str | os.PathLike[str], data: str | os.PathLike[str], label
     if not len(dataset):
         raise DatasetError(f"{dataset.source} lists no clips")
     with open_runner(target, options.provider, options.threads) as runner:
-        columns = label_columns(dataset, runner)
-        scores, windows = clip_scores(runner, [e.path for e in dataset.examples], options.batch)
+        columns = label_columns(dataset, runner, from_csv=labels is not None)
+        paths = [e.path for e in dataset.examples]
+        scores, windows, kept = clip_scores(runner, paths, options.batch, skip_unreadable=options.skip_unreadable,
+                                            report=report_unreadable)
     features = runner.features
     task = detect_task(dataset)
-    targets = dataset.targets().numpy()
+    unreadable = sorted(set(range(len(paths))) - set(kept))
+    targets = dataset.targets().numpy()[kept]
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA, "version": REPORT_VERSION, "model": runner.source, "backend": runner.backend,
-        "data": str(dataset.source), "clips": len(dataset), "task": task, "model_task": runner.task,
+        "data": str(dataset.source), "clips": len(kept), "task": task, "model_task": runner.task,
+        "unreadable": [shown_path(paths[i]) for i in unreadable],
         "input": {"frames": features.frames, "mel_bins": features.num_mel_bins},
         "windows": windows, "pool": POOL, "activation": runner.activation,
     }
@@ -134,6 +172,8 @@ def format_report(report: dict[str, Any], per_class: bool = True) -> str:
     else:
         head += f" over {sum(1 for c in report['per_class'] if c['ap'] is not None)} labels, {report['clips']} clips"
     lines = [head]
+    if report.get("unreadable"):
+        lines.append(f"  ({len(report['unreadable'])} unreadable clips skipped)")
     if per_class:
         width = max(len(c["label"]) for c in report["per_class"])
         for c in report["per_class"]:

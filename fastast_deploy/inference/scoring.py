@@ -19,6 +19,7 @@ import numpy as np
 
 from fastast_deploy.engines.base import BatchRange, batch_chunks
 from fastast_deploy.errors import AudioError, ConfigError, FastASTError
+from fastast_deploy.files import shown_path
 from fastast_deploy.inference.runner import Runner
 
 POOLS = ("mean", "max")
@@ -27,7 +28,8 @@ DEFAULT_BATCH = 8  # windows per call where the engine sets no upper bound
 
 @dataclass(frozen=True)
 class FileScores:
-    """One file's pooled scores (labels,) and how many windows they pool, or why it could not be read."""
+    """One file's pooled scores (labels,) and how many windows they pool, or why it could not be read. ``path``
+    is printable (`files.shown_path`: a file name that is not UTF-8 has ``\\xNN`` escapes)."""
 
     path: str
     windows: int = 0
@@ -76,12 +78,12 @@ def score_files(runner: Runner, paths: Iterable[str | os.PathLike], *, hop: int 
     size = batch_size(runner.batch, None) if size is None else size
     pooled = _Pooled(runner, pool, size)
     for raw in paths:
-        path = str(raw)
+        path = shown_path(raw)
         pooled.open(path)
         try:
-            if Path(path).is_file() and Path(path).stat().st_size == 0:
+            if Path(raw).is_file() and Path(raw).stat().st_size == 0:
                 raise AudioError("the file is empty (0 bytes); expected an audio file (WAV, FLAC, OGG)")
-            for window in runner.file_inputs(path, hop):
+            for window in runner.file_inputs(raw, hop):
                 pooled.add(window)
         except AudioError as err:
             pooled.fail(_reason(err, path))
