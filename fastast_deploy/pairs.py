@@ -107,7 +107,10 @@ def read_pair_sidecar(path: str | os.PathLike) -> dict[str, Any] | None:
                     pending.unlink()
     if not side.is_file():
         return None
-    return read_json_object(side, what="sidecar")
+    try:
+        return read_json_object(side, what="sidecar")
+    except FastASTError as err:
+        raise FastASTError(f"{err}; delete {side} and write {path.name} again (export or build-engine)") from None
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -149,10 +152,23 @@ def recover_commit(folder: Path) -> bool:
     journal = folder / JOURNAL
     if not journal.is_file():
         return False
-    moves = read_json_object(journal, what="commit journal")
-    _redo(folder, {str(k): str(v) for k, v in moves.items()})
+    fix = (f"delete {journal} and resume again (the save it records is dropped; if the run's files then disagree, "
+           "start a new run)")
+    try:
+        moves = read_json_object(journal, what="commit journal")
+    except FastASTError as err:
+        raise FastASTError(f"{err}; {fix}") from None
+    if not all(isinstance(v, str) and _plain(k) and _plain(v) for k, v in moves.items()):
+        raise FastASTError(f"commit journal {journal} is damaged (expected {{file name: staged temp name}} in "
+                           f"{folder}); {fix}")
+    _redo(folder, moves)
     journal.unlink()
     return True
+
+
+def _plain(name: str) -> bool:
+    """A bare file name in the folder (a journal never names a path elsewhere)."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\x00" not in name
 
 
 @contextlib.contextmanager

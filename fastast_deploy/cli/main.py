@@ -12,7 +12,8 @@ from fastast_deploy.errors import FastASTError
 
 
 class _Group(click.Group):
-    """Prints project errors on one line (``Error: ...``, exit 1); anything else is a bug and keeps its traceback."""
+    """Prints project errors on one line (``Error: ...``, their exit code) and Ctrl-C as one line with exit 130;
+    anything else is a bug and keeps its traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -21,6 +22,9 @@ class _Group(click.Group):
             failure = click.ClickException(str(err))
             failure.exit_code = err.exit_code
             raise failure from None
+        except KeyboardInterrupt:  # one line and the shell's code for SIGINT, not click's "Aborted!" with exit 1
+            click.echo("Interrupted (Ctrl-C): the command stopped before it finished", err=True)
+            raise SystemExit(130) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
