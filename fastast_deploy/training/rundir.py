@@ -10,11 +10,11 @@ from pathlib import Path
 from torch import nn
 
 from fastast_deploy.errors import CheckpointError, ConfigError, error_summary
-from fastast_deploy.files import read_json_object, write_bytes_atomic
+from fastast_deploy.files import write_bytes_atomic
 from fastast_deploy.pairs import JOURNAL, recover_commit
 from fastast_deploy.training.config import TrainConfig
 from fastast_deploy.training.setup import TEACHER_LOGITS_FILE, Log
-from fastast_deploy.training.state import DAMAGED_FIX
+from fastast_deploy.training.state import DAMAGED_FIX, read_run_json
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -38,10 +38,7 @@ def run_config(run: Path, config: TrainConfig, resume: bool, log: Log) -> TrainC
         if not saved.is_file() or not (run / "last").is_file():
             raise ConfigError(f"cannot resume: {run} holds no run ({CONFIG_FILE} and last expected); "
                               f"start a new one without --resume")
-        try:
-            data = read_json_object(saved, CheckpointError, "run settings")
-        except CheckpointError as err:
-            raise CheckpointError(f"cannot resume: {err}; {DAMAGED_FIX}") from None
+        data = read_run_json(saved, "run settings")
         try:
             saved_config = TrainConfig.from_dict(data)
         except (ConfigError, TypeError, ValueError) as err:

@@ -77,6 +77,15 @@ def save_state(run: Path, optimizer: torch.optim.Optimizer, scheduler: Any, prog
     write_json_atomic(json_path, meta)
 
 
+def read_run_json(path: Path, what: str) -> dict[str, Any]:
+    """A run file's JSON object (``what`` it is, for the message); a one-line CheckpointError that says the run
+    cannot resume and what to do when it is not valid UTF-8 JSON or not an object."""
+    try:
+        return read_json_object(path, CheckpointError, what)
+    except CheckpointError as err:
+        raise CheckpointError(f"cannot resume: {err}; {DAMAGED_FIX}") from None
+
+
 def read_state(run: Path) -> dict[str, Any]:
     """The JSON half of the state pair, checked: both files there, valid UTF-8 JSON, an object of this version; a
     one-line CheckpointError naming the file otherwise."""
@@ -85,10 +94,7 @@ def read_state(run: Path) -> dict[str, Any]:
         if not path.is_file():
             raise CheckpointError(f"cannot resume: {path} is missing (`train` writes it beside RUN/last); "
                                   f"{DAMAGED_FIX}")
-    try:
-        meta = read_json_object(json_path, CheckpointError, "resume state")
-    except CheckpointError as err:
-        raise CheckpointError(f"cannot resume: {err}; {DAMAGED_FIX}") from None
+    meta = read_run_json(json_path, "resume state")
     if meta.get("version") != STATE_VERSION:
         raise CheckpointError(f"cannot resume: {json_path} has state version {meta.get('version')!r}, this version "
                               f"reads {STATE_VERSION}")
