@@ -155,6 +155,9 @@ def run_measured(tmp_path_factory: pytest.TempPathFactory):
 
     def run(args: list, cwd=None, stdin: bytes | None = None, timeout: float = 600, env: dict | None = None):
         rss = tmp_path_factory.mktemp("rss") / "peak"
+        # Outside the source tree by default: from its root, `import fastast_deploy` finds the folder (which has
+        # no engines/ or exporters/), not the installed package.
+        cwd = rss.parent if cwd is None else cwd
         full_env = {**os.environ, **(env or {}), "FASTAST_TEST_RSS": str(rss)}
         done = subprocess.run([sys.executable, "-c", _MEASURED_CLI, "x", *map(str, args)], cwd=cwd, input=stdin,
                               capture_output=True, timeout=timeout, env=full_env)

@@ -117,7 +117,7 @@ def test_training_features_of_a_1_hz_wav_read_one_window(world: dict, tmp_path: 
             "assert x.shape == (1, 1024, 128) and bool(x.isfinite().all())\n"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
     done = subprocess.run([sys.executable, "-c", code, str(world["slow"] / "1hz.wav")], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, cwd=world["slow"])  # outside the source tree: the install
     assert done.returncode == 0, done.stderr
     assert float(done.stdout.split()[-1]) < GIB_MIB
 
@@ -205,7 +205,7 @@ def test_bench_interrupted_leaves_no_folder(world: dict, tmp_path: Path) -> None
     cli_code = "import sys\nfrom fastast_deploy.cli.main import main\nsys.argv[0] = 'fastast-deploy'\nmain()"
     proc = subprocess.Popen([sys.executable, "-c", cli_code, "bench", str(world["ckpt"]),
                              "--tome-r", "0,4,8", "--rounds", "1000000", "-o", str(out_dir)],  # still running
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)  # the installed package
     deadline = time.monotonic() + 60
     while not out_dir.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
