@@ -363,8 +363,9 @@ def test_truncated_safetensors(tmp_path: Path) -> None:
 
 
 def test_damaged_cnn_checkpoint_is_reported_as_one(tmp_path: Path) -> None:
-    from fastast_deploy.checkpoints.cnn import CNN_METADATA_KEY, load_cnn, save_cnn
+    from fastast_deploy.checkpoints.cnn import load_cnn, save_cnn
     from fastast_deploy.checkpoints.loading import load_any
+    from fastast_deploy.checkpoints.metadata import CNN_METADATA_KEY
     from fastast_deploy.model.cnn import CNNClassifier, CNNConfig
 
     path = save_cnn(CNNClassifier(CNNConfig(3, 48, 32, "compact", 4)), tmp_path / "cnn.safetensors",
