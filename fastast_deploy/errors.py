@@ -51,3 +51,16 @@ def error_summary(err: BaseException, *, with_type: bool = False, limit: int = S
     if not text:
         return name
     return f"{name}: {text}" if with_type else text
+
+
+class UnreadableClipsError(AudioError):
+    """Some clips of a data set or input folder could not be read, and the run was not told to go on without
+    them (``--skip-unreadable``)."""
+
+
+def unreadable_clips(failed: list[str], total: int, readable: int) -> UnreadableClipsError:
+    """The one message of evaluate and verify when clips cannot be read: how many, the first (``path: reason``)
+    and the fix. ``failed`` holds one ``path: reason`` per unreadable clip."""
+    fix = ("fix or remove them" if not readable else
+           f"fix or remove them, or pass --skip-unreadable to go on with the other {readable}")
+    return UnreadableClipsError(f"{len(failed)} of {total} clips could not be read (first: {failed[0]}); {fix}")

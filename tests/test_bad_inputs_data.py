@@ -4,6 +4,7 @@ file or temp left, and for the long / low-rate / huge-batch cases a peak residen
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -174,6 +175,26 @@ def test_predict_reads_and_prints_a_wav_whose_name_is_not_utf8(world: dict, run_
     out = run_measured(["predict", world["engine"], os.fsdecode(name)], timeout=60)
     assert out.code == 0, out.output
     assert "caf\\xe9.wav (2 windows)" in out.output and "Traceback" not in out.output
+
+
+def test_verify_reads_and_names_wavs_whose_names_are_not_utf8(world: dict, run_measured, tmp_path: Path) -> None:
+    folder = os.path.join(os.fsencode(tmp_path), b"inputs")
+    os.mkdir(folder)
+    sf.write(os.path.join(folder, b"caf\xe9.wav"), _tone(0.5), 16000)
+    with open(os.path.join(folder, b"na\xefve.wav"), "wb") as f:
+        f.write(b"RIFF not really a wav")
+    args = ["verify", world["engine"], "--reference", world["ckpt"], "--inputs", os.fsdecode(folder), "--no-speed"]
+    failed = run_measured(args, timeout=120)  # item 19: an unreadable input fails verify, as it fails evaluate
+    assert failed.code == 1, failed.output
+    lines = [line for line in failed.output.splitlines() if line.strip()]
+    assert len(lines) == 2 and "Traceback" not in failed.output, failed.output
+    assert lines[0].startswith("error: ") and "na\\xefve.wav" in lines[0], failed.output
+    assert "1 of 2 clips could not be read" in lines[1] and "--skip-unreadable" in lines[1], failed.output
+    report = tmp_path / "report.json"
+    passed = run_measured([*args, "--skip-unreadable", "--report", report], timeout=120)
+    assert passed.code == 0, passed.output
+    assert "warning: " in passed.output and "1 clips from" in passed.output and "1 skipped" in passed.output
+    assert [Path(s["file"]).name for s in json.loads(report.read_text())["inputs"]["skipped"]] == ["na\\xefve.wav"]
 
 
 # ---- item 17: no empty or partial -o folder; inputs checked before the slow work --------------------------------

@@ -108,10 +108,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                  16000)
     for name in ("bad1.wav", "bad2.wav", "bad3.wav", "bad4.wav"):
         (clips / name).write_text("not audio")
+    one_bad = root / "one-bad"  # item 19: one unreadable clip among readable ones
+    one_bad.mkdir()
+    shutil.copy(clips / "ok0.wav", one_bad / "ok.wav")
+    (one_bad / "bad.wav").write_text("not audio")
     np.savez(root / "calib.npz", fbank=fbank_like(8, 64, 128, 1))
     return {"root": root, "ckpt": ckpt, "onnx": onnx_path, "engine": engine, "wrong": root / "wrong.onnx",
             "plan": plan, "bad_batch": bad_batch, "melbad": root / "melbad.safetensors", "notrr": root / "notrr.json",
-            "pickled": root / "pickled.json", "mixed": root / "mixed.json", "clips": clips,
+            "pickled": root / "pickled.json", "mixed": root / "mixed.json", "clips": clips, "one_bad": one_bad,
             "calib": root / "calib.npz", "r0": root / "r0.onnx", "r0_ort": root / "r0.ort.onnx",
             "r0_fp16": root / "r0-fp16.onnx", "five_r0": root / "five-r0.onnx", "r0_plan": r0_plan}
 
@@ -160,6 +164,12 @@ BAD = [
      "--backend python only"),
     ("16 triton --site-packages missing", ["triton", "{engine}", "-o", "{root}/repo", "--backend", "python",
                                            "--site-packages", "/nonexistent"], 2, "/nonexistent: no such folder"),
+    ("16 verify --no-speed with --baseline", [*VERIFY, "--no-speed", "--baseline", "{r0}"], 2,
+     "--baseline sets the speed section, which --no-speed skips"),
+    ("16 verify --no-speed with speed options", [*VERIFY, "--no-speed", "--speed-batches", "4", "--iterations", "3"],
+     2, "--speed-batches, --iterations set the speed section"),
+    ("19 verify of an unreadable input", [*VERIFY, "--inputs", "{one_bad}", "--no-speed"], 1,
+     "1 of 2 clips could not be read (first: "),
     ("16 verify --save-inputs x.txt", [*VERIFY, "--save-inputs", "{root}/x.txt", "--no-speed"], 2,
      "name an .npz or a .json"),
     ("16 verify --save-outputs without suffix", [*VERIFY, "--save-outputs", "{root}/x", "--no-speed"], 2,
@@ -233,8 +243,9 @@ def test_inspect_of_a_plan_sidecar_without_typing_fields(world: dict[str, Path])
 def test_verify_names_the_skipped_inputs(world: dict[str, Path], snapshot) -> None:  # items 14 and 19
     before = snapshot(world["root"])
     code, output, _ = invoke([*[a.format(**{k: str(v) for k, v in world.items()}) for a in VERIFY], "--inputs",
-                              world["clips"], "--no-speed"])
+                              world["clips"], "--no-speed", "--skip-unreadable"])
     assert code == 0, output
+    assert sum(line.startswith("warning: ") and "cannot read audio" in line for line in output.splitlines()) == 4
     line = next(line for line in output.splitlines() if line.startswith("skipped"))
     assert "bad1.wav" in line and "bad3.wav" in line and "and 1 more" in line and "cannot read audio" in line
     assert snapshot(world["root"]) == before

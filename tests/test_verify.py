@@ -129,8 +129,10 @@ def test_audio_folder_labels_and_corrupt_files(files: dict[str, Path]) -> None:
     (folder / "noise").mkdir()
     (folder / "noise" / "broken.wav").write_bytes(b"not a wav file")
     report_path = files["root"] / "audio-report.json"
+    code, out = verify(str(files["r8"]), "--reference", str(files["ckpt"]), "--inputs", str(folder), "--no-speed")
+    assert code == 1 and "1 of 3 clips could not be read" in out and "--skip-unreadable" in out, out
     code, out = verify(str(files["r8"]), "--reference", str(files["ckpt"]), "--inputs", str(folder), "--no-speed",
-                       "--report", str(report_path))
+                       "--report", str(report_path), "--skip-unreadable")
     assert code == 0, out
     report = json.loads(report_path.read_text())
     assert report["inputs"]["clips"] == 2 and len(report["inputs"]["skipped"]) == 1
@@ -167,7 +169,7 @@ def test_ast_data_json_inputs_with_labels(files: dict[str, Path]) -> None:
                                          {"wav": "bad.wav", "labels": "/m/3"}]}))
     report_path = files["root"] / "json-report.json"
     code, out = verify(str(files["r8"]), "--reference", str(files["ckpt"]), "--inputs", str(data), "--labels",
-                       str(labels), "--no-speed", "--report", str(report_path))
+                       str(labels), "--no-speed", "--report", str(report_path), "--skip-unreadable")
     assert code == 0, out
     report = json.loads(report_path.read_text())
     assert report["inputs"]["clips"] == 2 and [Path(s["file"]).name for s in report["inputs"]["skipped"]] == ["bad.wav"]

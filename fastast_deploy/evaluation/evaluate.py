@@ -20,7 +20,7 @@ import numpy as np
 
 from fastast_deploy.audio.datasets import Dataset, detect_task, load_dataset
 from fastast_deploy.audio.labels import LabelSet, read_label_csv
-from fastast_deploy.errors import AudioError, ConfigError, DatasetError
+from fastast_deploy.errors import ConfigError, DatasetError, unreadable_clips
 from fastast_deploy.files import shown_path
 from fastast_deploy.inference.runner import Runner, open_runner
 from fastast_deploy.inference.scoring import batch_size, score_files
@@ -88,7 +88,7 @@ def clip_scores(runner: Runner, files: Sequence[str | os.PathLike[str]], batch: 
     """Pooled scores (N, labels) of the clips scored, as `predict` scores a file (every window, no overlap, mean),
     with ``batch`` windows per call (the nearest size the model takes), the number of windows, and the indices
     of the clips scored. Every clip is tried; each that cannot be read goes to ``report(path, reason)``. Then
-    an AudioError naming how many (and the first) could not be read, unless ``skip_unreadable`` (and some
+    an UnreadableClipsError naming how many (and the first) could not be read, unless ``skip_unreadable`` (and some
     were read)."""
     rows, kept, failed, windows = [], [], [], 0
     size = batch_size(runner.batch, batch, fit=True)
@@ -102,9 +102,7 @@ def clip_scores(runner: Runner, files: Sequence[str | os.PathLike[str]], batch: 
         kept.append(index)
         windows += result.windows
     if failed and (not skip_unreadable or not rows):
-        fix = ("fix or remove them" if not rows else
-               f"fix or remove them, or pass --skip-unreadable to score the other {len(rows)}")
-        raise AudioError(f"{len(failed)} of {len(files)} clips could not be read (first: {failed[0]}); {fix}")
+        raise unreadable_clips(failed, len(files), len(rows))
     return np.stack(rows), windows, kept
 
 

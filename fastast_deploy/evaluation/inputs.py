@@ -4,6 +4,7 @@ and reference outputs (a checkpoint run in PyTorch, an npz, a Polygraphy RunResu
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from fastast_deploy.engines.feeds import (
     read_npz_array,
     read_polygraphy_feeds,
 )
-from fastast_deploy.errors import DatasetError, FastASTError, VerifyUsageError, error_summary
+from fastast_deploy.errors import DatasetError, FastASTError, VerifyUsageError, error_summary, unreadable_clips
+from fastast_deploy.files import shown_path
 from fastast_deploy.metrics import fbank_like
 from fastast_deploy.model.config import FeatureConfig
 
@@ -38,6 +40,19 @@ class InputSet:
     waveform: np.ndarray | None = None  # (N, samples) for a waveform-in engine; ``fbank`` is then the project's
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """What verify does with input clips that cannot be read, as evaluate does: each goes to ``report(path,
+    reason)``; then the run fails (UnreadableClipsError, exit 1) unless ``skip``, when the others are compared and
+    the report lists the skipped ones."""
+
+    skip: bool = False
+    report: Callable[[str, str], None] | None = None
+
+
+FAIL_ON_UNREADABLE = Unreadable()  # the default: an unreadable input clip fails the run
+
+
 @dataclass
 class Reference:
     """Reference logits (N, labels) for the inputs, with merge positions where the reference exposes them."""
@@ -51,10 +66,11 @@ class Reference:
 
 
 def load_inputs(spec: str, num: int, frames: int, mel: int, seed: int, export: dict[str, Any],
-                labels_csv: str | None = None) -> InputSet:
+                labels_csv: str | None = None, unreadable: Unreadable = FAIL_ON_UNREADABLE) -> InputSet:
     """``random`` (seeded fbank-like arrays), an ``.npz`` with ``fbank``, a Polygraphy inputs ``.json``, an AST
     data ``.json`` (``{"data": [{"wav", "labels"}]}``, labels as in ``labels_csv`` or the engine's names), or a
-    folder of audio files; audio goes through the engine's feature settings."""
+    folder of audio files; audio goes through the engine's feature settings, and clips that cannot be read are
+    handled as ``unreadable`` says."""
     if spec == "random":
         names = [f"random-{i}" for i in range(num)]
         return InputSet(fbank_like(num, frames, mel, seed), names, f"random (seed {seed})")
@@ -63,12 +79,12 @@ def load_inputs(spec: str, num: int, frames: int, mel: int, seed: int, export: d
         raise VerifyUsageError(f"--inputs {spec}: no such file or folder; use random, a folder of audio, an .npz "
                                "with an fbank array or a Polygraphy inputs .json")
     if path.is_dir():
-        return _audio_folder(path, export)
+        return _audio_folder(path, export, unreadable)
     if path.suffix == ".npz":
         return _checked(InputSet(read_npz_array(path, INPUT_NAME, VerifyUsageError), [], str(path)), frames, mel)
     if path.suffix == ".json":
         if is_ast_data_json(path):
-            return _data_json(path, labels_csv, export)
+            return _data_json(path, labels_csv, export, unreadable)
         fbank = read_polygraphy_feeds(path, INPUT_NAME, VerifyUsageError)
         return _checked(InputSet(fbank, [], str(path)), frames, mel)
     raise VerifyUsageError(f"--inputs {spec}: expected random, a folder, an .npz or a Polygraphy .json")
@@ -89,7 +105,29 @@ def label_folder(label: str) -> str:
     return label.replace("/", "_").replace("\\", "_")
 
 
-def _audio_folder(path: Path, export: dict[str, Any]) -> InputSet:
+def _read_each(files: list[Path], read: Callable[[Path], np.ndarray], unreadable: Unreadable,
+               ) -> tuple[list[np.ndarray], list[int], list[dict[str, str]]]:
+    """``read`` every file: the arrays and indices of those read, and ``{"file", "error"}`` of those that could not
+    be (damaged, no permission), each also sent to ``unreadable.report``; then UnreadableClipsError unless
+    ``unreadable.skip`` (and some were read)."""
+    arrays, kept, skipped = [], [], []
+    for index, file in enumerate(files):
+        try:
+            arrays.append(read(file))
+        except (FastASTError, OSError) as err:
+            reason = (str(err) if isinstance(err, FastASTError) else
+                      f"cannot read ({error_summary(err, with_type=True)})")
+            skipped.append({"file": shown_path(file), "error": reason})
+            if unreadable.report is not None:
+                unreadable.report(shown_path(file), reason)
+            continue
+        kept.append(index)
+    if skipped and (not unreadable.skip or not arrays):
+        raise unreadable_clips([f"{s['file']}: {s['error']}" for s in skipped], len(files), len(arrays))
+    return arrays, kept, skipped
+
+
+def _audio_folder(path: Path, export: dict[str, Any], unreadable: Unreadable) -> InputSet:
     """Every audio file under ``path``; a sub-folder named like a label (see ``label_folder``) gives its clips that
     label."""
     from fastast_deploy.audio.datasets import folder_audio
@@ -99,31 +137,25 @@ def _audio_folder(path: Path, export: dict[str, Any]) -> InputSet:
         files = folder_audio(path)
     except DatasetError as err:
         raise VerifyUsageError(f"--inputs {path}: {err}") from None
+    config = _feature_config(export)
+    folders = [label_folder(name) for name in export.get("labels") or []]
+    arrays, kept, skipped = _read_each(files, lambda file: load_input(file, config).numpy(), unreadable)
+    read = [files[i] for i in kept]
+    parents = [file.parent.name if file.parent != path else None for file in read]
+    known = np.array([folders.index(p) if p in folders else -1 for p in parents])
+    return InputSet(np.stack(arrays), [shown_path(file.relative_to(path)) for file in read], str(path),
+                    known if (known >= 0).all() else None, skipped, [str(file) for file in read])
+
+
+def _feature_config(export: dict[str, Any]) -> FeatureConfig:
     if export.get("features") is None:
         raise VerifyUsageError("the engine records no feature settings, so audio cannot be turned into its input")
-    config = FeatureConfig.from_dict(export["features"])
-    folders = [label_folder(name) for name in export.get("labels") or []]
-    arrays, names, labels, skipped = [], [], [], []
-    for file in files:
-        try:
-            arrays.append(load_input(file, config).numpy())
-        except (FastASTError, OSError) as err:  # unreadable (damaged, no permission): skipped, named in the report
-            skipped.append({"file": str(file), "error": str(err) if isinstance(err, FastASTError) else
-                            f"cannot read {file} ({error_summary(err, with_type=True)})"})
-            continue
-        names.append(str(file.relative_to(path)))
-        parent = file.parent.name if file.parent != path else None
-        labels.append(folders.index(parent) if parent in folders else -1)
-    if not arrays:
-        raise VerifyUsageError(f"--inputs {path}: none of the {len(files)} audio files could be read")
-    known = np.array(labels)
-    read = [str(path / n) for n in names]
-    return InputSet(np.stack(arrays), names, str(path), known if (known >= 0).all() else None, skipped, read)
+    return FeatureConfig.from_dict(export["features"])
 
 
-def _data_json(path: Path, labels_csv: str | None, export: dict[str, Any]) -> InputSet:
-    """An AST data file: clips with their labels (multi-hot targets); unreadable files are skipped and listed, a
-    missing one is an error."""
+def _data_json(path: Path, labels_csv: str | None, export: dict[str, Any], unreadable: Unreadable) -> InputSet:
+    """An AST data file: clips with their labels (multi-hot targets); unreadable files are handled as
+    ``unreadable`` says, a missing one is an error."""
     from fastast_deploy.audio.datasets import load_dataset, raw_fbank
     from fastast_deploy.audio.features import normalize
     from fastast_deploy.audio.labels import LabelSet, read_label_csv
@@ -137,30 +169,21 @@ def _data_json(path: Path, labels_csv: str | None, export: dict[str, Any]) -> In
         raise VerifyUsageError(f"{path} is an AST data file; give its label CSV with --labels")
     if names and list(label_set.names) != list(names):
         raise VerifyUsageError(f"{path}: the label CSV names {len(label_set)} labels differently from the engine")
-    if export.get("features") is None:
-        raise VerifyUsageError("the engine records no feature settings, so audio cannot be turned into its input")
-    config = FeatureConfig.from_dict(export["features"])
+    config = _feature_config(export)
     dataset = load_dataset(path, label_set)
     missing = dataset.missing()
     if missing:  # as evaluate, train and bench: a listed file that is not there is an error, not a skip
         raise VerifyUsageError(f"--inputs {path}: {len(missing)} of {len(dataset)} listed audio files are missing "
                                f"(e.g. {missing[0].path}); fix the paths or remove them from the data list")
-    arrays, clips, targets, skipped, files = [], [], [], [], []
-    for example in dataset.examples:
-        try:
-            arrays.append(normalize(raw_fbank(example.path, config), config.mean, config.std).numpy())
-        except (FastASTError, OSError) as err:  # as in _audio_folder
-            skipped.append({"file": str(example.path), "error": str(err) if isinstance(err, FastASTError) else
-                            f"cannot read {example.path} ({error_summary(err, with_type=True)})"})
-            continue
-        clips.append(example.clip)
-        files.append(str(example.path))
-        target = np.zeros(len(label_set), np.float32)
-        target[list(example.labels)] = 1.0
-        targets.append(target)
-    if not arrays:
-        raise VerifyUsageError(f"--inputs {path}: none of its {len(dataset)} audio files could be read")
-    return InputSet(np.stack(arrays), clips, str(path), np.stack(targets), skipped, files)
+    examples = dataset.examples
+    arrays, kept, skipped = _read_each(
+        [Path(example.path) for example in examples],
+        lambda file: normalize(raw_fbank(file, config), config.mean, config.std).numpy(), unreadable)
+    targets = np.zeros((len(kept), len(label_set)), np.float32)
+    for row, index in enumerate(kept):
+        targets[row, list(examples[index].labels)] = 1.0
+    return InputSet(np.stack(arrays), [examples[i].clip for i in kept], str(path), targets, skipped,
+                    [str(examples[i].path) for i in kept])
 
 
 def load_reference(spec: str, inputs: InputSet | None, export: dict[str, Any]) -> Reference:
@@ -224,14 +247,12 @@ def _checkpoint_reference(source: str, inputs: InputSet, export: dict[str, Any])
 
 
 def load_waveform_inputs(spec: str, num: int, samples: int, seed: int, export: dict[str, Any],
-                         labels_csv: str | None = None) -> InputSet:
+                         labels_csv: str | None = None, unreadable: Unreadable = FAIL_ON_UNREADABLE) -> InputSet:
     """Inputs of a waveform-in engine: ``waveform`` (N, samples) and, for the reference, ``fbank`` (N, T, F), the
     project's own features of the same audio. ``random``: `waveform_like` clips; a folder of audio or an AST
     data .json: each file's first window (resampled, NaN past its end), as `predict` feeds it."""
 
-    if export.get("features") is None:
-        raise VerifyUsageError("the engine records no feature settings, so audio cannot be turned into its input")
-    config = FeatureConfig.from_dict(export["features"])
+    config = _feature_config(export)
     if spec == "random":
         from fastast_deploy.exporters.fbank_graph import reference_fbank
         from fastast_deploy.metrics import waveform_like
@@ -243,7 +264,7 @@ def load_waveform_inputs(spec: str, num: int, samples: int, seed: int, export: d
     if not (path.is_dir() or path.suffix == ".json" and path.is_file() and is_ast_data_json(path)):
         raise VerifyUsageError(f"--inputs {spec}: a waveform-in engine takes random, a folder of audio or an AST "
                                "data .json (fbank arrays are no input for it)")
-    inputs = load_inputs(spec, num, config.frames, config.num_mel_bins, seed, export, labels_csv)
+    inputs = load_inputs(spec, num, config.frames, config.num_mel_bins, seed, export, labels_csv, unreadable)
     inputs.waveform = np.stack([first_window(file, config, samples) for file in inputs.files])
     return inputs
 

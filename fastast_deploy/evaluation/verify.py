@@ -23,10 +23,12 @@ from fastast_deploy.contract import (
 )
 from fastast_deploy.engines import Engine, load_engine
 from fastast_deploy.engines.base import batch_chunks
-from fastast_deploy.errors import FastASTError, UsageError, VerifyUsageError
+from fastast_deploy.errors import FastASTError, UnreadableClipsError, UsageError, VerifyUsageError
 from fastast_deploy.evaluation.inputs import (
+    FAIL_ON_UNREADABLE,
     InputSet,
     Reference,
+    Unreadable,
     load_inputs,
     load_reference,
     load_waveform_inputs,
@@ -279,9 +281,10 @@ def engine_summary(engine: Engine) -> dict[str, Any]:
 
 def verify(engine_path: str | os.PathLike, reference_spec: str, *, inputs_spec: str = "random", num: int = 64,
            batch: int = 8, seed: int = 0, thresholds: Tolerance | None = None, speed: SpeedOptions | None = None,
-           provider: str | None = None, labels_csv: str | None = None,
+           provider: str | None = None, labels_csv: str | None = None, unreadable: Unreadable = FAIL_ON_UNREADABLE,
            ) -> tuple[dict[str, Any], InputSet, Reference, dict[str, np.ndarray]]:
-    """Run the comparison (and the speed section unless ``speed`` is None); returns the report and what it used."""
+    """Run the comparison (and the speed section unless ``speed`` is None); returns the report and what it used.
+    Input clips that cannot be read are handled as ``unreadable`` says (by default the run fails)."""
     with load_engine(engine_path, provider=provider) as engine:
         export = engine.metadata["export"]
         waveform = input_name(engine) == WAVEFORM_NAME
@@ -289,8 +292,9 @@ def verify(engine_path: str | os.PathLike, reference_spec: str, *, inputs_spec: 
         if speed is not None and speed.baseline not in (None, "auto"):
             given = check_baseline(engine, speed.baseline)
         try:
-            inputs, reference = load_comparison(engine, reference_spec, inputs_spec, num, seed, labels_csv)
-        except UsageError:
+            inputs, reference = load_comparison(engine, reference_spec, inputs_spec, num, seed, labels_csv,
+                                                unreadable)
+        except (UsageError, UnreadableClipsError):  # the second is the input files, not the arguments: exit 1
             raise
         except FastASTError as err:  # a reference or inputs that cannot be read: the arguments, not the engine
             raise VerifyUsageError(str(err)) from None
@@ -314,7 +318,7 @@ def verify(engine_path: str | os.PathLike, reference_spec: str, *, inputs_spec: 
 
 
 def load_comparison(engine: Engine, reference_spec: str, inputs_spec: str, num: int, seed: int,
-                    labels_csv: str | None) -> tuple[InputSet, Reference]:
+                    labels_csv: str | None, unreadable: Unreadable = FAIL_ON_UNREADABLE) -> tuple[InputSet, Reference]:
     """The inputs and the reference outputs to compare ``engine`` against (VerifyUsageError when they do not fit
     together)."""
     export = engine.metadata["export"]
@@ -324,7 +328,7 @@ def load_comparison(engine: Engine, reference_spec: str, inputs_spec: str, num: 
         if Path(reference_spec).suffix in (".npz", ".json") and Path(reference_spec).is_file():
             raise VerifyUsageError(f"{engine.path.name} takes waveforms: give a checkpoint as --reference "
                                    "(saved outputs hold no waveforms)")
-        inputs = load_waveform_inputs(inputs_spec, num, samples, seed, export, labels_csv)
+        inputs = load_waveform_inputs(inputs_spec, num, samples, seed, export, labels_csv, unreadable)
         return inputs, load_reference(reference_spec, inputs, export)
     if Path(reference_spec).suffix == ".npz" and Path(reference_spec).is_file():
         if inputs_spec != "random":
@@ -335,7 +339,7 @@ def load_comparison(engine: Engine, reference_spec: str, inputs_spec: str, num: 
             raise VerifyUsageError(f"reference {reference_spec} has inputs of shape {inputs.fbank.shape}; the "
                                    f"engine takes (N, {frames}, {mel}): another input length")
         return inputs, reference
-    inputs = load_inputs(inputs_spec, num, frames, mel, seed, export, labels_csv)
+    inputs = load_inputs(inputs_spec, num, frames, mel, seed, export, labels_csv, unreadable)
     return inputs, load_reference(reference_spec, inputs, export)
 
 

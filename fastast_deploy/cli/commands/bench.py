@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fastast_deploy.cli.commands.options import BATCH, SOME_THREADS, parse_r
+from fastast_deploy.cli.commands.options import BATCH, FRAMES, SOME_THREADS, parse_r
 from fastast_deploy.contract import INPUT_NAME, INPUT_NAMES, PROVIDERS
 from fastast_deploy.errors import ConfigError
 from fastast_deploy.files import (
@@ -32,7 +32,7 @@ from fastast_deploy.scoped import torch_threads
 @click.option("--rounds", type=click.IntRange(min=1), default=10, show_default=True,
               help="Timed calls per engine, interleaved across engines.")
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True)
-@click.option("--frames", type=click.IntRange(min=1), default=None, help="Input length [default: the checkpoint's].")
+@click.option("--frames", type=FRAMES, default=None, help="Input length [default: the checkpoint's].")
 @click.option("--input", "graph_input", type=click.Choice(list(INPUT_NAMES)), default=INPUT_NAME, show_default=True,
               help="The engines' input; waveform: the fbank is computed inside each graph.")
 @click.option("--data", default=None, metavar="DIR|FILE",

@@ -6,9 +6,8 @@ import os
 from pathlib import Path
 
 import click
-from click.core import ParameterSource
 
-from fastast_deploy.cli.commands.options import BATCH, THREADS
+from fastast_deploy.cli.commands.options import BATCH, THREADS, given_options
 from fastast_deploy.contract import BACKENDS, PRECISIONS, PROVIDERS, sidecar_path
 from fastast_deploy.engines.base import BackendUnavailableError
 from fastast_deploy.engines.ort_engine import LEVELS, OrtBuildOptions
@@ -33,8 +32,7 @@ ORT_ONLY = ("provider", "optimization", "threads", "optimize")
 def _refuse_foreign_options(ctx: click.Context, backend: str) -> None:
     """Options of the other backend, given on the command line, are an error rather than silently ignored."""
     foreign = ORT_ONLY if backend == "tensorrt" else TRT_ONLY
-    given = [f"--{name.replace('_', '-')}" for name in foreign
-             if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)]
+    given = given_options(ctx, foreign)
     if given:
         other = "onnxruntime" if backend == "tensorrt" else "tensorrt"
         verb = "applies" if len(given) == 1 else "apply"

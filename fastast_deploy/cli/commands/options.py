@@ -6,15 +6,20 @@ import math
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from fastast_deploy.contract import MAX_BATCH, MAX_CLIPS, MAX_THREADS
 from fastast_deploy.errors import ConfigError, FastASTError, UsageError
+from fastast_deploy.model.config import LIMITS
 from fastast_deploy.model.schedule import check_r
 
 # Bounded option types, one per kind of value, for every command that takes one (limits: contract.py).
 BATCH = click.IntRange(1, MAX_BATCH)  # export --batch, build-engine --min/opt/max-batch, verify --batch, bench --batch
 CLIPS = click.IntRange(1, MAX_CLIPS)  # generated inputs: verify --num
 THREADS = click.IntRange(0, MAX_THREADS)  # intra-op threads, 0 the runtime's default: build-engine
+# An input length in frames: the bound of every model (ModelConfig); a model's own lower bound (one patch) is checked
+# with the model, whose message says which patch: export, info, bench, train --frames.
+FRAMES = click.IntRange(1, LIMITS["input_frames"])
 SOME_THREADS = click.IntRange(1, MAX_THREADS)  # threads where leaving the option out means the default: predict, ...
 
 
@@ -34,6 +39,13 @@ class FiniteFloat(click.ParamType):
         if not math.isfinite(number) or not low <= number <= high:
             self.fail(f"{value!r} is not a finite number from {low:g} to {high:g}", param, ctx)
         return number
+
+
+def given_options(ctx: click.Context, names: Any = None) -> list[str]:
+    """The options of ``ctx``'s command that were set on the command line (of ``names``, parameter names, when
+    given), as their longest flag (``--speed-batches``): for a command to refuse options that would be ignored."""
+    return [max(p.opts, key=len) for p in ctx.command.params
+            if (names is None or p.name in names) and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
 
 
 def parse_sizes(value: str, option: str, error: type[FastASTError] = ConfigError, minimum: int = 1,
@@ -75,7 +87,7 @@ def parse_r(value: str | None) -> int | list[int] | None:
 
 def tome_options(func: Any) -> Any:
     """--tome-r / --tome-inflection / --frames, shared by the commands that build a model."""
-    func = click.option("--frames", type=click.IntRange(min=1), default=None,
+    func = click.option("--frames", type=FRAMES, default=None,
                         help="Input length in frames (positional embeddings adapted); default: the checkpoint's.")(func)
     func = click.option("--tome-inflection", type=click.FloatRange(-1.0, 1.0), default=0.0, show_default=True,
                         help="Linear r ramp: -1 goes from 2r down to 0, +1 from 0 up to 2r.")(func)

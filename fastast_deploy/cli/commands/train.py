@@ -7,12 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from click.core import ParameterSource
 
 from fastast_deploy.audio.synthetic import DATASET_FILES, SyntheticConfig
-from fastast_deploy.cli.commands.options import FiniteFloat, parse_r
+from fastast_deploy.cli.commands.options import FRAMES, FiniteFloat, given_options, parse_r
 from fastast_deploy.errors import ConfigError, UsageError
-from fastast_deploy.model.config import LIMITS
 from fastast_deploy.training.config import (
     ARCHS,
     AUTO_KD_MODE,
@@ -28,7 +26,6 @@ _S = SyntheticConfig()
 _T = TrainConfig()
 RESUME_KEEPS = ("output", "resume", "stop_after", "device", "threads", "quiet")  # the only options a resume may give
 KD_OPTIONS = ("kd_mode", "kd_lambda", "kd_tau", "teacher_inputs")  # meaningful only with a teacher
-FRAMES = click.IntRange(16, LIMITS["input_frames"])  # the bound every model input length has (ModelConfig)
 
 
 class OpenFloat(FiniteFloat):
@@ -201,8 +198,7 @@ def train(ctx: click.Context, train_data: str | None, val_data: str | None, labe
     from fastast_deploy.training.loop import train as run_training
 
     if resume:
-        given = [max(p.opts, key=len) for p in ctx.command.params
-                 if p.name not in RESUME_KEEPS and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
+        given = given_options(ctx, [p.name for p in ctx.command.params if p.name not in RESUME_KEEPS])
         if given:
             raise ConfigError(f"--resume continues {output} with its saved settings; drop {', '.join(given)} "
                               f"(only --stop-after, --device and --threads may be given)")
@@ -211,8 +207,7 @@ def train(ctx: click.Context, train_data: str | None, val_data: str | None, labe
         if train_data is None:
             raise ConfigError("--train is required (an AST data .json, an ESC-50-style .csv or a folder per class)")
         if teacher is None and teacher_logits is None:
-            given = [max(p.opts, key=len) for p in ctx.command.params
-                     if p.name in KD_OPTIONS and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
+            given = given_options(ctx, KD_OPTIONS)
             if given:
                 raise UsageError(f"{', '.join(given)} set the distillation, which needs --teacher or "
                                  f"--teacher-logits; give a teacher or drop {', '.join(given)}")

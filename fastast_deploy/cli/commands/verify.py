@@ -9,7 +9,7 @@ from typing import Any
 import click
 import numpy as np
 
-from fastast_deploy.cli.commands.options import BATCH, CLIPS, FiniteFloat, parse_sizes
+from fastast_deploy.cli.commands.options import BATCH, CLIPS, FiniteFloat, given_options, parse_sizes
 from fastast_deploy.contract import PRECISIONS, PROVIDERS, TOLERANCES, sidecar_path
 from fastast_deploy.errors import FastASTError, VerifyUsageError, error_summary
 from fastast_deploy.files import atomic_path, check_outputs_apart, prepare_output
@@ -37,6 +37,9 @@ def _defaults(name: str) -> str:
               "data .json (labelled clips), an .npz with an fbank array, or a Polygraphy inputs .json.")
 @click.option("--labels", "labels_csv", type=click.Path(dir_okay=False), default=None,
               help="Label CSV (index,mid,display_name) for an AST data .json given as --inputs.")
+@click.option("--skip-unreadable", is_flag=True,
+              help="Compare the input clips that can be read when some cannot (they are listed in the report); "
+              "without it an unreadable clip fails the run (exit 1), as in evaluate.")
 @click.option("--num", type=CLIPS, default=64, show_default=True, help="Clips for --inputs random.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --inputs random.")
 @click.option("--batch", type=BATCH, default=8, show_default=True, help="Batch for the parity run.")
@@ -60,7 +63,8 @@ def _defaults(name: str) -> str:
 @click.option("--save-outputs", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Save the engine's outputs: .npz (fbank + logits, usable as --reference) or .json (Polygraphy "
               "RunResults); another suffix is an error.")
-def verify(engine: str, reference: str, inputs: str, labels_csv: str | None, num: int, seed: int, batch: int,
+def verify(engine: str, reference: str, inputs: str, labels_csv: str | None, skip_unreadable: bool, num: int,
+           seed: int, batch: int,
            atol: float | None,
            rtol: float | None, min_cosine: float | None, min_top1: float | None, baseline: str, no_speed: bool,
            speed_batches: str, warmup: int, iterations: int, provider: str | None, report: Path | None,
@@ -69,13 +73,24 @@ def verify(engine: str, reference: str, inputs: str, labels_csv: str | None, num
     against the unmerged baseline. Exit 0 when every threshold holds; 1 when one fails, or when the engine cannot
     be loaded or run or the baseline cannot be built (the cause in one line), or on an I/O error (said so); 2 for
     usage errors; 130 on Ctrl-C. Verify an int8 engine on real clips (--inputs DIR): the default random inputs lie
-    outside its calibration range."""
+    outside its calibration range.
+
+    An input clip that cannot be read gets one `error: PATH: reason` line on stderr (`warning:` with
+    --skip-unreadable); then the run fails with exit code 1 unless --skip-unreadable is given."""
     import dataclasses
 
+    from fastast_deploy.evaluation.inputs import Unreadable
     from fastast_deploy.evaluation.verify import SpeedOptions, default_thresholds
     from fastast_deploy.evaluation.verify import verify as run_verify
 
     given = {"atol": atol, "rtol": rtol, "min_cosine": min_cosine, "min_top1": min_top1}
+    if no_speed:
+        ignored = given_options(click.get_current_context(), ("baseline", "speed_batches", "warmup", "iterations"))
+        if ignored:
+            raise VerifyUsageError(f"{', '.join(ignored)} {'sets' if len(ignored) == 1 else 'set'} the speed section, "
+                                   "which --no-speed skips; drop one or the other")
+    kind = "warning" if skip_unreadable else "error"
+    unreadable = Unreadable(skip_unreadable, lambda path, reason: click.echo(f"{kind}: {path}: {reason}", err=True))
     sizes = parse_sizes(speed_batches, "--speed-batches", VerifyUsageError)
     speed = None if no_speed else SpeedOptions(sizes, warmup, iterations, None if baseline == "none" else baseline)
 
@@ -105,7 +120,8 @@ def verify(engine: str, reference: str, inputs: str, labels_csv: str | None, num
         thresholds = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
         result, used_inputs, _, outputs = run_verify(engine, reference, inputs_spec=inputs, num=num, batch=batch,
                                                      seed=seed, thresholds=thresholds, speed=speed,
-                                                     provider=provider, labels_csv=labels_csv)
+                                                     provider=provider, labels_csv=labels_csv,
+                                                     unreadable=unreadable)
         if report is not None:
             from fastast_deploy.files import write_json_atomic
 
