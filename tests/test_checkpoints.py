@@ -78,6 +78,14 @@ def test_hf_directory_matches_transformers(hf: torch.nn.Module, hf_dir: Path, x_
     assert info["sha256"][str(weights)] == hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
+def test_hf_directory_without_qkv_bias_matches_transformers(make_hf_model, tmp_path: Path, x_hf: torch.Tensor) -> None:
+    hf = make_hf_model(qkv_bias=False)
+    hf.save_pretrained(tmp_path / "no-bias")
+    model = load_model(tmp_path / "no-bias")
+    assert not model.config.qkv_bias
+    assert max_diff(model(x_hf), hf_logits(hf, x_hf)) < TOL
+
+
 @pytest.mark.parametrize("layout", ["hub", "in-memory"])
 def test_hf_pytorch_model_bin(
     hf: torch.nn.Module, hf_dir: Path, x_hf: torch.Tensor, tmp_path: Path, layout: str

@@ -120,7 +120,8 @@ class FastAST(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:  # qkv has none where qkv_bias is off
+                    nn.init.zeros_(m.bias)
 
     @property
     def token_counts(self) -> tuple[int, ...]:
