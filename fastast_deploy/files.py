@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -60,7 +61,10 @@ def clean_stale_temps(path: Path) -> None:
         pid = stale.name[len(path.name) + 2 :].split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             with contextlib.suppress(OSError):
-                stale.unlink()
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale)
+                else:
+                    stale.unlink()
 
 
 def temp_beside(path: str | os.PathLike) -> Path:
@@ -75,6 +79,22 @@ def temp_beside(path: str | os.PathLike) -> Path:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private (0600); give them the usual mode
+    return Path(tmp)
+
+
+def temp_dir_beside(path: str | os.PathLike) -> Path:
+    """A new, empty temp folder beside ``path`` (hidden, named after it and this process, cleaned as `temp_beside`'s
+    files are), with the usual mode: for an output folder written whole, then renamed into place."""
+    path = Path(path)
+    clean_stale_temps(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise FastASTError(f"cannot write to {path.parent}: {err.strerror}") from None
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes folders private (0700); give them the usual mode
     return Path(tmp)
 
 
@@ -220,6 +240,11 @@ def _written(folder: Path) -> dict[str, dict[str, str]]:
     return data if isinstance(data, dict) and all(isinstance(v, dict) for v in data.values()) else {}
 
 
+def written_by(folder: str | os.PathLike, command: str) -> dict[str, str]:
+    """What ``folder``'s record says ``command`` wrote there ({file name: sha256 when written}); {} if nothing."""
+    return _written(Path(folder)).get(command, {})
+
+
 def check_replaceable(folder: str | os.PathLike, names: Iterable[str], command: str, force: bool = False) -> None:
     """Refuse, before any work, to replace a file in ``folder`` that ``command`` did not write there: one of
     ``names`` (relative to the folder) that exists and is not in the folder's record (`record_written`) with the
@@ -227,7 +252,7 @@ def check_replaceable(folder: str | os.PathLike, names: Iterable[str], command: 
     folder = Path(folder)
     if force or not folder.is_dir():
         return
-    mine = _written(folder).get(command, {})
+    mine = written_by(folder, command)
     foreign = [n for n in names if (folder / n).exists() and
                ((folder / n).is_dir() or mine.get(n) != sha256_file(folder / n))]
     if foreign:

@@ -22,34 +22,63 @@ from fastast_deploy.checkpoints.access import (
     _read_json,
     _torch_load,
 )
-from fastast_deploy.errors import CheckpointError
-from fastast_deploy.model.config import AUDIOSET, ESC50, SPEECHCOMMANDS, FeatureConfig, ModelConfig
+from fastast_deploy.errors import CheckpointError, ConfigError
+from fastast_deploy.model.config import AUDIOSET, ESC50, SPEECHCOMMANDS, FeatureConfig, ModelConfig, TomeConfig
 from fastast_deploy.model.schedule import PROTECTED_TOKENS
 
 HF_MODEL_TYPE = "audio-spectrogram-transformer"
+HF_FEATURE_EXTRACTOR = "ASTFeatureExtractor"
+HF_CONFIG_FILES = ("config.json", "preprocessor_config.json")  # the model's, then its feature extractor's
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # in order of preference
+NO_NORMALISATION = {"mean": 0.0, "std": 0.5}  # (x - 0) / (2 * 0.5) = x: do_normalize false
 COMMON_FRAMES = (1024, 512, 128)  # AudioSet, ESC-50, Speech Commands input lengths
 STATS_BY_LABEL_COUNT: dict[int, FeatureConfig] = {527: AUDIOSET, 50: ESC50, 35: SPEECHCOMMANDS}
 
-# Hugging Face key (after the "audio_spectrogram_transformer." prefix) -> FastAST key. Hub files use the names of
-# transformers 4 (encoder.layer.*.attention.attention.query); transformers 5 names modules layers.*.attention.q_proj.
-_LAYER = r"^(?:encoder\.layer|layers)\.(\d+)\."
-_HF_RENAMES: tuple[tuple[str, str], ...] = (
-    (r"^embeddings\.cls_token$", "cls_token"),
-    (r"^embeddings\.distillation_token$", "dist_token"),
-    (r"^embeddings\.position_embeddings$", "pos_embed"),
-    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-    (_LAYER + r"layernorm_before\.", r"blocks.\1.norm1."),
-    (_LAYER + r"layernorm_after\.", r"blocks.\1.norm2."),
-    (_LAYER + r"attention\.(?:attention\.query|q_proj)\.", r"blocks.\1.attn.q."),
-    (_LAYER + r"attention\.(?:attention\.key|k_proj)\.", r"blocks.\1.attn.k."),
-    (_LAYER + r"attention\.(?:attention\.value|v_proj)\.", r"blocks.\1.attn.v."),
-    (_LAYER + r"attention\.(?:output\.dense|o_proj)\.", r"blocks.\1.attn.proj."),
-    (_LAYER + r"(?:intermediate\.dense|mlp\.fc1)\.", r"blocks.\1.mlp.fc1."),
-    (_LAYER + r"(?:output\.dense|mlp\.fc2)\.", r"blocks.\1.mlp.fc2."),
-    (r"^layernorm\.", "norm."),
-    (r"^classifier\.layernorm\.", "head_norm."),
-    (r"^classifier\.dense\.", "head."),
+# FastAST key -> Hugging Face keys, both ways ({i}: a block index; after HF_PREFIX, which the classifier lacks). First
+# the names of transformers 4, which Hub files use and transformers 5 still writes (encoder.layer.*.attention.
+# attention.query), then transformers 5's module names (layers.*.attention.q_proj), which reading also takes.
+HF_PREFIX = "audio_spectrogram_transformer."
+HF_KEYS: tuple[tuple[str, ...], ...] = (
+    ("cls_token", "embeddings.cls_token"),
+    ("dist_token", "embeddings.distillation_token"),
+    ("pos_embed", "embeddings.position_embeddings"),
+    ("patch_embed.proj.", "embeddings.patch_embeddings.projection."),
+    ("blocks.{i}.norm1.", "encoder.layer.{i}.layernorm_before.", "layers.{i}.layernorm_before."),
+    ("blocks.{i}.norm2.", "encoder.layer.{i}.layernorm_after.", "layers.{i}.layernorm_after."),
+    ("blocks.{i}.attn.q.", "encoder.layer.{i}.attention.attention.query.", "layers.{i}.attention.q_proj."),
+    ("blocks.{i}.attn.k.", "encoder.layer.{i}.attention.attention.key.", "layers.{i}.attention.k_proj."),
+    ("blocks.{i}.attn.v.", "encoder.layer.{i}.attention.attention.value.", "layers.{i}.attention.v_proj."),
+    ("blocks.{i}.attn.proj.", "encoder.layer.{i}.attention.output.dense.", "layers.{i}.attention.o_proj."),
+    ("blocks.{i}.mlp.fc1.", "encoder.layer.{i}.intermediate.dense.", "layers.{i}.mlp.fc1."),
+    ("blocks.{i}.mlp.fc2.", "encoder.layer.{i}.output.dense.", "layers.{i}.mlp.fc2."),
+    ("norm.", "layernorm."),
+    ("head_norm.", "classifier.layernorm."),
+    ("head.", "classifier.dense."),
 )
+# FastAST key prefix -> original AST key prefix (after DataParallel's "module."); every other key is "v." + ours.
+ORIGINAL_HEAD = (("head_norm.", "mlp_head.0."), ("head.", "mlp_head.1."))
+ORIGINAL_UNUSED = ("head", "head_dist")  # v.head, v.head_dist: DeiT's ImageNet heads, which AST holds but never uses
+DEIT_CLASSES = 1000  # their outputs
+FASTAST_ENTRY = "fastast"  # config.json entry (ignored by transformers) with what ASTConfig cannot say
+
+
+def _key_rule(source: str, target: str) -> tuple[str, str]:
+    """A table row as (anchored regex, replacement): ``{i}`` captures the block index."""
+    pattern = "^" + re.escape(source).replace(r"\{i\}", r"(\d+)") + ("" if source.endswith(".") else "$")
+    return pattern, target.replace("{i}", r"\1")
+
+
+_HF_RENAMES = tuple(_key_rule(hf, ours) for ours, *names in HF_KEYS for hf in names)
+_HF_NAMES = tuple(_key_rule(ours, names[0]) for ours, *names in HF_KEYS)
+
+
+def _renamed(key: str, rules: tuple[tuple[str, str], ...]) -> str:
+    """``key`` under the first rule that matches it; unchanged when none does."""
+    for pattern, repl in rules:
+        key, hits = re.subn(pattern, repl, key)
+        if hits:
+            break
+    return key
 
 
 
@@ -58,15 +87,25 @@ def convert_original_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor
     out = {}
     for key, value in state.items():
         key = key.removeprefix("module.")
-        if key.startswith(("v.head.", "v.head_dist.")):
+        if key.startswith(tuple(f"v.{name}." for name in ORIGINAL_UNUSED)):
             continue
-        if key.startswith("v."):
-            key = key[2:]
-        elif key.startswith("mlp_head.0."):
-            key = "head_norm." + key[len("mlp_head.0.") :]
-        elif key.startswith("mlp_head.1."):
-            key = "head." + key[len("mlp_head.1.") :]
-        out[key] = value
+        heads = (ours + key[len(theirs) :] for ours, theirs in ORIGINAL_HEAD if key.startswith(theirs))
+        out[key[2:] if key.startswith("v.") else next(heads, key)] = value
+    return out
+
+
+def original_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """FastAST keys -> the original AST repository's layout (``module.v.*``, ``module.mlp_head.0/1``), the inverse
+    of `convert_original_state_dict`, with the unused DeiT heads (zeros) that AST's model holds, so that its strict
+    ``load_state_dict`` takes the file."""
+    out = {}
+    for key, value in state.items():
+        heads = (theirs + key[len(ours) :] for ours, theirs in ORIGINAL_HEAD if key.startswith(ours))
+        out["module." + next(heads, "v." + key)] = value
+    dim = state["cls_token"].shape[-1]
+    for name in ORIGINAL_UNUSED:
+        out[f"module.v.{name}.weight"] = torch.zeros(DEIT_CLASSES, dim)
+        out[f"module.v.{name}.bias"] = torch.zeros(DEIT_CLASSES)
     return out
 
 
@@ -109,6 +148,13 @@ def original_config(state: Mapping[str, Tensor], fstride: int = 10, tstride: int
     )
 
 
+def original_strides(name: str) -> tuple[int, int]:
+    """(frequency, time) strides of an original AST file, from its name as AST writes it
+    (``audioset_10_10_0.4593.pth``); 10, 10 when the name gives none."""
+    strides = re.search(r"_(\d+)_(\d+)_", name)
+    return (int(strides[1]), int(strides[2])) if strides else (10, 10)
+
+
 def _read_pth(path: Path) -> Checkpoint:
     state = _torch_load(path)
     keys = [k.removeprefix("module.") for k in state]
@@ -116,8 +162,7 @@ def _read_pth(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path} holds Hugging Face AST weights; pass the directory with its config.json")
     if "v.cls_token" not in keys:
         raise CheckpointError(f"{path} is not an AST checkpoint (keys {keys[:_EXAMPLES]}...); {_EXPECTED}")
-    strides = re.search(r"_(\d+)_(\d+)_", path.name)
-    fstride, tstride = (int(strides[1]), int(strides[2])) if strides else (10, 10)
+    fstride, tstride = original_strides(path.name)
     converted = convert_original_state_dict(state)
     config = _checked(path, lambda: original_config(converted, fstride, tstride))
     stats, note = STATS_BY_LABEL_COUNT.get(config.num_labels), None
@@ -130,20 +175,57 @@ def _read_pth(path: Path) -> Checkpoint:
 
 def convert_hf_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """``ASTForAudioClassification`` keys -> FastAST keys; split q/k/v become one fused qkv (q|k|v rows)."""
-    out = {}
-    for key, value in state.items():
-        key = key.removeprefix("audio_spectrogram_transformer.")
-        for pattern, repl in _HF_RENAMES:
-            key, hits = re.subn(pattern, repl, key)
-            if hits:
-                break
-        out[key] = value
+    out = {_renamed(key.removeprefix(HF_PREFIX), _HF_RENAMES): value for key, value in state.items()}
     for key in [k for k in out if re.fullmatch(r"blocks\.\d+\.attn\.q\.\w+", k)]:
         block, param = key.split(".attn.q.")
         parts = [f"{block}.attn.{name}.{param}" for name in "qkv"]
         if all(p in out for p in parts):
             out[f"{block}.attn.qkv.{param}"] = torch.cat([out.pop(p) for p in parts], dim=0)  # (3C, ...)
     return out
+
+
+def hf_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """FastAST keys -> ``ASTForAudioClassification`` keys as Hub files name them, the inverse of
+    `convert_hf_state_dict`: each fused qkv (q|k|v rows) becomes query, key and value."""
+    split = {}
+    for key, value in state.items():
+        fused = re.fullmatch(r"(blocks\.\d+\.attn)\.qkv\.(\w+)", key)
+        if fused is None:
+            split[key] = value
+            continue
+        for name, part in zip("qkv", value.chunk(3, dim=0), strict=True):  # 3 x (C, ...)
+            split[f"{fused[1]}.{name}.{fused[2]}"] = part.contiguous()
+    out = {}
+    for key, value in split.items():
+        name = _renamed(key, _HF_NAMES)
+        out[name if name.startswith("classifier.") else HF_PREFIX + name] = value
+    return out
+
+
+def fastast_entry(tome: TomeConfig, config: ModelConfig, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """config.json's ``fastast`` entry: what ASTConfig cannot say (the ToMe schedule, the head's LayerNorm eps,
+    which ASTConfig shares with every norm) and what training recorded (``extra``); `with_fastast_entry` reads it."""
+    return {"tome": tome.to_dict(), "head_norm_eps": config.head_norm_eps, "extra": dict(extra or {})}
+
+
+def with_fastast_entry(where: Path, cfg: Mapping[str, Any], ckpt: Checkpoint) -> Checkpoint:
+    """``ckpt``, read from the Hugging Face config ``cfg``, with what its ``fastast`` entry adds (none: as it is)."""
+    entry = cfg.get(FASTAST_ENTRY)
+    if entry is None:
+        return ckpt
+
+    def parse() -> tuple[ModelConfig, TomeConfig]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("tome", {}), dict):
+            raise TypeError(f"its {FASTAST_ENTRY!r} entry must be an object with a 'tome' object")
+        tome = TomeConfig.from_dict(entry.get("tome", {}))
+        config = replace(ckpt.config, head_norm_eps=entry.get("head_norm_eps", ckpt.config.head_norm_eps))
+        tome.per_block(config.depth)  # a schedule longer than the model fails here
+        return config, tome
+
+    config, tome = _checked(where, parse)
+    extra = entry.get("extra")
+    info = ckpt.info | ({"extra": extra} if isinstance(extra, dict) and extra else {})
+    return replace(ckpt, config=config, tome=tome, info=info)
 
 
 def hf_config(cfg: Mapping[str, Any], num_labels: int) -> ModelConfig:
@@ -168,14 +250,51 @@ def hf_config(cfg: Mapping[str, Any], num_labels: int) -> ModelConfig:
     )
 
 
+def read_hf_config(path: Path, what: str | None = None) -> dict[str, Any]:
+    """A Hugging Face config.json, refused unless it describes an AST (its model_type named otherwise)."""
+    cfg = _read_json(path)
+    if cfg.get("model_type") != HF_MODEL_TYPE:
+        raise CheckpointError(f"{what or path} has model_type {cfg.get('model_type')!r}, expected {HF_MODEL_TYPE!r} "
+                              "(an Audio Spectrogram Transformer, ASTForAudioClassification)")
+    return cfg
+
+
+def hf_features(pre: Mapping[str, Any], config: ModelConfig, where: Path) -> FeatureConfig:
+    """The feature settings of an ``ASTFeatureExtractor`` config (preprocessor_config.json) for a model of
+    ``config``: its sampling_rate, mean and std (AudioSet's where absent; do_normalize false: none), and its
+    num_mel_bins and max_length, which must be the model's (absent: the model's)."""
+    kind = pre.get("feature_extractor_type", HF_FEATURE_EXTRACTOR)
+    if kind != HF_FEATURE_EXTRACTOR:
+        raise CheckpointError(f"{where} is for a {kind!r}, expected {HF_FEATURE_EXTRACTOR!r}")
+    for key, wanted in (("num_mel_bins", config.num_mel_bins), ("max_length", config.input_frames)):
+        if key in pre and pre[key] != wanted:
+            raise CheckpointError(f"{where} gives {key} {pre[key]!r}, but the model (config.json) takes {wanted}: "
+                                  "its features would not fit the model; make the two files agree")
+    stats = {"mean": pre.get("mean", AUDIOSET.mean), "std": pre.get("std", AUDIOSET.std)}
+    if pre.get("do_normalize", True) is False:
+        stats = NO_NORMALISATION
+    elif pre.get("do_normalize", True) is not True:
+        raise CheckpointError(f"{where}: do_normalize must be true or false, got {pre['do_normalize']!r}")
+
+    def make() -> FeatureConfig:
+        rate = pre.get("sampling_rate", AUDIOSET.sample_rate)
+        if isinstance(rate, bool) or not isinstance(rate, int):
+            raise ConfigError(f"sampling_rate must be an integer, got {rate!r}")
+        numbers = {k: v for k, v in stats.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        if len(numbers) != len(stats):
+            raise ConfigError(f"mean and std must be numbers, got {stats['mean']!r} and {stats['std']!r}")
+        return FeatureConfig(sample_rate=rate, num_mel_bins=config.num_mel_bins, frames=config.input_frames,
+                             mean=float(numbers["mean"]), std=float(numbers["std"]))
+
+    return _checked(where, make)
+
+
 def _read_hf_dir(path: Path) -> Checkpoint:
-    config_path = path / "config.json"
+    config_path, pre_path = (path / name for name in HF_CONFIG_FILES)
     if not config_path.is_file():
         raise CheckpointError(f"directory {path} has no config.json; {_EXPECTED}")
-    cfg = _read_json(config_path)
-    if cfg.get("model_type") != HF_MODEL_TYPE:
-        raise CheckpointError(f"{config_path} has model_type {cfg.get('model_type')!r}, expected {HF_MODEL_TYPE!r}")
-    weights = next((p for p in (path / "model.safetensors", path / "pytorch_model.bin") if p.is_file()), None)
+    cfg = read_hf_config(config_path)
+    weights = next((path / name for name in HF_WEIGHT_FILES if (path / name).is_file()), None)
     if weights is None:
         raise CheckpointError(f"directory {path} has config.json but neither model.safetensors nor pytorch_model.bin")
     raw = _load_safetensors(weights) if weights.suffix == ".safetensors" else _torch_load(weights)
@@ -191,22 +310,12 @@ def _read_hf_dir(path: Path) -> Checkpoint:
         num_labels = state["head.weight"].shape[0]
     config = _checked(config_path, lambda: hf_config(cfg, num_labels))
     files = [config_path, weights]
-    pre_path = path / "preprocessor_config.json"
     pre: dict[str, Any] = {}
     if pre_path.is_file():
         pre = _read_json(pre_path)
         files.append(pre_path)
-    features = _checked(
-        pre_path,
-        lambda: FeatureConfig(
-            sample_rate=int(pre.get("sampling_rate", AUDIOSET.sample_rate)),
-            num_mel_bins=config.num_mel_bins,
-            frames=config.input_frames,
-            mean=float(pre.get("mean", AUDIOSET.mean)),
-            std=float(pre.get("std", AUDIOSET.std)),
-        ),
-    )
+    features = hf_features(pre, config, pre_path)
     info = _info("huggingface", path, files)
     if not pre:
         info["note"] = "no preprocessor_config.json: AudioSet feature statistics assumed"
-    return Checkpoint(config, state, features, labels, info=info)
+    return with_fastast_entry(config_path, cfg, Checkpoint(config, state, features, labels, info=info))

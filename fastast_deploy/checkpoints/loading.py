@@ -11,6 +11,7 @@ from torch import nn
 
 from fastast_deploy.checkpoints.access import _load_safetensors
 from fastast_deploy.checkpoints.cnn import cnn_metadata, load_cnn
+from fastast_deploy.checkpoints.hub import resolve_source
 from fastast_deploy.checkpoints.native import load_model, load_state_dict_strict, read_checkpoint_metadata
 
 
@@ -23,8 +24,9 @@ def model_extra(model: nn.Module) -> dict[str, Any]:
 
 
 def resolve_run(source: str | os.PathLike[str]) -> Path:
-    """A training run directory stands for its ``best`` checkpoint; anything else is itself."""
-    path = Path(source)
+    """The local path of SOURCE (a Hub id ``ORG/NAME[@REVISION]`` becomes its cached snapshot, `resolve_source`);
+    a training run directory stands for its ``best`` checkpoint; anything else is itself."""
+    path = resolve_source(source)
     if path.is_dir() and (path / "best").is_file():
         return path / "best"
     return path

@@ -26,6 +26,7 @@ from fastast_deploy.checkpoints.access import (
     _safetensors_layout,
 )
 from fastast_deploy.checkpoints.foreign import _read_hf_dir, _read_pth
+from fastast_deploy.checkpoints.hub import resolve_source
 from fastast_deploy.checkpoints.metadata import CNN_METADATA_KEY, read_metadata, write_checkpoint_file
 from fastast_deploy.contract import METADATA_KEY
 from fastast_deploy.errors import CheckpointError, ConfigError, DatasetError
@@ -105,7 +106,8 @@ def _label_names(path: str | os.PathLike[str]) -> tuple[str, ...]:
 
 def read_checkpoint(source: str | os.PathLike[str]) -> Checkpoint:
     """Detect the format of ``source`` and convert it; CheckpointError naming the path when nothing fits."""
-    path = default_checkpoint() if str(source) == DEFAULT_SOURCE and not Path(source).exists() else Path(source)
+    path = default_checkpoint() if str(source) == DEFAULT_SOURCE and not Path(source).exists() else \
+        resolve_source(source)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; {_EXPECTED}")
     if path.is_dir():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -29,15 +30,22 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(PACKAGE_VERSION, prog_name="fastast-deploy")
-def cli() -> None:
+@click.option("--offline", is_flag=True, help="Read Hugging Face Hub ids from the local cache only (sets "
+              "HF_HUB_OFFLINE=1 for this process).")
+def cli(offline: bool) -> None:
     """FastAST (AST + Token Merging) from a PyTorch checkpoint to verified TensorRT and ONNX Runtime engines.
 
-    SOURCE, wherever a command takes one, is an original AST .pth, a Hugging Face AST directory, or this
-    project's .safetensors checkpoint; `info` also takes tiny / small / base for an untrained model.
+    SOURCE, wherever a command takes one, is an original AST .pth, a Hugging Face AST directory, this
+    project's .safetensors checkpoint, or a Hugging Face Hub model id ORG/NAME[@REVISION] (fetched into the
+    huggingface_hub cache, HF_HOME / HF_HUB_CACHE; a local path of the same name wins); `info` also takes
+    tiny / small / base for an untrained model.
     """
+    if offline:  # before huggingface_hub is first imported, which reads it then; the Hub reader checks it again
+        os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 from fastast_deploy.cli.commands.bench import bench  # noqa: E402
+from fastast_deploy.cli.commands.convert import convert  # noqa: E402
 from fastast_deploy.cli.commands.engine import build_engine, inspect  # noqa: E402
 from fastast_deploy.cli.commands.evaluate import evaluate  # noqa: E402
 from fastast_deploy.cli.commands.model import export, info, lint  # noqa: E402
@@ -46,8 +54,8 @@ from fastast_deploy.cli.commands.serve import predict, triton  # noqa: E402
 from fastast_deploy.cli.commands.train import make_dataset, train  # noqa: E402
 from fastast_deploy.cli.commands.verify import verify  # noqa: E402
 
-for _command in (info, export, lint, build_engine, inspect, verify, evaluate, bench, quickstart, predict, triton,
-                 make_dataset, train):
+for _command in (info, export, convert, lint, build_engine, inspect, verify, evaluate, bench, quickstart, predict,
+                 triton, make_dataset, train):
     cli.add_command(_command)
 
 
