@@ -139,6 +139,18 @@ def test_folder_per_class(synthetic: Path, tmp_path: Path) -> None:
     assert {e.labels for e in data.examples if e.clip.startswith("tone/")} == {(1,)}
 
 
+def test_folder_per_class_names_a_label_with_a_slash_by_its_folder_name(synthetic: Path, tmp_path: Path) -> None:
+    """A label such as "clicks 12-18/s" cannot be a folder name; its folder is "clicks 12-18_s" (quickstart's)."""
+    for name, pattern in (("clicks 12-18_s", "synth_000_*"), ("tone", "synth_001_*")):
+        (tmp_path / name).mkdir()
+        for wav in (synthetic / "audio" / "train").glob(pattern + ".wav"):
+            shutil.copy(wav, tmp_path / name / wav.name)
+    labels = LabelSet(("/m/t", "/m/c"), ("tone", "clicks 12-18/s"))
+    data = load_dataset(tmp_path, labels)
+    assert {e.labels for e in data.examples if e.clip.startswith("clicks")} == {(1,)}
+    assert {e.labels for e in data.examples if e.clip.startswith("tone/")} == {(0,)}
+
+
 def test_esc50_csv_folds_and_derived_labels(synthetic: Path, tmp_path: Path) -> None:
     (tmp_path / "audio").mkdir()
     (tmp_path / "meta").mkdir()

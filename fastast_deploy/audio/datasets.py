@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from fastast_deploy.audio.features import first_fbank, normalize
-from fastast_deploy.audio.labels import LabelSet
+from fastast_deploy.audio.labels import LabelSet, label_folder
 from fastast_deploy.errors import DatasetError, error_summary
 from fastast_deploy.files import read_csv_rows, read_json_object
 from fastast_deploy.model.config import FeatureConfig
@@ -97,17 +97,20 @@ def read_data_json(path: str | os.PathLike[str], labels: LabelSet) -> Dataset:
 
 
 def read_folder_dataset(root: str | os.PathLike[str], labels: LabelSet | None = None) -> Dataset:
-    """``root/<class>/<clip>.wav``; class folders match label display names or mids, else sorted folder names."""
+    """``root/<class>/<clip>.wav``; class folders match label display names or mids (a name with "/" as its
+    `label_folder`, "clicks 12-18/s" as "clicks 12-18_s"), else sorted folder names."""
     root = Path(root)
     folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not folders:
         raise DatasetError(f"{root} has no class sub-directories; expected {root}/<class>/<clip>.wav")
     if labels is None:
         labels = LabelSet(tuple(d.name for d in folders), tuple(d.name for d in folders))
+    named = {label_folder(n): n for n in labels.names if label_folder(n) != n}
     entries = []
     for folder in folders:
+        label = folder.name if folder.name in labels.lookup() else named.get(folder.name, folder.name)
         for clip in sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES):
-            entries.append((f"{folder.name}/{clip.name}", clip, [folder.name]))
+            entries.append((f"{folder.name}/{clip.name}", clip, [label]))
     return _build(root, entries, labels)
 
 

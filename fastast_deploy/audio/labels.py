@@ -29,6 +29,11 @@ class LabelSet:
         return {**{n: i for i, n in enumerate(self.names)}, **{m: i for i, m in enumerate(self.mids)}}
 
 
+def label_folder(label: str) -> str:
+    """The folder name that stands for a label in a folder-per-class layout ("/" cannot appear in a name)."""
+    return label.replace("/", "_").replace("\\", "_")
+
+
 def read_label_csv(path: str | os.PathLike[str]) -> LabelSet:
     """An AST ``class_labels_indices.csv`` (header ``index,mid,display_name``; ``mid`` optional)."""
     path = Path(path)

@@ -52,10 +52,11 @@ from fastast_deploy.cli.commands.model import export, info, lint  # noqa: E402
 from fastast_deploy.cli.commands.quickstart import quickstart  # noqa: E402
 from fastast_deploy.cli.commands.serve import predict, triton  # noqa: E402
 from fastast_deploy.cli.commands.train import make_dataset, train  # noqa: E402
+from fastast_deploy.cli.commands.tune import tune  # noqa: E402
 from fastast_deploy.cli.commands.verify import verify  # noqa: E402
 
 for _command in (info, export, convert, lint, build_engine, inspect, verify, evaluate, bench, quickstart, predict,
-                 triton, make_dataset, train):
+                 triton, make_dataset, train, tune):
     cli.add_command(_command)
 
 

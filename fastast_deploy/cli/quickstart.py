@@ -42,8 +42,8 @@ def write_clips(model: FastAST, folder: Path, per_class: int, seed: int) -> int:
     dataset it was trained on; returns how many were written (0: the model is not a synthetic-data model)."""
     import soundfile as sf
 
+    from fastast_deploy.audio.labels import label_folder
     from fastast_deploy.audio.synthetic import SAMPLE_RATE, make_classes, render_clip
-    from fastast_deploy.evaluation.inputs import label_folder
 
     dataset = (model.source_info.get("extra") or {}).get("dataset") or {}
     if dataset.get("kind") != "synthetic" or not model.label_names:

@@ -3,6 +3,7 @@ exported and built the same way, timed side by side, so that r can be picked fro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -18,10 +19,22 @@ from fastast_deploy.metrics import accuracy, mean_average_precision
 from fastast_deploy.model.config import ModelConfig
 from fastast_deploy.model.schedule import check_r
 
+R = int | tuple[int, ...]  # one r for every block, or a per-block schedule (`tune`'s choice)
+
+
+def r_label(r: int | Sequence[int]) -> str:
+    """How a compared r is shown: ``16``, or a schedule (a tuple, or a report's list) as ``30,15,7,4``."""
+    return str(r) if isinstance(r, int) else ",".join(map(str, r))
+
+
+def r_name(r: R) -> str:
+    """The file stem of its export and engine in bench's folder: ``r16``, or ``r30-15-7-4`` for a schedule."""
+    return f"r{r}" if isinstance(r, int) else "r" + "-".join(map(str, r))
+
 
 @dataclass(frozen=True)
 class BenchOptions:
-    rs: tuple[int, ...] = (0, 8, 16, 32, 50)
+    rs: tuple[R, ...] = (0, 8, 16, 32, 50)
     backend: str = "onnxruntime"
     provider: str = "cpu"
     batch: int = 8
@@ -36,12 +49,13 @@ class BenchOptions:
             raise ConfigError(f"unknown graph input {self.input!r}; available: {list(INPUT_NAMES)}")
         if not self.rs:
             raise ConfigError("--tome-r needs at least one value")
-        check_r(self.rs)
+        for r in self.rs:
+            check_r([r] if isinstance(r, int) else r)
         if not 1 <= self.batch <= MAX_BATCH or self.rounds < 1 or self.warmup < 0:
             raise ConfigError(f"--batch must be 1 to {MAX_BATCH}, --rounds >= 1 and --warmup >= 0")
 
 
-def build_engines(source: str, options: BenchOptions, workdir: Path) -> dict[int, Engine]:
+def build_engines(source: str, options: BenchOptions, workdir: Path) -> dict[R, Engine]:
     """One engine per r: load, export (static shapes, dynamic batch), build with the chosen backend."""
     from fastast_deploy.checkpoints.native import load_model
     from fastast_deploy.engines.build import BuildOptions, OrtBuildOptions, TrtBuildOptions, build_engine, engine_path
@@ -54,15 +68,16 @@ def build_engines(source: str, options: BenchOptions, workdir: Path) -> dict[int
         build_options = OrtBuildOptions(provider=options.provider, threads=options.threads)
     engines = {}
     for r in options.rs:
-        model = load_model(source, tome_r=r, input_frames=options.frames)
-        onnx_path = export_onnx(model, workdir / f"r{r}.onnx", ExportOptions(input=options.input), check=False).path
-        built = build_engine(onnx_path, engine_path(workdir, f"r{r}", options.backend), options.backend,
+        model = load_model(source, tome_r=r if isinstance(r, int) else list(r), input_frames=options.frames)
+        onnx_path = export_onnx(model, workdir / f"{r_name(r)}.onnx", ExportOptions(input=options.input),
+                                check=False).path
+        built = build_engine(onnx_path, engine_path(workdir, r_name(r), options.backend), options.backend,
                              build_options)
         engines[r] = load_engine(built.path)
     return engines
 
 
-def time_round_robin(engines: dict[int, Engine], options: BenchOptions) -> dict[int, dict[str, float]]:
+def time_round_robin(engines: dict[R, Engine], options: BenchOptions) -> dict[R, dict[str, float]]:
     """Latency per batch of each engine, the engines timed side by side round by round."""
     from fastast_deploy.evaluation.verify import engine_feed
 
@@ -124,12 +139,13 @@ def bench(source: str, options: BenchOptions, workdir: Path, labelled: Labelled 
             scored = {"task": task, "metric": "accuracy" if task == "singlelabel" else "mAP", "clips": len(files),
                       "values": values}
         first = next(iter(engines.values())).metadata
-        base_rate = timing[options.rs[0]]["clips_per_s"] if 0 in options.rs else None
+        base_rate = timing[0]["clips_per_s"] if 0 in options.rs else None
         rows = []
         for r, engine in engines.items():
             export = engine.metadata["export"]
             config = ModelConfig.from_dict(export["model"])
-            row = {"r": r, "effective_schedule": export["tome"]["effective_schedule"],
+            row = {"r": r if isinstance(r, int) else list(r),
+                   "effective_schedule": export["tome"]["effective_schedule"],
                    "tokens_out": export["tome"]["token_counts"][-1], **timing[r],
                    "flop_ratio": flop_ratio(config, export["tome"]["effective_schedule"])}
             if base_rate is not None:
@@ -158,8 +174,9 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
     metric = report["data"]["metric"] if report["data"] else None
     fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(10 if metric else 5, 4), squeeze=False)
     ax = axes[0][0]
-    ax.plot([row["r"] for row in rows], [row["clips_per_s"] for row in rows], "o-")
-    ax.set_xlabel("r (tokens merged per block)")
+    mean_r = [float(np.mean(row["r"])) for row in rows]  # a schedule at its mean r per block
+    ax.plot(mean_r, [row["clips_per_s"] for row in rows], "o-")
+    ax.set_xlabel("r (tokens merged per block; a schedule at its mean)")
     ax.set_ylabel("clips/s")
     ax.set_title(f"{report['backend']}, {report['precision']}, batch {report['batch']}")
     ax.grid(alpha=0.3)
@@ -167,7 +184,7 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
         ax = axes[0][1]
         ax.plot([row["clips_per_s"] for row in rows], [row[metric] for row in rows], "o-")
         for row in rows:
-            ax.annotate(f"r={row['r']}", (row["clips_per_s"], row[metric]), textcoords="offset points",
+            ax.annotate(f"r={r_label(row['r'])}", (row["clips_per_s"], row[metric]), textcoords="offset points",
                         xytext=(4, 4))
         ax.set_xlabel("clips/s")
         ax.set_ylabel(metric)
@@ -181,11 +198,13 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
 
 def format_table(report: dict[str, Any]) -> str:
     metric = report["data"]["metric"] if report["data"] else None
-    head = f"{'r':>4} {'tokens out':>10} {'clips/s':>9} {'p50 ms':>8} {'speed-up':>9} {'FLOP ratio':>10}"
+    labels = [r_label(row["r"]) for row in report["rows"]]
+    width = max(4, *map(len, labels))
+    head = f"{'r':>{width}} {'tokens out':>10} {'clips/s':>9} {'p50 ms':>8} {'speed-up':>9} {'FLOP ratio':>10}"
     lines = [head + (f" {metric:>9}" if metric else "")]
-    for row in report["rows"]:
+    for label, row in zip(labels, report["rows"], strict=True):
         speedup = f"{row['speedup']:.2f}x" if "speedup" in row else "-"
-        line = (f"{row['r']:>4} {row['tokens_out']:>10} {row['clips_per_s']:>9.2f} {row['latency_ms_p50']:>8.2f} "
+        line = (f"{label:>{width}} {row['tokens_out']:>10} {row['clips_per_s']:>9.2f} {row['latency_ms_p50']:>8.2f} "
                 f"{speedup:>9} {row['flop_ratio']:>9.2f}x")
         lines.append(line + (f" {row[metric]:>9.4f}" if metric else ""))
     return "\n".join(lines)

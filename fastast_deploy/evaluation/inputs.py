@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from fastast_deploy.audio.datasets import is_ast_data_json
+from fastast_deploy.audio.labels import label_folder
 from fastast_deploy.contract import INPUT_NAME, OUTPUT_NAME
 from fastast_deploy.engines.feeds import (
     concatenate_parts,
@@ -98,11 +99,6 @@ def _checked(inputs: InputSet, frames: int, mel: int) -> InputSet:
         inputs.names = [f"{Path(inputs.source).stem}-{i}" for i in range(len(inputs.fbank))]
     inputs.fbank = inputs.fbank.astype(np.float32, copy=False)
     return inputs
-
-
-def label_folder(label: str) -> str:
-    """The folder name that stands for a label in a folder-per-class layout ("/" cannot appear in a name)."""
-    return label.replace("/", "_").replace("\\", "_")
 
 
 def _read_each(files: list[Path], read: Callable[[Path], np.ndarray], unreadable: Unreadable,

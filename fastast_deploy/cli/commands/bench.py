@@ -23,7 +23,8 @@ from fastast_deploy.scoped import torch_threads
 @click.command()
 @click.argument("source")
 @click.option("--tome-r", "tome_r", default="0,8,16,32,50", show_default=True, metavar="R1,R2,...",
-              help="The r values to compare (one r for every block each).")
+              help="The r values to compare (one r for every block each); an item @DIR/tune.json (or @DIR) is the "
+              "per-block schedule `tune` chose there.")
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime",
               show_default=True)
 @click.option("--provider", type=click.Choice(list(PROVIDERS)), default="cpu", show_default=True,
@@ -52,18 +53,18 @@ def bench(source: str, tome_r: str, backend: str, provider: str, batch: int, rou
           threads: int | None, force: bool) -> None:
     """Export and build SOURCE at each r, then time them side by side (and score them on --data)."""
     from fastast_deploy.engines.build import check_ready
-    from fastast_deploy.evaluation.bench import BenchOptions, check_inputs, format_table, plot
+    from fastast_deploy.evaluation.bench import BenchOptions, check_inputs, format_table, plot, r_label, r_name
     from fastast_deploy.evaluation.bench import bench as run_bench
 
-    rs = parse_r(tome_r)
-    rs = tuple(rs) if isinstance(rs, list) else (rs,)
+    rs = _compared(tome_r)
     if len(set(rs)) != len(rs):
-        raise ConfigError(f"--tome-r lists a value twice: {list(rs)}")
+        raise ConfigError(f"--tome-r lists a value twice: {', '.join(map(r_label, rs))}")
     options = BenchOptions(rs=rs, backend=backend, provider=provider, batch=batch, warmup=warmup, rounds=rounds,
                            frames=frames, input=graph_input, threads=threads or 0)
     names = ["bench.json", "bench.png"]
     for r in rs:  # the exports and engines bench writes into -o, each with its sidecar
-        names += [n for name in (f"r{r}.onnx", f"r{r}.ort.onnx", f"r{r}.plan") for n in (name, f"{name}.json")]
+        names += [n for suffix in (".onnx", ".ort.onnx", ".plan") for n in (f"{r_name(r)}{suffix}",
+                                                                          f"{r_name(r)}{suffix}.json")]
     check_outputs_apart({f"-o's {name}": output / name for name in names},
                         {"SOURCE": source if Path(source).exists() else None, "--data": data, "--labels": labels})
     check_replaceable(output, names, "bench", force)
@@ -79,3 +80,12 @@ def bench(source: str, tome_r: str, backend: str, provider: str, batch: int, rou
     click.echo(format_table(report))
     click.echo(f"\nwrote {output / 'bench.json'}" + (f" and {png}" if png else
                ' (no plot: pip install "fastast-deploy[plot]" for bench.png)'))
+
+
+def _compared(value: str) -> tuple[int | tuple[int, ...], ...]:
+    """--tome-r's items: each one r for every block (``16``) or ``@DIR/tune.json``, a tuned per-block schedule."""
+    items = []
+    for item in value.split(","):
+        r = parse_r(item.strip())  # one int, or an @ item's schedule; an empty item is refused there
+        items.append(tuple(r) if isinstance(r, list) else r)
+    return tuple(items)

@@ -66,9 +66,14 @@ def parse_sizes(value: str, option: str, error: type[FastASTError] = ConfigError
 
 def parse_r(value: str | None) -> int | list[int] | None:
     """``"16"`` -> 16, ``"16,8,0"`` -> [16, 8, 0], None stays None (the checkpoint's own schedule). An empty value
-    ("8,,8", "8,") is an error; a list's length is checked against the model's blocks where it is built."""
+    ("8,,8", "8,") is an error; a list's length is checked against the model's blocks where it is built.
+    ``"@DIR/tune.json"`` (or ``"@DIR"``) -> the per-block schedule `tune` chose there."""
     if value is None:
         return None
+    if value.startswith("@"):
+        from fastast_deploy.evaluation.tune_report import tuned_schedule
+
+        return tuned_schedule(value[1:])
     if "," in value and not all(p.strip() for p in value.split(",")):
         raise UsageError(f"ToMe r has an empty value in {value!r}; give one int, or one int per block such as "
                           "8,8,0,0")
