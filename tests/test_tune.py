@@ -305,3 +305,16 @@ def test_bad_input_is_one_line(checkpoint: Path, data: tuple[Path, Path], tmp_pa
 def _flat(source, schedules, options, model, workdir):
     """Every schedule as fast as r = 0."""
     return {label: {"clips_per_s": 100.0, "latency_ms_p50": 10.0} for label in schedules}
+
+
+def test_a_schedule_set_in_place_runs_as_a_model_built_with_it() -> None:
+    config = ModelConfig.from_size("tiny", depth=3, input_frames=64, num_labels=4)
+    torch.manual_seed(0)
+    model = build_model(config, TomeConfig((0, 0, 0))).eval()
+    built = build_model(config, TomeConfig((20, 9, 4), prop_attn=False)).eval()
+    built.load_state_dict(model.state_dict())
+    model.set_tome(TomeConfig((20, 9, 4), prop_attn=False))
+    x = torch.randn(2, 64, 128, generator=torch.Generator().manual_seed(1))
+    assert model.schedule == built.schedule == clip_schedule(config.num_tokens, (20, 9, 4))
+    with torch.no_grad():
+        assert torch.equal(model(x), built(x))

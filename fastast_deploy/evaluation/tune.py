@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from fastast_deploy.errors import ConfigError
+from fastast_deploy.errors import ConfigError, UsageError
 from fastast_deploy.model.schedule import clip_schedule, make_schedule
 
 Schedule = tuple[int, ...]
@@ -74,7 +74,7 @@ class Budget:
                 raise ValueError
             return cls(candidates=count)
         except ValueError:
-            raise ConfigError(f"--budget takes a number of candidates (2 to 10000) or minutes such as 10m, got "
+            raise UsageError(f"--budget takes a number of candidates (2 to 10000) or minutes such as 10m, got "
                               f"{text!r}") from None
 
 

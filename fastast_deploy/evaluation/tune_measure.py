@@ -28,7 +28,7 @@ from fastast_deploy.contract import INPUT_NAME
 from fastast_deploy.errors import ConfigError, DatasetError, unreadable_clips
 from fastast_deploy.files import shown_path, write_bytes_atomic
 from fastast_deploy.metrics import mean_average_precision
-from fastast_deploy.model.schedule import clip_schedule, pad_schedule
+from fastast_deploy.model.schedule import pad_schedule
 
 JOURNAL = "candidates.jsonl"
 CACHE = "cache"  # DIR/cache/<key>.npy: a candidate's per-clip scores
@@ -62,13 +62,9 @@ def set_schedule(model: Any, schedule: Sequence[int]) -> tuple[int, ...]:
     """Give a FastAST a new per-block r in place (no rebuild: merging has no weights); the clipped schedule."""
     from fastast_deploy.model.config import TomeConfig
 
-    requested = pad_schedule(schedule, model.config.depth)
-    clipped = clip_schedule(model.config.num_tokens, requested)
-    model.tome = TomeConfig(requested, model.tome.prop_attn, model.tome.merge_impl)
-    model.schedule = clipped
-    for block, r in zip(model.blocks, clipped, strict=True):
-        block.r = r
-    return clipped
+    model.set_tome(TomeConfig(pad_schedule(schedule, model.config.depth), model.tome.prop_attn,
+                              model.tome.merge_impl))
+    return model.schedule
 
 
 class Journal:

@@ -114,6 +114,14 @@ class FastAST(nn.Module):
         self.head = nn.Linear(dim, config.num_labels)
         self._init_weights()
 
+    def set_tome(self, tome: TomeConfig) -> None:
+        """Merge as ``tome`` says from now on, clipped per block as at construction; merging has no weights, so
+        the model is not rebuilt."""
+        self.tome = tome
+        self.schedule = tome.effective(self.config)
+        for block, r in zip(self.blocks, self.schedule, strict=True):
+            block.r, block.prop_attn, block.merge_impl = r, tome.prop_attn, tome.merge_impl
+
     def _init_weights(self) -> None:
         for p in (self.cls_token, self.dist_token, self.pos_embed):
             nn.init.trunc_normal_(p, std=0.02)

@@ -82,7 +82,7 @@ def tune(source: str, data: str, labels: str | None, test: str | None, max_drop:
     The search sees only its own clips; the choice is reported on held-out clips (--holdout, or --test) with a
     95% bootstrap interval over clips. Results land in -o as they are measured: an interrupted run resumes where
     it stopped (--restart starts clean); tune.json is written once, at the end. Use the choice with
-    `--tome-r @DIR/tune.json` in export and info.
+    `--tome-r @DIR/tune.json` in export, info and bench.
     """
     from fastast_deploy.engines.build import check_ready
     from fastast_deploy.evaluation.tune import Budget, Target
