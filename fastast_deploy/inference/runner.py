@@ -4,8 +4,8 @@ or a training run, run in PyTorch), a built engine or an exported .onnx (`engine
 A Runner knows its batch range, the feature settings its input is made with, its labels and task, and whether it
 takes the normalised fbank (B, T, F) or the waveform (B, samples) (the fbank is then computed inside the graph); it
 cuts audio files into its windows (`audio.streaming`). What runs the model is a `Backend`: ``infer(batch) ->
-logits`` and ``close``, so another one (e.g. a remote Triton client) can stand behind the same Runner. Use it as a
-context manager: closing it closes the backend and, for a checkpoint, puts torch's thread count back.
+logits`` and ``close``; a model on a Triton server (``grpc://HOST:PORT/MODEL``) is an engine like the others.
+Use it as a context manager: closing it closes the backend and, for a checkpoint, puts torch's thread count back.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 from fastast_deploy.audio.frames import waveform_samples
 from fastast_deploy.contract import INPUT_NAME, OUTPUT_NAME, WAVEFORM_NAME
 from fastast_deploy.engines.base import BatchRange
+from fastast_deploy.engines.triton_remote import EngineURL, is_remote
 from fastast_deploy.errors import ConfigError
 from fastast_deploy.model.config import FeatureConfig
 from fastast_deploy.scoped import torch_threads
@@ -115,9 +116,12 @@ def _names(labels: Sequence[str] | None, count: int) -> tuple[list[str], tuple[s
 
 
 def is_engine(target: str | os.PathLike) -> bool:
-    """Whether ``target`` is an engine or exported .onnx (by suffix, or a file with an engine sidecar)."""
+    """Whether ``target`` is an engine or exported .onnx (by suffix, or a file with an engine sidecar), or a model
+    on a Triton server (a ``grpc://`` or ``http://`` URL)."""
     from fastast_deploy.engines.sidecar import read_sidecar
 
+    if is_remote(target):
+        return True
     path = Path(target)
     return path.suffix in ENGINE_SUFFIXES or (path.is_file() and read_sidecar(path) is not None)
 
@@ -133,8 +137,8 @@ def open_runner(target: str | os.PathLike, provider: str | None = None, threads:
     if like is None and is_engine(target):
         from fastast_deploy.engines import load_engine
 
-        path = Path(target)
-        return engine_runner(load_engine(path, provider=provider, threads=threads), path)
+        engine = load_engine(target, provider=provider, threads=threads)
+        return engine_runner(engine, engine.path)
     if provider is not None:
         raise ConfigError(f"--provider applies to an engine or exported .onnx; {target} is run in PyTorch")
     return _torch_runner(target, threads, like)
@@ -152,8 +156,9 @@ class _EngineBackend:
 
 
 def engine_runner(engine: Engine, path: str | os.PathLike) -> Runner:
-    """A Runner over an engine already loaded (it closes the engine when closed)."""
-    path = Path(path)
+    """A Runner over an engine already loaded (it closes the engine when closed); ``path`` is its file, or for
+    a remote engine its ``engine.path`` (the URL)."""
+    path = EngineURL(path) if is_remote(path) else Path(path)
     export = engine.metadata["export"]
     count = int(engine.output_specs[OUTPUT_NAME][0][-1])
     task = _task((export.get("source") or {}).get("extra"))
@@ -164,7 +169,7 @@ def engine_runner(engine: Engine, path: str | os.PathLike) -> Runner:
                   _EngineBackend(engine, name), notes, name, samples)
 
 
-def engine_features(path: Path, engine: Engine) -> tuple[FeatureConfig, int | None, list[str]]:
+def engine_features(path: Path | EngineURL, engine: Engine) -> tuple[FeatureConfig, int | None, list[str]]:
     """The feature settings an engine's input is made with, its window in samples where it takes waveforms (the
     graph computes the fbank) else None, and notes; ConfigError, the engine closed, where the settings recorded
     at export do not give the graph's input."""

@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastast_deploy.contract import BATCH
+from fastast_deploy.engines.triton_remote import DATA_TYPES
 from fastast_deploy.errors import FastASTError
 
-DATA_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
-              "bool": "TYPE_BOOL"}
 LABELS_FILE = "labels.txt"
 
 

@@ -2,7 +2,8 @@
 ``REPO/NAME/config.pbtxt``, ``REPO/NAME/1/model_ccX.Y.plan`` (platform ``tensorrt_plan``, named by the compute
 capability it was built for) or ``REPO/NAME/1/model.onnx`` (``onnxruntime_onnx``) with its JSON sidecar beside it,
 and, where the model has label names, ``REPO/NAME/labels.txt`` for Triton's classification extension.
-config.pbtxt is written as protobuf text by hand: tritonclient is not needed.
+config.pbtxt is written as protobuf text by hand: tritonclient is not needed. Its parameter ``fastast_deploy.metadata``
+(JSON: tensors, batch range, export metadata) is what a remote engine (``grpc://HOST:PORT/NAME``) reads back.
 
 Facts (triton-inference-server/server docs/user_guide/model_configuration.md, model_repository.md): with
 ``max_batch_size > 0`` the dims leave out the batch, which Triton adds and fills from 1 to max_batch_size;
@@ -18,6 +19,8 @@ that cannot run there, and more plans (one per compute capability) can be added 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -95,6 +98,7 @@ class ServedModel:
     labels: list[str]
     sidecar: Path | None = None
     details: dict[str, Any] | None = None  # the sidecar's backend entry (TensorRT version and GPU; ORT provider)
+    record: dict[str, Any] | None = None  # what remote clients read back (engines.triton_remote.remote_record)
 
     @property
     def platform(self) -> str:
@@ -142,6 +146,7 @@ def read_served_model(path: str | os.PathLike) -> ServedModel:
     from fastast_deploy.engines.onnx_model import read_onnx_model
     from fastast_deploy.engines.profiles import resolve_batch_range
     from fastast_deploy.engines.sidecar import check_engine_file, check_sidecar, read_sidecar, tensor_specs
+    from fastast_deploy.engines.triton_remote import remote_record
 
     path = Path(path)
     if not path.is_file():
@@ -151,15 +156,21 @@ def read_served_model(path: str | os.PathLike) -> ServedModel:
     if data is not None:
         check_sidecar(data, path)
         check_engine_file(path, data)
-        return model_from_sidecar(path, data)
+        record = remote_record(backend=data["backend"], precision=data["precision"], inputs=data["inputs"],
+                               outputs=data["outputs"], batch=BatchRange.from_dict(data["batch"]),
+                               export=data["export"], file=path.name, sha256=data["engine"].get("sha256"))
+        return dataclasses.replace(model_from_sidecar(path, data), record=record)
     try:
         info = read_onnx_model(path)
     except EngineError as err:
         raise FastASTError(f"{path} is neither an engine with a sidecar nor an exported model ({err})") from None
     inputs, outputs = tensor_specs(info)
     side = sidecar_path(path)
-    return ServedModel(path, "onnxruntime", inputs, outputs, resolve_batch_range(info.batch_dim, bounded=False),
-                       _labels(info.metadata, outputs), side if side.is_file() else None)
+    batch = resolve_batch_range(info.batch_dim, bounded=False)
+    record = remote_record(backend="onnxruntime", precision=info.precision, inputs=inputs, outputs=outputs,
+                           batch=batch, export=info.metadata, file=path.name, sha256=info.sha256)
+    return ServedModel(path, "onnxruntime", inputs, outputs, batch, _labels(info.metadata, outputs),
+                       side if side.is_file() else None, record=record)
 
 
 def default_kind(model: ServedModel) -> str:
@@ -238,6 +249,10 @@ def model_config(model: ServedModel, name: str, options: TritonOptions) -> Trito
     if options.gpus and kind != "gpu":
         raise ConfigError(f"--gpus places GPU instances, and {model.path.name} is served on the CPU; add --kind gpu")
     comments, params, backend_notes = _backend_comments(model)
+    if model.record is not None:  # read back by remote clients (grpc://HOST:PORT/NAME engines)
+        from fastast_deploy.engines.triton_remote import METADATA_PARAM
+
+        params = {**params, METADATA_PARAM: json.dumps(model.record, separators=(",", ":"))}
     batched = largest > 0
     if options.backend == "python":
         from fastast_deploy.serving.triton_python import default_site_packages, python_config_lines

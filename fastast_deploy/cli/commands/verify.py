@@ -108,7 +108,13 @@ def verify(engine: str, reference: str, inputs: str, labels_csv: str | None, ski
                 prepare_output(path)
     except FastASTError as err:
         raise VerifyUsageError(str(err)) from None
-    if not Path(engine).is_file():
+    from fastast_deploy.engines.triton_remote import is_remote
+
+    if is_remote(engine):  # a model on a Triton server: no local build to time an r = 0 baseline beside
+        if speed is not None and speed.baseline == "auto":
+            raise VerifyUsageError(f"ENGINE {engine} runs on a Triton server: --baseline auto builds a local r = 0 "
+                                   "baseline, which is no comparison; add --baseline none or --no-speed")
+    elif not Path(engine).is_file():
         raise VerifyUsageError(f"ENGINE {engine} does not exist or is not a file; give a built engine or an "
                                "exported .onnx")
     # Usage errors (VerifyUsageError) exit 2; engine, runtime and baseline failures keep their exit code 1.
@@ -145,9 +151,14 @@ def verify(engine: str, reference: str, inputs: str, labels_csv: str | None, ski
 
 
 def _engine_precision(engine: str) -> str:
+    from fastast_deploy.engines import load_engine
     from fastast_deploy.engines.onnx_model import read_onnx_model
     from fastast_deploy.engines.sidecar import read_sidecar
+    from fastast_deploy.engines.triton_remote import is_remote
 
+    if is_remote(engine):  # its server's model config holds the record
+        with load_engine(engine) as remote:
+            return remote.metadata["precision"]
     data = read_sidecar(engine)
     return data["precision"] if data else read_onnx_model(engine).precision
 
