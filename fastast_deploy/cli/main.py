@@ -44,6 +44,7 @@ def cli(offline: bool) -> None:
         os.environ["HF_HUB_OFFLINE"] = "1"
 
 
+from fastast_deploy.cli.commands.analyze import analyze  # noqa: E402
 from fastast_deploy.cli.commands.bench import bench  # noqa: E402
 from fastast_deploy.cli.commands.convert import convert  # noqa: E402
 from fastast_deploy.cli.commands.engine import build_engine, inspect  # noqa: E402
@@ -56,7 +57,7 @@ from fastast_deploy.cli.commands.tune import tune  # noqa: E402
 from fastast_deploy.cli.commands.verify import verify  # noqa: E402
 
 for _command in (info, export, convert, lint, build_engine, inspect, verify, evaluate, bench, quickstart, predict,
-                 triton, make_dataset, train, tune):
+                 analyze, triton, make_dataset, train, tune):
     cli.add_command(_command)
 
 

@@ -4,7 +4,8 @@ Each file is cut into windows of the model's input length (T frames) starting ev
 every window of the file, no overlap); the last is zero-padded as `features.pad_or_cut` pads. Windows stream from
 the file (``audio.streaming``) into batches shared across files, and each file's per-window scores (softmax for a
 single-label model, else sigmoid) are pooled by mean (default) or max as they come back: memory is bounded by a
-batch of windows, not by a file's length or the number of files.
+batch of windows, not by a file's length or the number of files. `WindowBatches` is that batching on its own, for
+callers that keep each window's scores (`analyze`, live input).
 """
 
 from __future__ import annotations
@@ -65,9 +66,16 @@ def run_windows(runner: Runner, windows: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate(outputs)
 
 
-def _reason(err: AudioError, path: str) -> str:
+def failure_reason(err: AudioError, path: str) -> str:
     """The error without the path it names (the caller prints the path first)."""
     return " ".join(str(err).replace(f"audio file {path}", "audio file").replace(f"{path}: ", "").split())
+
+
+def file_windows(runner: Runner, raw: str | os.PathLike, hop: int | None = None) -> Iterator[np.ndarray]:
+    """``runner.file_inputs`` of one file, with an empty (0-byte) file refused as an AudioError first."""
+    if Path(raw).is_file() and Path(raw).stat().st_size == 0:
+        raise AudioError("the file is empty (0 bytes); expected an audio file (WAV, FLAC, OGG)")
+    return runner.file_inputs(raw, hop)
 
 
 def score_files(runner: Runner, paths: Iterable[str | os.PathLike], *, hop: int | None = None, pool: str = "mean",
@@ -81,51 +89,72 @@ def score_files(runner: Runner, paths: Iterable[str | os.PathLike], *, hop: int 
         path = shown_path(raw)
         pooled.open(path)
         try:
-            if Path(raw).is_file() and Path(raw).stat().st_size == 0:
-                raise AudioError("the file is empty (0 bytes); expected an audio file (WAV, FLAC, OGG)")
-            for window in runner.file_inputs(raw, hop):
+            for window in file_windows(runner, raw, hop):
                 pooled.add(window)
         except AudioError as err:
-            pooled.fail(_reason(err, path))
+            pooled.fail(failure_reason(err, path))
         yield from pooled.finished()
     yield from pooled.finished(flush=True)
 
 
-class _Pooled:
-    """Windows queued for batched inference, and each file's running pooled scores (sum or max, and count)."""
+class WindowBatches:
+    """Windows of any number of files queued for batched inference: ``add`` queues one window (T, F) or
+    (samples,) under its owner (a file's key) and scores the queue once ``size`` windows wait; ``flush`` scores
+    what waits. Both return the windows scored, as (owner, scores (labels,)) in the order added: `activate` of
+    the logits; a NaN or inf logit is a FastASTError (the model is broken)."""
 
-    def __init__(self, runner: Runner, pool: str, size: int) -> None:
-        if pool not in POOLS:
-            raise ConfigError(f"unknown pooling {pool!r}; available: {list(POOLS)}")
-        self.runner, self.pool, self.size = runner, pool, size
-        self.files: dict[int, list[Any]] = {}  # index -> [path, pooled scores or None, windows, error]
-        self.opened = self.yielded = 0
-        self.queue: list[tuple[int, np.ndarray]] = []  # (file index, window (T, F) or (samples,))
+    def __init__(self, runner: Runner, size: int) -> None:
+        self.runner, self.size = runner, size
+        self.queue: list[tuple[Any, np.ndarray]] = []
 
-    def open(self, path: str) -> None:
-        self.files[self.opened] = [path, None, 0, None]
-        self.opened += 1
+    def add(self, owner: Any, window: np.ndarray) -> list[tuple[Any, np.ndarray]]:
+        self.queue.append((owner, window))
+        return self.flush() if len(self.queue) >= self.size else []
 
-    def add(self, window: np.ndarray) -> None:
-        self.queue.append((self.opened - 1, window))
-        if len(self.queue) >= self.size:
-            self._run()
+    def drop(self, owner: Any) -> None:
+        """Forget the windows of ``owner`` that wait (its file failed)."""
+        self.queue = [(o, w) for o, w in self.queue if o != owner]
 
-    def fail(self, reason: str) -> None:
-        self.files[self.opened - 1][3] = reason
-        self.queue = [(i, w) for i, w in self.queue if i != self.opened - 1]
+    def waiting(self) -> set[Any]:
+        """The owners with windows not yet scored."""
+        return {o for o, _ in self.queue}
 
-    def _run(self) -> None:
+    def flush(self) -> list[tuple[Any, np.ndarray]]:
         if not self.queue:
-            return
-        owners = [i for i, _ in self.queue]
+            return []
+        owners = [o for o, _ in self.queue]
         logits = run_windows(self.runner, np.stack([w for _, w in self.queue]), self.size)  # (N, labels)
         self.queue = []
         if not np.isfinite(logits).all():
             raise FastASTError(f"{self.runner.source} gave NaN or inf logits for finite inputs "
                                f"({int((~np.isfinite(logits)).any(axis=1).sum())} of {len(logits)} windows); the "
                                "model or engine is broken: rebuild it")
-        for owner, row in zip(owners, activate(logits, self.runner.activation), strict=True):
+        return list(zip(owners, activate(logits, self.runner.activation), strict=True))
+
+
+class _Pooled:
+    """Each file's running pooled scores (sum or max, and count) of its windows scored in `WindowBatches`."""
+
+    def __init__(self, runner: Runner, pool: str, size: int) -> None:
+        if pool not in POOLS:
+            raise ConfigError(f"unknown pooling {pool!r}; available: {list(POOLS)}")
+        self.pool, self.batches = pool, WindowBatches(runner, size)
+        self.files: dict[int, list[Any]] = {}  # index -> [path, pooled scores or None, windows, error]
+        self.opened = self.yielded = 0
+
+    def open(self, path: str) -> None:
+        self.files[self.opened] = [path, None, 0, None]
+        self.opened += 1
+
+    def add(self, window: np.ndarray) -> None:
+        self._pool(self.batches.add(self.opened - 1, window))
+
+    def fail(self, reason: str) -> None:
+        self.files[self.opened - 1][3] = reason
+        self.batches.drop(self.opened - 1)
+
+    def _pool(self, scored: list[tuple[Any, np.ndarray]]) -> None:
+        for owner, row in scored:
             entry = self.files[owner]
             entry[1] = row if entry[1] is None else (entry[1] + row if self.pool == "mean"
                                                      else np.maximum(entry[1], row))
@@ -134,8 +163,8 @@ class _Pooled:
     def finished(self, flush: bool = False) -> Iterator[FileScores]:
         """Files, in input order, whose windows are all scored; the newest may still be reading unless ``flush``."""
         if flush:
-            self._run()
-        waiting = {i for i, _ in self.queue}
+            self._pool(self.batches.flush())
+        waiting = self.batches.waiting()
         newest = self.opened - 1
         while self.yielded < self.opened and self.yielded not in waiting and (flush or self.yielded < newest):
             path, scores, count, error = self.files.pop(self.yielded)
@@ -144,3 +173,10 @@ class _Pooled:
                 yield FileScores(path, error=error)
             else:
                 yield FileScores(path, count, scores / count if self.pool == "mean" else scores)
+
+
+def window_hits(scores: np.ndarray, min_score: float, top_k: int | None) -> list[tuple[int, float]]:
+    """(label index, score) of a window's scores (labels,): its ``top_k`` best (None: all) scoring at least
+    ``min_score``, best first."""
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    return [(int(i), float(scores[i])) for i in order if scores[i] >= min_score]
