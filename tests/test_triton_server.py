@@ -301,6 +301,22 @@ def test_predict_and_evaluate_through_the_server_match_the_local_engine(triton_s
     code, out = cli_run("evaluate", http_url, "--data", data, "--labels", labels, "--json")
     assert code == 0, out
     assert json.loads(out)["per_class"] == want_report["per_class"]
+    # analyze through the server writes the detections the local engine gives, and takes it as its model
+    tables = {}
+    for name, target in (("local", str(onnx_path)), ("remote", grpc_url)):
+        out_dir = clips.parent / f"analyze-{name}"
+        code, out = cli_run("analyze", target, *files, "-o", out_dir, "--format", "jsonl", "--min-score", "0",
+                            "--workers", "0", "--batch", "1")
+        assert code == 0, out
+        tables[name] = sorted(p.relative_to(out_dir).as_posix() + "\n" + p.read_text()
+                              for p in out_dir.rglob("*.jsonl"))
+    assert len(tables["local"]) == len(files)
+    for local, remote in zip(tables["local"], tables["remote"], strict=True):
+        rows = [[json.loads(line) for line in text.splitlines()[1:]] for text in (local, remote)]
+        assert local.splitlines()[0] == remote.splitlines()[0]
+        assert [(d["start"], d["end"], d["label"]) for d in rows[0]] == [(d["start"], d["end"], d["label"])
+                                                                          for d in rows[1]]
+        assert max(abs(a["score"] - b["score"]) for a, b in zip(*rows, strict=True)) <= 1e-5
     print(f"\nremote engine: {len(jobs)} concurrent clients, {len(files)} clips each, max |diff| {worst:.2g} "
           "against the local engine")
 
