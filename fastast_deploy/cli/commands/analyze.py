@@ -8,10 +8,8 @@ from pathlib import Path
 
 import click
 
-from fastast_deploy.cli.commands.options import BATCH, SOME_THREADS, FiniteFloat, given_options
-from fastast_deploy.contract import PROVIDERS
+from fastast_deploy.cli.commands.options import FiniteFloat, given_options, runner_options
 from fastast_deploy.errors import UsageError
-from fastast_deploy.inference.scoring import DEFAULT_BATCH
 from fastast_deploy.serving.analyze import AnalyzeOptions
 from fastast_deploy.serving.detections import FORMATS
 
@@ -50,14 +48,7 @@ def default_workers() -> int:
 @click.option("--workers", type=click.IntRange(0, MAX_WORKERS), default=None,
               help="Processes decoding audio and computing features beside the engine; 0: in this process "
               "[default: the CPU cores but one, 1 to 4].")
-@click.option("--batch", type=BATCH, default=None,
-              help=f"Windows per inference call [default: the engine's largest batch, {DEFAULT_BATCH} where it has "
-              "none].")
-@click.option("--provider", type=click.Choice(list(PROVIDERS)), default=None,
-              help="ONNX Runtime provider for an exported .onnx [default: cpu].")
-@click.option("--threads", type=SOME_THREADS, default=None,
-              help="ONNX Runtime intra-op threads for an engine, torch threads for a checkpoint [default: their own "
-              "choice].")
+@runner_options
 @click.option("--rate", type=click.IntRange(1000, 384000), default=None, metavar="HZ",
               help="Sample rate of raw PCM on standard input (INPUT -; a WAV stream gives its own) [default: the "
               "model's].")

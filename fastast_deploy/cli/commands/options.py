@@ -8,8 +8,9 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from fastast_deploy.contract import MAX_BATCH, MAX_CLIPS, MAX_THREADS
+from fastast_deploy.contract import MAX_BATCH, MAX_CLIPS, MAX_THREADS, PROVIDERS
 from fastast_deploy.errors import ConfigError, FastASTError, UsageError
+from fastast_deploy.inference.scoring import DEFAULT_BATCH
 from fastast_deploy.model.config import LIMITS
 from fastast_deploy.model.schedule import check_r
 
@@ -100,3 +101,16 @@ def tome_options(func: Any) -> Any:
                         help="Tokens merged per block: one int, or one value per block. Default: the checkpoint's "
                         "schedule, else 0.")(func)
     return func
+
+
+def runner_options(func: Any) -> Any:
+    """--batch (windows per call), --provider and --threads of the commands that score audio windows through one
+    runner (predict, analyze)."""
+    func = click.option("--threads", type=SOME_THREADS, default=None,
+                        help="ONNX Runtime intra-op threads for an engine, torch threads for a checkpoint [default: "
+                        "their own choice].")(func)
+    func = click.option("--provider", type=click.Choice(list(PROVIDERS)), default=None,
+                        help="ONNX Runtime provider for an exported .onnx [default: cpu].")(func)
+    return click.option("--batch", type=BATCH, default=None,
+                        help=f"Windows per inference call [default: the engine's largest batch, {DEFAULT_BATCH} "
+                        "where it has none].")(func)

@@ -10,11 +10,10 @@ import click
 from click.core import ParameterSource
 
 from fastast_deploy.audio.frames import hop_frames, window_seconds
-from fastast_deploy.cli.commands.options import BATCH, SOME_THREADS, parse_sizes
-from fastast_deploy.contract import PROVIDERS
+from fastast_deploy.cli.commands.options import parse_sizes, runner_options
 from fastast_deploy.errors import ConfigError
 from fastast_deploy.files import check_outputs_apart, json_text
-from fastast_deploy.inference.scoring import DEFAULT_BATCH, POOLS
+from fastast_deploy.inference.scoring import POOLS
 from fastast_deploy.serving.predict import PredictOptions
 from fastast_deploy.serving.triton import KINDS, SERVE_BACKENDS, TritonOptions
 
@@ -29,14 +28,7 @@ from fastast_deploy.serving.triton import KINDS, SERVE_BACKENDS, TritonOptions
               "[default: the window length, no overlap].")
 @click.option("--pool", type=click.Choice(POOLS), default=PredictOptions.pool, show_default=True,
               help="How the scores of a file's windows are combined.")
-@click.option("--batch", type=BATCH, default=None,
-              help=f"Windows per inference call [default: the engine's largest batch, {DEFAULT_BATCH} where it has "
-              "none].")
-@click.option("--provider", type=click.Choice(list(PROVIDERS)), default=None,
-              help="ONNX Runtime provider for an exported .onnx [default: cpu].")
-@click.option("--threads", type=SOME_THREADS, default=None,
-              help="ONNX Runtime intra-op threads for an engine, torch threads for a checkpoint [default: their own "
-              "choice].")
+@runner_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--all-scores", is_flag=True, help="Every label's score: in the JSON, and as the text listing.")
 def predict(model: str, audio: tuple[Path, ...], top_k: int, hop_s: float | None, pool: str, batch: int | None,
