@@ -1,6 +1,9 @@
 """`analyze` throughput: audio hours analysed per wall-clock hour (the real-time factor), on ONNX Runtime CPU, for
 the built-in model and for AST-small with merging (r = 8 per block, random weights: speed depends only on the
 geometry and schedule), with 1 and 2 decoding workers (and 0, decoding in the engine's process, for reference).
+With ``--triton``, also the same models served by a local Triton Inference Server (the `nvidia-pytriton` wheel's
+tritonserver, Python backend, repositories written by `fastast-deploy triton --backend python`), reached over gRPC
+as a remote engine (``grpc://127.0.0.1:PORT/NAME``) with 1 and 2 decoding workers; the server is stopped at the end.
 
 Each round analyses the same folder of recordings (synthetic sound events, ``--files`` x ``--seconds``) into a
 fresh output folder through `serving.analyze.analyze`, as the command does once the model is open; the time is
@@ -9,6 +12,7 @@ configurations, the order rotating; the figure is the median.
 
     python benchmarks/bench_analyze.py                          # 8 files x 60 s, 3 rounds
     python benchmarks/bench_analyze.py --files 16 --seconds 120 --rounds 5 --workers 0,1,2,4 --threads 2
+    python benchmarks/bench_analyze.py --files 2 --seconds 60 --rounds 2 --workers 1,2 --triton --models default
 """
 
 from __future__ import annotations
@@ -17,8 +21,17 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import signal
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -47,14 +60,110 @@ def recordings(folder: Path, files: int, seconds: float) -> float:
     return files * seconds / 3600
 
 
-def models(folder: Path) -> dict[str, Path]:
-    """The built-in model and an untrained AST-small (1024 frames x 128 mel bins, 527 labels) at r = 8, as .onnx."""
-    default = export_onnx(load_model("default"), folder / "default.onnx", check=False).path
-    config = ModelConfig.from_size("small")
-    small = build_model(config, TomeConfig(make_schedule(8, config.depth)))
-    small.feature_config = FeatureConfig(num_mel_bins=config.num_mel_bins, frames=config.input_frames)
-    return {"default": default, "ast-small r8": export_onnx(small, folder / "small.onnx", ExportOptions(),
-                                                            check=False).path}
+MODELS = {"default": "default", "small": "ast-small r8"}  # --models choice: name in the table
+
+
+def models(folder: Path, chosen: list[str]) -> dict[str, Path]:
+    """The built-in model and an untrained AST-small (1024 frames x 128 mel bins, 527 labels) at r = 8, as .onnx
+    (those of ``chosen``, keys of MODELS), by their names in the table."""
+    paths = {}
+    if "default" in chosen:
+        paths[MODELS["default"]] = export_onnx(load_model("default"), folder / "default.onnx", check=False).path
+    if "small" in chosen:
+        config = ModelConfig.from_size("small")
+        small = build_model(config, TomeConfig(make_schedule(8, config.depth)))
+        small.feature_config = FeatureConfig(num_mel_bins=config.num_mel_bins, frames=config.input_frames)
+        paths[MODELS["small"]] = export_onnx(small, folder / "small.onnx", ExportOptions(), check=False).path
+    return paths
+
+
+def _pytriton_dir() -> Path:
+    """The tritonserver tree the `nvidia-pytriton` wheel ships."""
+    try:
+        import pytriton
+    except ImportError:
+        sys.exit('--triton needs the nvidia-pytriton wheel (tritonserver): pip install "fastast-deploy[test]"')
+    root = Path(pytriton.__file__).parent / "tritonserver"
+    if not (root / "bin" / "tritonserver").is_file():
+        sys.exit(f"--triton: the nvidia-pytriton wheel has no tritonserver binary under {root}")
+    return root
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(process: subprocess.Popen, http: str, log: Path, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"tritonserver exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"http://{http}/v2/health/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    sys.exit(f"tritonserver not ready after {timeout_s} s:\n{log.read_text()[-4000:]}")
+
+
+def triton_repository(paths: dict[str, Path], repo: Path) -> dict[str, str]:
+    """REPO written by `fastast-deploy triton MODEL.onnx -o REPO --backend python` for each model; served names."""
+    command = Path(sys.executable).parent / "fastast-deploy"
+    served = {}
+    for name, path in paths.items():
+        served[name] = path.stem
+        subprocess.run([str(command), "triton", str(path), "-o", str(repo), "--backend", "python",
+                        "--name", path.stem], check=True, stdout=subprocess.DEVNULL)
+    return served
+
+
+@contextmanager
+def triton_server(repo: Path, work: Path) -> Iterator[int]:
+    """tritonserver on free loopback ports serving ``repo`` with the Python backend and this interpreter's stub;
+    its gRPC port. Stopped by PID on leaving, an error or Ctrl-C included."""
+    root = _pytriton_dir()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        sys.exit(f"--triton: the nvidia-pytriton wheel has no Python backend stub for Python {version}")
+    backends = work / "backends"
+    shutil.copytree(root / "backends", backends)
+    shutil.copy(stub, backends / "python" / stub.name)
+    libs = root.parent.parent / "nvidia_pytriton.libs"
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH")) if p)
+    # The stub's embedded interpreter derives its environment from the first python3 on PATH.
+    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+    ports = [_free_port() for _ in range(3)]
+    log = work / "tritonserver.log"
+    command = [str(root / "bin" / "tritonserver"), "--model-repository", str(repo),
+               "--backend-directory", str(backends), "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1",
+               "--metrics-address", "127.0.0.1", f"--http-port={ports[0]}", f"--grpc-port={ports[1]}",
+               f"--metrics-port={ports[2]}", "--exit-timeout-secs=10"]
+    with log.open("wb") as out:
+        # cwd outside the source tree: the stub puts its working directory first on sys.path, where a checkout's
+        # fastast_deploy/ would shadow the installed package. Its own session: Ctrl-C reaches only this script.
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   cwd=work)
+    try:
+        _wait_ready(process, f"127.0.0.1:{ports[0]}", log)
+        yield ports[1]
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+
+LOCAL, TRITON = "local", "via triton (grpc)"
+TRITON_WORKERS = (1, 2)
 
 
 def main() -> None:
@@ -64,37 +173,54 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads of the engine")
+    parser.add_argument("--models", default="default,small",
+                        help="comma-separated, of: default (the built-in model), small (AST-small r = 8)")
+    parser.add_argument("--triton", action="store_true",
+                        help="also through a local Triton server over gRPC, with 1 and 2 workers")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
+    chosen = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not chosen or set(chosen) - set(MODELS):
+        parser.error(f"--models: comma-separated, of {', '.join(MODELS)}; got {args.models!r}")
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:  # unwound last in, first out
         root = Path(tmp)
         (root / "in").mkdir()
         hours = recordings(root / "in", args.files, args.seconds)
-        paths = models(root)
-        runners = {name: open_runner(path, threads=args.threads) for name, path in paths.items()}
-        configs = [(name, w) for name in runners for w in counts]
-        factors: dict[tuple[str, int], list[float]] = {c: [] for c in configs}
+        paths = models(root, chosen)
+        runners = {}
+        for name, path in paths.items():
+            runners[(name, LOCAL)] = stack.enter_context(closing(open_runner(path, threads=args.threads)))
+        configs = [(name, LOCAL, w) for name in paths for w in counts]
+        if args.triton:
+            served = triton_repository(paths, root / "repo")
+            (root / "server").mkdir()
+            port = stack.enter_context(triton_server(root / "repo", root / "server"))
+            for name in paths:
+                url = f"grpc://127.0.0.1:{port}/{served[name]}"
+                runners[(name, TRITON)] = stack.enter_context(closing(open_runner(url)))
+            configs += [(name, TRITON, w) for name in paths for w in TRITON_WORKERS]
+        factors: dict[tuple[str, str, int], list[float]] = {c: [] for c in configs}
         for round_ in range(args.rounds):
             order = configs[round_ % len(configs):] + configs[: round_ % len(configs)]
-            for name, workers in order:
-                out = root / f"out-{round_}-{name}-{workers}".replace(" ", "_")
+            for name, via, workers in order:
+                runner = runners[(name, via)]
+                out = root / f"out-{round_}-{name}-{via}-{workers}".replace(" ", "_")
                 jobs = collect_jobs([root / "in"], out, "csv")
-                summary = analyze(runners[name], str(paths[name]), jobs, out, AnalyzeOptions(workers=workers))
+                summary = analyze(runner, runner.source, jobs, out, AnalyzeOptions(workers=workers))
                 assert summary.done == args.files and not summary.failed, summary
-                factors[(name, workers)].append(summary.realtime_factor)
-        for runner in runners.values():
-            runner.close()
+                factors[(name, via, workers)].append(summary.realtime_factor)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}"
     print(f"{args.files} recordings x {args.seconds:g} s = {hours:.3f} audio hours; ONNX Runtime CPU, engine threads "
           f"{args.threads}; medians of {args.rounds} interleaved rounds; {machine}")
-    print(f"{'model':<14} {'workers':>7} {'audio h / h':>12} {'rounds':>24}")
-    for (name, workers), values in factors.items():
+    print(f"{'model':<14} {'engine':<18} {'workers':>7} {'audio h / h':>12} {'rounds':>24}")
+    for (name, via, workers), values in factors.items():
         shown = ", ".join(f"{v:.0f}" for v in values)
-        print(f"{name:<14} {workers:>7} {statistics.median(values):>12.0f} {shown:>24}")
+        print(f"{name:<14} {via:<18} {workers:>7} {statistics.median(values):>12.0f} {shown:>24}")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "hours": hours, "threads": args.threads,
-                                         "figures": {f"{n} / {w}": v for (n, w), v in factors.items()}}, indent=2))
+                                         "figures": {f"{n} / {v} / {w}": f for (n, v, w), f in factors.items()}},
+                                        indent=2))
 
 
 if __name__ == "__main__":
