@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -219,6 +220,22 @@ def test_recipes_fill_what_is_not_given() -> None:
     assert TrainConfig(teacher="t").resolved().teacher_inputs == "augmented"
     with pytest.raises(ConfigError, match="--teacher-inputs clean"):
         TrainConfig(teacher_logits="t.npz", teacher_inputs="augmented")
+
+
+def test_warm_up_is_the_recipes_share_of_the_run_and_a_short_run_says_so() -> None:
+    # the recipes, by hand: a new FastAST warms up 2 of 70 epochs, fine-tuning 1 of 10, a CNN 1 of 20
+    for config, full, warmup in ((TrainConfig(), 70, 2.0), (TrainConfig(model="m.safetensors"), 10, 1.0),
+                                 (TrainConfig(arch="compact-cnn"), 20, 1.0)):
+        assert config.resolved().warmup_epochs == warmup and config.resolved().short_run_note() is None
+        for epochs in (3, full // 2, 2 * full):
+            got = replace(config, epochs=epochs).resolved()
+            assert got.warmup_epochs == pytest.approx(warmup * epochs / full)
+    assert replace(TrainConfig(), epochs=3, warmup_epochs=2.0).resolved().warmup_epochs == 2.0  # given: kept
+    short = replace(TrainConfig(), epochs=3).resolved().short_run_note()
+    assert short is not None and "3 epochs is a short run for a new FastAST" in short and "measured at 70" in short
+    assert replace(TrainConfig(), epochs=17).resolved().short_run_note() is not None  # below a quarter of 70
+    assert replace(TrainConfig(), epochs=18).resolved().short_run_note() is None
+    assert replace(TrainConfig(arch="compact-cnn"), epochs=4).resolved().short_run_note() is not None
 
 
 def test_lr_warms_up_then_decays_to_zero() -> None:

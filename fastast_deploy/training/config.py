@@ -48,6 +48,8 @@ RECIPES: dict[str, Recipe] = {
     "finetune": Recipe(lr=5e-5, warmup_epochs=1.0, epochs=10),  # a checkpoint: AST's recipes fine-tune at 1e-5..1e-4
     "cnn": Recipe(lr=1e-3, warmup_epochs=1.0, epochs=20),  # a new CNN
 }
+RECIPE_NAMES = {"scratch": "a new FastAST", "finetune": "fine-tuning a checkpoint", "cnn": "a new CNN"}
+SHORT_RUN = 0.25  # a run shorter than this share of its recipe's epochs is told at its start that it may learn little
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,9 @@ class TrainConfig:
         """This config with lr, warm-up and epochs that were left None taken from the run kind's recipe, --kd-mode
         auto made the student's best mode, and the KD weight and temperature left None taken from that mode's."""
         recipe = RECIPES[self.kind()]
+        epochs = recipe.epochs if self.epochs is None else self.epochs
+        # warm-up is the recipe's share of the run: its own epochs at the recipe's length, less in a shorter run
+        warmup = recipe.warmup_epochs * epochs / recipe.epochs if self.warmup_epochs is None else self.warmup_epochs
         mode = AUTO_KD_MODE["fastast" if self.arch == "fastast" else "cnn"] if self.kd_mode == "auto" else self.kd_mode
         kd = KD_RECIPES[mode]
         inputs = self.teacher_inputs
@@ -150,8 +155,18 @@ class TrainConfig:
         return replace(self, kd_mode=mode, teacher_inputs=inputs, lr=recipe.lr if self.lr is None else self.lr,
                        kd_lambda=kd.kd_lambda if self.kd_lambda is None else self.kd_lambda,
                        kd_tau=kd.kd_tau if self.kd_tau is None else self.kd_tau,
-                       warmup_epochs=recipe.warmup_epochs if self.warmup_epochs is None else self.warmup_epochs,
-                       epochs=recipe.epochs if self.epochs is None else self.epochs)
+                       warmup_epochs=warmup, epochs=epochs)
+
+    def short_run_note(self) -> str | None:
+        """For a resolved config: a note when its run is much shorter (below SHORT_RUN of the epochs) than the
+        recipe of its kind was measured with, else None."""
+        kind = self.kind()
+        recipe = RECIPES[kind]
+        if self.epochs is None or self.epochs >= SHORT_RUN * recipe.epochs:
+            return None
+        return (f"{self.epochs} epochs is a short run for {RECIPE_NAMES[kind]}, whose recipe (lr {recipe.lr:g}, "
+                f"warm-up {recipe.warmup_epochs:g} of {recipe.epochs} epochs) was measured at {recipe.epochs}: it "
+                f"may learn little (warm-up here {self.warmup_epochs:.2g} epochs)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -57,7 +57,11 @@ def run_config(run: Path, config: TrainConfig, resume: bool, log: Log) -> TrainC
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise ConfigError(f"{run} holds files that are not a training run's ({shown}); a run needs a new or empty "
                           f"folder: choose another -o")
-    return config.resolved()
+    resolved = config.resolved()
+    note = resolved.short_run_note()
+    if note:
+        log(f"note: {note}")
+    return resolved
 
 
 def _has_checkpoint(run: Path) -> bool:

@@ -16,6 +16,7 @@ from fastast_deploy.training.config import (
     AUTO_KD_MODE,
     KD_MODES,
     KD_RECIPES,
+    RECIPE_NAMES,
     RECIPES,
     SOFT_KD_MODES,
     TEACHER_INPUTS,
@@ -156,7 +157,9 @@ def synthetic(output: Path, classes: int, clips_per_class: int, seconds: float, 
               help=f"Peak AdamW learning rate. {_recipe('lr')}")
 @click.option("--weight-decay", type=FiniteFloat(0.0), default=_T.weight_decay, show_default=True)
 @click.option("--warmup-epochs", type=FiniteFloat(0.0), default=None,
-              help=f"Linear warm-up, then cosine decay. {_recipe('warmup_epochs')}")
+              help="Linear warm-up, then cosine decay [default: the recipe's share of the run: "
+              + ", ".join(f"{RECIPE_NAMES[k]} {r.warmup_epochs:g} of {r.epochs} epochs" for k, r in RECIPES.items())
+              + "].")
 @click.option("--grad-clip", type=FiniteFloat(0.0), default=_T.grad_clip, show_default=True,
               help="Max gradient norm; 0 turns clipping off.")
 @click.option("--freqm", type=click.IntRange(min=0), default=None,
