@@ -493,3 +493,18 @@ def test_bad_tome_settings(hf_dir: Path) -> None:
         load_model(hf_dir, tome_r=[1, 1, 1])  # 3 values for 2 blocks
     with pytest.raises(ConfigError):
         load_model(hf_dir, merge_impl="magic")
+
+
+def test_a_training_run_directory_reads_as_its_best_checkpoint(tmp_path: Path) -> None:
+    """Every reader of SOURCE (load_model as export, info, bench and tune use it) takes a run for its best."""
+    config = ModelConfig.from_size("tiny", depth=2, input_frames=64, num_labels=3)
+    torch.manual_seed(0)
+    model = build_model(config, TomeConfig((4, 4))).eval()
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(model, run / "best", label_names=("a", "b", "c"))
+    loaded = load_model(run)
+    assert loaded.schedule == model.schedule and loaded.label_names == ("a", "b", "c")
+    x = torch.randn(1, 64, 128)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

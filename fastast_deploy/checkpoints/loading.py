@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from fastast_deploy.checkpoints.access import _load_safetensors
 from fastast_deploy.checkpoints.cnn import cnn_metadata, load_cnn
-from fastast_deploy.checkpoints.hub import resolve_source
-from fastast_deploy.checkpoints.native import load_model, load_state_dict_strict, read_checkpoint_metadata
+from fastast_deploy.checkpoints.native import load_model, load_state_dict_strict, read_checkpoint_metadata, resolve_run
 
 
 def model_extra(model: nn.Module) -> dict[str, Any]:
@@ -21,15 +19,6 @@ def model_extra(model: nn.Module) -> dict[str, Any]:
     if extra is None:
         extra = (getattr(model, "source_info", None) or {}).get("extra")
     return extra if isinstance(extra, dict) else {}
-
-
-def resolve_run(source: str | os.PathLike[str]) -> Path:
-    """The local path of SOURCE (a Hub id ``ORG/NAME[@REVISION]`` becomes its cached snapshot, `resolve_source`);
-    a training run directory stands for its ``best`` checkpoint; anything else is itself."""
-    path = resolve_source(source)
-    if path.is_dir() and (path / "best").is_file():
-        return path / "best"
-    return path
 
 
 def load_any(source: str | os.PathLike[str]) -> nn.Module:

@@ -104,10 +104,20 @@ def _label_names(path: str | os.PathLike[str]) -> tuple[str, ...]:
         raise CheckpointError(str(err)) from None
 
 
+def resolve_run(source: str | os.PathLike[str]) -> Path:
+    """The local path of SOURCE (a Hub id ``ORG/NAME[@REVISION]`` becomes its cached snapshot, `resolve_source`);
+    a training run directory stands for its ``best`` checkpoint; anything else is itself."""
+    path = resolve_source(source)
+    if path.is_dir() and (path / "best").is_file():
+        return path / "best"
+    return path
+
+
 def read_checkpoint(source: str | os.PathLike[str]) -> Checkpoint:
-    """Detect the format of ``source`` and convert it; CheckpointError naming the path when nothing fits."""
+    """Detect the format of ``source`` (a training run meaning its best checkpoint) and convert it; CheckpointError
+    naming the path when nothing fits."""
     path = default_checkpoint() if str(source) == DEFAULT_SOURCE and not Path(source).exists() else \
-        resolve_source(source)
+        resolve_run(source)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; {_EXPECTED}")
     if path.is_dir():
