@@ -21,15 +21,10 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
@@ -45,6 +40,7 @@ from fastast_deploy.model.config import FeatureConfig, ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
 from fastast_deploy.model.schedule import make_schedule
 from fastast_deploy.serving.analyze import AnalyzeOptions, analyze, collect_jobs
+from fastast_deploy.serving.local_triton import LocalTritonUnavailable, local_triton
 
 
 def recordings(folder: Path, files: int, seconds: float) -> float:
@@ -77,39 +73,6 @@ def models(folder: Path, chosen: list[str]) -> dict[str, Path]:
     return paths
 
 
-def _pytriton_dir() -> Path:
-    """The tritonserver tree the `nvidia-pytriton` wheel ships."""
-    try:
-        import pytriton
-    except ImportError:
-        sys.exit('--triton needs the nvidia-pytriton wheel (tritonserver): pip install "fastast-deploy[test]"')
-    root = Path(pytriton.__file__).parent / "tritonserver"
-    if not (root / "bin" / "tritonserver").is_file():
-        sys.exit(f"--triton: the nvidia-pytriton wheel has no tritonserver binary under {root}")
-    return root
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(process: subprocess.Popen, http: str, log: Path, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"tritonserver exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"http://{http}/v2/health/ready", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    sys.exit(f"tritonserver not ready after {timeout_s} s:\n{log.read_text()[-4000:]}")
-
-
 def triton_repository(paths: dict[str, Path], repo: Path) -> dict[str, str]:
     """REPO written by `fastast-deploy triton MODEL.onnx -o REPO --backend python` for each model; served names."""
     command = Path(sys.executable).parent / "fastast-deploy"
@@ -123,43 +86,13 @@ def triton_repository(paths: dict[str, Path], repo: Path) -> dict[str, str]:
 
 @contextmanager
 def triton_server(repo: Path, work: Path) -> Iterator[int]:
-    """tritonserver on free loopback ports serving ``repo`` with the Python backend and this interpreter's stub;
-    its gRPC port. Stopped by PID on leaving, an error or Ctrl-C included."""
-    root = _pytriton_dir()
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
-    if not stub.is_file():
-        sys.exit(f"--triton: the nvidia-pytriton wheel has no Python backend stub for Python {version}")
-    backends = work / "backends"
-    shutil.copytree(root / "backends", backends)
-    shutil.copy(stub, backends / "python" / stub.name)
-    libs = root.parent.parent / "nvidia_pytriton.libs"
-    env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH")) if p)
-    # The stub's embedded interpreter derives its environment from the first python3 on PATH.
-    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
-    ports = [_free_port() for _ in range(3)]
-    log = work / "tritonserver.log"
-    command = [str(root / "bin" / "tritonserver"), "--model-repository", str(repo),
-               "--backend-directory", str(backends), "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1",
-               "--metrics-address", "127.0.0.1", f"--http-port={ports[0]}", f"--grpc-port={ports[1]}",
-               f"--metrics-port={ports[2]}", "--exit-timeout-secs=10"]
-    with log.open("wb") as out:
-        # cwd outside the source tree: the stub puts its working directory first on sys.path, where a checkout's
-        # fastast_deploy/ would shadow the installed package. Its own session: Ctrl-C reaches only this script.
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                   cwd=work)
+    """tritonserver serving ``repo`` (`serving.local_triton`); its gRPC port. Stopped on leaving, an error or
+    Ctrl-C included."""
     try:
-        _wait_ready(process, f"127.0.0.1:{ports[0]}", log)
-        yield ports[1]
-    finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        with local_triton(repo, work) as server:
+            yield int(server.grpc.rsplit(":", 1)[1])
+    except LocalTritonUnavailable as err:
+        sys.exit(f"--triton: {err}")
 
 
 LOCAL, TRITON = "local", "via triton (grpc)"

@@ -13,18 +13,11 @@ the recorded site-packages adds the rest (an editable install's ``.pth``).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +31,13 @@ from fastast_deploy.exporters.onnx_export import ExportOptions, export_onnx
 from fastast_deploy.model.config import ModelConfig, TomeConfig
 from fastast_deploy.model.fastast import build_model
 from fastast_deploy.model.schedule import make_schedule
+from fastast_deploy.serving.local_triton import (
+    LocalTriton,
+    LocalTritonUnavailable,
+    free_port,
+    local_triton,
+    pytriton_root,
+)
 
 pytestmark = pytest.mark.triton
 
@@ -51,46 +51,9 @@ REQUESTS = 8  # per thread
 
 def _pytriton_dir() -> Path:
     try:
-        import pytriton
-    except ImportError:
-        pytest.skip('needs the nvidia-pytriton wheel (tritonserver): pip install "fastast-deploy[test]"')
-    root = Path(pytriton.__file__).parent / "tritonserver"
-    if not (root / "bin" / "tritonserver").is_file():
-        pytest.skip(f"the nvidia-pytriton wheel has no tritonserver binary under {root}")
-    return root
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen
-    http: str
-    grpc: str
-    log: Path
-
-    def statistics(self, model: str) -> dict:
-        with urllib.request.urlopen(f"http://{self.http}/v2/models/{model}/stats", timeout=10) as r:
-            return json.loads(r.read())
-
-
-def _wait_ready(process: subprocess.Popen, http: str, log: Path, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"tritonserver exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"http://{http}/v2/health/ready", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"tritonserver not ready after {timeout_s} s:\n{log.read_text()[-4000:]}")
+        return pytriton_root()
+    except LocalTritonUnavailable as err:
+        pytest.skip(str(err))
 
 
 @pytest.fixture(scope="module")
@@ -126,43 +89,18 @@ def waveform_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
 
 
 @pytest.fixture(scope="module")
-def triton_server(waveform_repo: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def triton_server(waveform_repo: tuple[Path, Path],
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTriton]:
     """tritonserver on free loopback ports with the Python backend and this interpreter's stub; stopped by PID."""
-    root = _pytriton_dir()
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
-    if not stub.is_file():
-        pytest.skip(f"the nvidia-pytriton wheel has no Python backend stub for Python {version}")
-    work = tmp_path_factory.mktemp("server")
-    backends = work / "backends"
-    shutil.copytree(root / "backends", backends)
-    shutil.copy(stub, backends / "python" / stub.name)
-    libs = root.parent.parent / "nvidia_pytriton.libs"
-    env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH")) if p)
-    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
-    ports = [_free_port() for _ in range(3)]
-    log = work / "tritonserver.log"
-    command = [str(root / "bin" / "tritonserver"), "--model-repository", str(waveform_repo[0]),
-               "--backend-directory", str(backends), "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1",
-               "--metrics-address", "127.0.0.1", f"--http-port={ports[0]}", f"--grpc-port={ports[1]}",
-               f"--metrics-port={ports[2]}", "--exit-timeout-secs=10"]
-    with log.open("wb") as out:
-        # cwd outside the source tree: the stub puts its working directory first on sys.path, where the
-        # checkout's fastast_deploy/ (without exporters/ and engines/ inside) would shadow the installed package.
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                   cwd=work)
     try:
-        _wait_ready(process, f"127.0.0.1:{ports[0]}", log)
-        yield Server(process, f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}", log)
+        server = local_triton(waveform_repo[0], tmp_path_factory.mktemp("server"), timeout_s=120)
+        running = server.__enter__()
+    except LocalTritonUnavailable as err:
+        pytest.skip(str(err))
+    try:
+        yield running
     finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        server.__exit__(None, None, None)
 
 
 def test_written_repository_serves_raw_audio_through_the_python_backend(waveform_repo) -> None:
@@ -174,7 +112,7 @@ def test_written_repository_serves_raw_audio_through_the_python_backend(waveform
     assert "site.addsitedir" in (repo / NAME / "README.md").read_text()
 
 
-def test_concurrent_http_and_grpc_requests_match_the_engine(triton_server: Server, waveform_repo) -> None:
+def test_concurrent_http_and_grpc_requests_match_the_engine(triton_server: LocalTriton, waveform_repo) -> None:
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
@@ -258,7 +196,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_predict_and_evaluate_through_the_server_match_the_local_engine(triton_server: Server, waveform_repo,
+def test_predict_and_evaluate_through_the_server_match_the_local_engine(triton_server: LocalTriton, waveform_repo,
                                                                        clips: Path) -> None:
     from fastast_deploy.evaluation.evaluate import evaluate
     from fastast_deploy.inference.runner import open_runner
@@ -321,7 +259,7 @@ def test_predict_and_evaluate_through_the_server_match_the_local_engine(triton_s
           "against the local engine")
 
 
-def test_verify_through_the_server(triton_server: Server, waveform_repo) -> None:
+def test_verify_through_the_server(triton_server: LocalTriton, waveform_repo) -> None:
     repo, _ = waveform_repo
     url = f"grpc://{triton_server.grpc}/{NAME}"
     checkpoint = repo.parent / "wave.safetensors"
@@ -335,9 +273,9 @@ def test_verify_through_the_server(triton_server: Server, waveform_repo) -> None
     assert code == 2 and "--baseline none or --no-speed" in out, out
 
 
-def test_remote_engine_errors_are_one_line(triton_server: Server, clips: Path) -> None:
+def test_remote_engine_errors_are_one_line(triton_server: LocalTriton, clips: Path) -> None:
     wav = json.loads((clips / "data.json").read_text())["data"][0]["wav"]
-    port = _free_port()
+    port = free_port()
     for scheme in ("grpc", "http"):  # nothing listens there
         code, out = cli_run("predict", f"{scheme}://127.0.0.1:{port}/{NAME}", wav)
         assert_one_line_failure(code, out, f"cannot reach a Triton server at {scheme}://127.0.0.1:{port}/{NAME}",
