@@ -179,15 +179,20 @@ def test_killed_runs_resume_to_the_uninterrupted_result(many: Path, tmp_path: Pa
     command = [sys.executable, "-c", "from fastast_deploy.cli.main import main; main()", "analyze", "default",
                str(many), "-o", str(out_dir), *map(str, settings)]
     rng = random.Random(26)
-    for target, workers in zip(sorted(rng.sample(range(10, 190), 3)), ("0", "1", "0"), strict=True):
-        process = subprocess.Popen([*command, "--workers", workers], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+    # kill points early enough that a run cannot finish between two looks at the folder (>= 70 files left)
+    for target, workers in zip(sorted(rng.sample(range(10, 130), 3)), ("0", "1", "0"), strict=True):
+        log = tmp_path / f"killed-{target}.log"
+        with log.open("wb") as err_file:
+            process = subprocess.Popen([*command, "--workers", workers], stdout=subprocess.DEVNULL, stderr=err_file)
         workers_seen: set[int] = set()
         deadline = time.monotonic() + 120
         while len(list(out_dir.rglob("*.csv"))) < target and process.poll() is None:
-            workers_seen |= _workers(process.pid)
+            if workers == "1":
+                workers_seen |= _workers(process.pid)
             assert time.monotonic() < deadline
-            time.sleep(0.005)
+            time.sleep(0.002)
+        assert process.poll() is None, (f"analyze ended (exit {process.returncode}) before {target} results: "
+                                        f"{log.read_text()[-2000:]}")
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
         partial = _results(out_dir)
