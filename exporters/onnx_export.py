@@ -42,7 +42,7 @@ from fastast_deploy.errors import ConfigError, FastASTError, error_summary
 from fastast_deploy.files import prepare_output
 from fastast_deploy.model.fastast import FastAST
 from fastast_deploy.pairs import atomic_pair
-from fastast_deploy.scoped import logger_level
+from fastast_deploy.scoped import interrupts_kept, logger_level
 
 from .fbank_graph import (
     FEATURE_FUNCTION,
@@ -140,7 +140,7 @@ def trace(module: nn.Module, shape: tuple[int, ...], input_name: str, output_nam
     dynamic = None if batch else ({0: torch.export.Dim(BATCH, min=1, max=4096)},)
     # The exporter logs a warning for every optional torchvision op it cannot register: noise for this model.
     quiet = logger_level("torch.onnx._internal.exporter._registration", logging.ERROR)
-    with quiet, warnings.catch_warnings(), torch.no_grad():
+    with quiet, warnings.catch_warnings(), torch.no_grad(), interrupts_kept():
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(

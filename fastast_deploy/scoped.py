@@ -57,3 +57,33 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def interrupts_kept() -> Iterator[None]:
+    """A Ctrl-C inside stays a KeyboardInterrupt, even where the library called inside catches it and raises
+    its own error instead (torch.onnx.export reports it as a failed export): the SIGINT handler records it, and
+    any exception leaving the block after one becomes KeyboardInterrupt. Outside the main thread, where signal
+    handlers cannot be set, nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    seen: list[bool] = []
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        seen.append(True)
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    except Exception:
+        if seen:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if before is not None:  # None: a handler not set from Python, which cannot be put back from here
+            signal.signal(signal.SIGINT, before)

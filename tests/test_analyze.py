@@ -183,7 +183,8 @@ def test_killed_runs_resume_to_the_uninterrupted_result(many: Path, tmp_path: Pa
     for target, workers in zip(sorted(rng.sample(range(10, 130), 3)), ("0", "1", "0"), strict=True):
         log = tmp_path / f"killed-{target}.log"
         with log.open("wb") as err_file:
-            process = subprocess.Popen([*command, "--workers", workers], stdout=subprocess.DEVNULL, stderr=err_file)
+            process = subprocess.Popen([*command, "--workers", workers], stdout=subprocess.DEVNULL, stderr=err_file,
+                                       cwd=tmp_path)  # outside the source tree: the installed package
         workers_seen: set[int] = set()
         deadline = time.monotonic() + 120
         while len(list(out_dir.rglob("*.csv"))) < target and process.poll() is None:
@@ -202,7 +203,7 @@ def test_killed_runs_resume_to_the_uninterrupted_result(many: Path, tmp_path: Pa
         while _alive(workers_seen):
             assert time.monotonic() < deadline, "a decoding worker outlived its killed parent"
             time.sleep(0.1)
-    done = subprocess.run([*command, "--workers", "0"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*command, "--workers", "0"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"{200 - len(partial)} files done, {len(partial)} skipped, 0 failed" in done.stdout
     assert _results(out_dir) == reference

@@ -234,8 +234,10 @@ def test_bench_interrupted_leaves_no_folder(world: dict, tmp_path: Path) -> None
     time.sleep(0.5)  # into the slow part, whatever the machine's load
     assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
-    output = proc.communicate(timeout=60)[0].decode(errors="replace")
-    assert proc.returncode != 0 and "Traceback" not in output, output
+    # seconds here, but a loaded machine unwinds an interrupted export slowly: a generous bound, not a speed check
+    output = proc.communicate(timeout=300)[0].decode(errors="replace")
+    # 130 wherever the Ctrl-C lands, inside torch.onnx.export too (which reports it as a failed export)
+    assert proc.returncode == 130 and "Traceback" not in output, output
     assert not out_dir.exists()
 
 
