@@ -62,9 +62,9 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 @contextlib.contextmanager
 def interrupts_kept() -> Iterator[None]:
     """A Ctrl-C inside stays a KeyboardInterrupt, even where the library called inside catches it and raises
-    its own error instead (torch.onnx.export reports it as a failed export): the SIGINT handler records it, and
-    any exception leaving the block after one becomes KeyboardInterrupt. Outside the main thread, where signal
-    handlers cannot be set, nothing changes."""
+    its own error instead (torch.onnx.export reports it as a failed export), or catches it and goes on (its
+    fallback strategies): the SIGINT handler records it, and the block ends in KeyboardInterrupt after one,
+    whether it raised or not. Outside the main thread, where signal handlers cannot be set, nothing changes."""
     import signal
     import threading
 
@@ -84,6 +84,9 @@ def interrupts_kept() -> Iterator[None]:
         if seen:
             raise KeyboardInterrupt from None
         raise
+    else:
+        if seen:
+            raise KeyboardInterrupt
     finally:
         if before is not None:  # None: a handler not set from Python, which cannot be put back from here
             signal.signal(signal.SIGINT, before)

@@ -27,6 +27,18 @@ def test_a_ctrl_c_turned_into_an_error_stays_a_ctrl_c() -> None:
     assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back
 
 
+def test_a_ctrl_c_swallowed_inside_still_ends_the_block() -> None:
+    def library_that_goes_on() -> None:  # as an exporter that falls back to another strategy after any error
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except BaseException:  # noqa: BLE001 - the point of the stand-in
+            pass
+
+    with pytest.raises(KeyboardInterrupt), interrupts_kept():
+        library_that_goes_on()
+
+
 def test_errors_without_a_ctrl_c_pass_unchanged() -> None:
     with pytest.raises(RuntimeError, match="plain failure"), interrupts_kept():
         raise RuntimeError("plain failure")
