@@ -221,12 +221,20 @@ def test_bench_checks_its_inputs_before_making_the_folder(world: dict, run_measu
     assert snapshot(tmp_path) == before
 
 
+def _sigint_as_a_terminal_gives_it() -> None:
+    """In the child before exec: SIGINT delivered and at its default, as a shell starts a command, whatever the
+    test process (which inherits from the runner) holds blocked or ignored."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_bench_interrupted_leaves_no_folder(world: dict, tmp_path: Path) -> None:
     out_dir = tmp_path / "b"
     cli_code = "import sys\nfrom fastast_deploy.cli.main import main\nsys.argv[0] = 'fastast-deploy'\nmain()"
     proc = subprocess.Popen([sys.executable, "-c", cli_code, "bench", str(world["ckpt"]),
                              "--tome-r", "0,4,8", "--rounds", "1000000", "-o", str(out_dir)],  # still running
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)  # the installed package
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path,  # the installed package
+                            preexec_fn=_sigint_as_a_terminal_gives_it)
     deadline = time.monotonic() + 60
     while not out_dir.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)

@@ -11,6 +11,17 @@ import pytest
 from fastast_deploy.scoped import interrupts_kept
 
 
+@pytest.fixture(autouse=True)
+def sigint_delivered():
+    """SIGINT unblocked and at Python's handler, as in a command started from a shell, whatever the test process
+    inherited; put back afterwards."""
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, handler if handler is not None else signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def _library_that_reports_interrupts_as_failures() -> None:
     """As torch.onnx.export does: whatever stops it becomes its own error."""
     try:
