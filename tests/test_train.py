@@ -119,6 +119,34 @@ def test_singlelabel_losses_match_their_formulas() -> None:
     assert no_teacher.kd is None and float(no_teacher.total) == pytest.approx(ce, rel=1e-6)
 
 
+def test_standardised_kd_matches_its_formula_and_ignores_the_logit_scale() -> None:
+    """--kd-standardize: each row z-scored (population std) before tau, for the teacher and the student alike."""
+    tau = 2.0
+
+    def z(row: list[float]) -> list[float]:
+        mean = sum(row) / len(row)
+        std = math.sqrt(sum((v - mean) ** 2 for v in row) / len(row))
+        return [(v - mean) / std / tau for v in row]
+
+    kl = 0.0
+    for rs, rt in zip(S, T, strict=True):
+        p, q = _softmax(z(rt)), _softmax(z(rs))
+        kl += sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q, strict=True))
+    kl = kl / 2 * tau**2
+    s, t = torch.tensor(S), torch.tensor(T)
+    targets = teacher_targets(t, "singlelabel", tau, "soft", standardize=True)
+    assert targets[0].tolist() == pytest.approx(_softmax(z(T[0])), rel=1e-5)
+    parts = cmkd_loss(s, torch.eye(3)[[2, 0]], targets, "singlelabel", 0.0, tau, standardize=True)
+    assert float(parts.kd) == pytest.approx(kl, rel=1e-5)
+    # a student whose logits are the teacher's scaled and shifted matches it exactly; unstandardised it would not
+    student = 7.0 * t + 3.0
+    assert float(cmkd_loss(student, targets, targets, "singlelabel", 0.0, tau, standardize=True).kd) == (
+        pytest.approx(0.0, abs=1e-5))
+    assert float(kd_loss(student, t, "singlelabel", tau)) > 0.1
+    # a weak teacher (logits 10x smaller) gives the same targets as a confident one
+    assert torch.allclose(teacher_targets(t / 10, "singlelabel", tau, "soft", standardize=True), targets, atol=1e-5)
+
+
 C = [[1.0, 0.5, -0.5], [0.2, -0.3, 0.9]]  # cls-token logits
 D = [[-1.0, 2.0, 0.0], [0.4, 0.1, -2.0]]  # dist-token logits
 
@@ -296,8 +324,11 @@ def test_cnn_teacher_run(teacher_run: Path, data: Path) -> None:
 def test_student_distils_from_teacher_and_exports(teacher_run: Path, data: Path, tmp_path: Path) -> None:
     out = tmp_path / "student"
     code, output = run("train", *data_args(data), "-o", str(out), "--teacher", str(teacher_run), "--kd-lambda",
-                       "0.5", *STUDENT)
+                       "0.5", "--kd-standardize", *STUDENT)
     assert code == 0, output
+    start = output.index("note: 2 epochs is a short run for a new FastAST")  # said at the start, before epoch 1
+    assert start < output.index("epoch 1/2") and "warm-up here 0.057 epochs" in output
+    assert "--kd-lambda 0.5, --kd-tau " in output and ", standardised logits, teacher on the augmented" in output
     rows = metrics(out)
     assert len(rows) == 2 and all("val_acc" in r and r["kd_loss"] > 0 for r in rows)
     with np.load(out / "teacher_logits.npz") as npz:

@@ -11,6 +11,12 @@ sigmoid(teacher / tau); hard(teacher) is sigmoid(teacher) > 0.5.
 singlelabel: task is cross-entropy; kd is KL(softmax(teacher / tau) || softmax(student / tau)) * tau^2; hard(teacher)
 is the one-hot argmax.
 
+With ``standardize`` (`--kd-standardize`, single-label soft modes), teacher and student logits are each
+z-scored over the labels before the temperature (logit standardisation, Sun et al. 2024): the targets' sharpness
+then depends on tau alone, not on the scale a teacher's logits happen to have (a confident teacher's softmax is
+nearly one-hot even at tau 4; a weak one's is nearly uniform), and the student matches the teacher's ranking of
+the labels rather than its logit scale.
+
 ``pooled`` is the model's output (cls and dist tokens averaged, then the head); ``cls`` and ``dist`` are the head
 applied to each token alone (`TokenHeads`), so that the deit modes train the two tokens apart, and inference, which
 averages them, reads both. Logits are (B, labels). Targets are (B, labels) probabilities: multi-hot, one-hot, or mixed
@@ -51,9 +57,17 @@ def task_loss(logits: Tensor, targets: Tensor, task: str) -> Tensor:
     return F.cross_entropy(logits, targets)  # probability targets: -sum p log softmax, averaged over clips
 
 
-def teacher_targets(teacher_logits: Tensor, task: str, tau: float, mode: str = "soft") -> Tensor:
-    """The KD target (B, labels): sigmoid(teacher / tau) for multilabel, softmax(teacher / tau) otherwise; for the
-    hard modes the teacher's decision instead (sigmoid > 0.5, or the one-hot argmax)."""
+def standardized(logits: Tensor) -> Tensor:
+    """Logits z-scored over the labels (last axis): mean 0, standard deviation 1 per clip."""
+    logits = logits.float()
+    return (logits - logits.mean(dim=-1, keepdim=True)) / (logits.std(dim=-1, keepdim=True, unbiased=False) + 1e-6)
+
+
+def teacher_targets(teacher_logits: Tensor, task: str, tau: float, mode: str = "soft",
+                    standardize: bool = False) -> Tensor:
+    """The KD target (B, labels): sigmoid(teacher / tau) for multilabel, softmax(teacher / tau) otherwise (of the
+    standardised logits with ``standardize``, single-label); for the hard modes the teacher's decision instead
+    (sigmoid > 0.5, or the one-hot argmax)."""
     _check_task(task)
     _check_mode(mode)
     if mode not in SOFT_KD_MODES:
@@ -61,8 +75,10 @@ def teacher_targets(teacher_logits: Tensor, task: str, tau: float, mode: str = "
         if task == "multilabel":
             return (logits > 0).float()
         return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
-    scaled = teacher_logits.float() / tau
-    return scaled.sigmoid() if task == "multilabel" else scaled.softmax(dim=-1)
+    if task == "multilabel":
+        return (teacher_logits.float() / tau).sigmoid()
+    logits = standardized(teacher_logits) if standardize else teacher_logits.float()
+    return (logits / tau).softmax(dim=-1)
 
 
 def _check_mode(mode: str) -> None:
@@ -70,13 +86,15 @@ def _check_mode(mode: str) -> None:
         raise ConfigError(f"unknown --kd-mode {mode!r}; available: {list(KD_MODES)}")
 
 
-def kd_loss_from_targets(student_logits: Tensor, targets: Tensor, task: str, tau: float) -> Tensor:
-    """KD loss of the student against teacher probabilities from `teacher_targets` (possibly mixed)."""
+def kd_loss_from_targets(student_logits: Tensor, targets: Tensor, task: str, tau: float,
+                         standardize: bool = False) -> Tensor:
+    """KD loss of the student against teacher probabilities from `teacher_targets` (possibly mixed); with
+    ``standardize`` (single-label) of the student's standardised logits."""
     _check_task(task)
-    scaled = student_logits.float() / tau
     if task == "multilabel":
-        return F.binary_cross_entropy_with_logits(scaled, targets)
-    log_q = scaled.log_softmax(dim=-1)
+        return F.binary_cross_entropy_with_logits(student_logits.float() / tau, targets)
+    logits = standardized(student_logits) if standardize else student_logits.float()
+    log_q = (logits / tau).log_softmax(dim=-1)
     kl = torch.xlogy(targets, targets) - targets * log_q  # p log p - p log q; 0 log 0 = 0
     return kl.sum(dim=-1).mean() * tau**2
 
@@ -87,7 +105,8 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, task: str, tau: floa
 
 
 def cmkd_loss(student_logits: Tensor, targets: Tensor, kd_targets: Tensor | None, task: str, kd_lambda: float,
-              tau: float, mode: str = "soft", token_logits: tuple[Tensor, Tensor] | None = None) -> LossParts:
+              tau: float, mode: str = "soft", token_logits: tuple[Tensor, Tensor] | None = None,
+              standardize: bool = False) -> LossParts:
     """lambda * task + (1 - lambda) * KD as ``mode`` defines them (module docstring); without a teacher
     (``kd_targets`` None) the task loss of the pooled output alone. ``kd_targets`` come from `teacher_targets` with
     the same mode; the deit modes need ``token_logits`` = (cls, dist) logits (B, labels)."""
@@ -108,7 +127,7 @@ def cmkd_loss(student_logits: Tensor, targets: Tensor, kd_targets: Tensor | None
     if mode not in SOFT_KD_MODES:
         kd_part = task_loss(kd_out, kd_targets, task)
     else:
-        kd_part = kd_loss_from_targets(kd_out, kd_targets, task, tau)
+        kd_part = kd_loss_from_targets(kd_out, kd_targets, task, tau, standardize)
     return LossParts(kd_lambda * task_part + (1 - kd_lambda) * kd_part, task_part, kd_part)
 
 

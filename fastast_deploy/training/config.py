@@ -31,6 +31,7 @@ class KDRecipe:
 
     kd_lambda: float
     kd_tau: float
+    standardize: bool = False  # z-score teacher and student logits before tau (soft modes, single-label)
 
 
 # Chosen by benchmarks/bench_distill.py on a spoken-word set (see docs/benchmarks.md, "Training recipes").
@@ -78,6 +79,7 @@ class TrainConfig:
     teacher_inputs: str = "auto"  # augmented: the teacher runs on the student's batch; clean: logits once
     kd_lambda: float | None = None  # None, kd_tau None: the mode's KD_RECIPES
     kd_tau: float | None = None
+    kd_standardize: bool | None = None  # None: the mode's KD_RECIPES
     task: str = "auto"
     epochs: int | None = None  # None, lr None, warmup_epochs None: the recipe of the run's kind (RECIPES)
     batch_size: int = 32
@@ -155,6 +157,7 @@ class TrainConfig:
         return replace(self, kd_mode=mode, teacher_inputs=inputs, lr=recipe.lr if self.lr is None else self.lr,
                        kd_lambda=kd.kd_lambda if self.kd_lambda is None else self.kd_lambda,
                        kd_tau=kd.kd_tau if self.kd_tau is None else self.kd_tau,
+                       kd_standardize=kd.standardize if self.kd_standardize is None else self.kd_standardize,
                        warmup_epochs=warmup, epochs=epochs)
 
     def short_run_note(self) -> str | None:

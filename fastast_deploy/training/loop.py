@@ -175,17 +175,19 @@ def _fit(config: TrainConfig, prep: Prepared, dist: Distributed, run: Path, resu
         for idx in bar:
             x = spec_augment(train_x[idx], freqm, timem, rng)
             kd = None if prep.teacher_logits is None else teacher_targets(
-                prep.teacher_logits[idx], prep.task, config.kd_tau, config.kd_mode)
+                prep.teacher_logits[idx], prep.task, config.kd_tau, config.kd_mode, config.kd_standardize)
             x, (y, kd) = mixup(x, [train_y[idx], kd], config.mixup, config.mixup_alpha, rng)
             x, y = x.to(device, non_blocking=True), y.to(device)
             kd = None if kd is None else kd.to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 if teacher is not None:  # the teacher answers on exactly the batch the student sees
                     with torch.no_grad():
-                        kd = teacher_targets(teacher(x).float(), prep.task, config.kd_tau, config.kd_mode)
+                        kd = teacher_targets(teacher(x).float(), prep.task, config.kd_tau, config.kd_mode,
+                                             config.kd_standardize)
                 out = net(x).float()
             logits, heads = (out[:, 0], (out[:, 1], out[:, 2])) if tokens else (out, None)
-            parts = cmkd_loss(logits, y, kd, prep.task, config.kd_lambda, config.kd_tau, config.kd_mode, heads)
+            parts = cmkd_loss(logits, y, kd, prep.task, config.kd_lambda, config.kd_tau, config.kd_mode, heads,
+                              bool(config.kd_standardize))
             loss = float(parts.total.detach())
             if not math.isfinite(loss):
                 raise _diverged(run, config, f"loss {loss}", (epoch, state.step + 1, scheduler.get_last_lr()[0]),

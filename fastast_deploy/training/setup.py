@@ -150,6 +150,8 @@ def prepare(config: TrainConfig, dist: Distributed, log: Log, progress: bool, re
     if teacher is not None:
         _teacher_logits(config, teacher, prep, train_ds, val_ds, train_raw, val_raw, dist)
         tau = f", --kd-tau {config.kd_tau:g}" if config.kd_mode in SOFT_KD_MODES else ""
+        if config.kd_mode in SOFT_KD_MODES and config.kd_standardize and task == "singlelabel":
+            tau += ", standardised logits"
         log(f"teacher {config.teacher}: {name} {prep.teacher_metric:.4f}; --kd-mode {config.kd_mode}, --kd-lambda "
             f"{config.kd_lambda:g}{tau}, teacher on the {config.teacher_inputs} "
             f"{'batches' if config.teacher_inputs == 'augmented' else 'clips'}")

@@ -26,7 +26,7 @@ from fastast_deploy.training.config import (
 _S = SyntheticConfig()
 _T = TrainConfig()
 RESUME_KEEPS = ("output", "resume", "stop_after", "device", "threads", "quiet")  # the only options a resume may give
-KD_OPTIONS = ("kd_mode", "kd_lambda", "kd_tau", "teacher_inputs")  # meaningful only with a teacher
+KD_OPTIONS = ("kd_mode", "kd_lambda", "kd_tau", "kd_standardize", "teacher_inputs")  # meaningful only with a teacher
 
 
 class OpenFloat(FiniteFloat):
@@ -148,6 +148,10 @@ def synthetic(output: Path, classes: int, clips_per_class: int, seconds: float, 
 @click.option("--kd-tau", type=OpenFloat(0.0), default=None,
               help=f"Distillation temperature of the soft modes (at tau 1 a confident teacher's softmax is nearly "
               f"its one-hot decision). {_kd_recipe('kd_tau')}")
+@click.option("--kd-standardize/--no-kd-standardize", default=None,
+              help="Soft modes, single-label: z-score the teacher's and the student's logits over the labels before "
+              "tau, so that the targets' sharpness is set by tau, not by the teacher's logit scale. [default: "
+              "the mode's; see docs/benchmarks.md]")
 @click.option("--task", type=click.Choice(["auto", "multilabel", "singlelabel"]), default=_T.task,
               show_default=True, help="auto: single-label when every clip has one label.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help=f"Length. {_recipe('epochs')}")
@@ -186,7 +190,7 @@ def train(ctx: click.Context, train_data: str | None, val_data: str | None, labe
           model: str, arch: str, depth: int | None, frames: int | None, mel_bins: int, feature_stats: str,
           tome_r: str | None, tome_inflection: float, no_prop_attn: bool, cnn_width: int, teacher: str | None,
           teacher_logits: str | None, kd_mode: str, teacher_inputs: str, kd_lambda: float | None,
-          kd_tau: float | None, task: str,
+          kd_tau: float | None, kd_standardize: bool | None, task: str,
           epochs: int | None, batch_size: int, lr: float | None, weight_decay: float, warmup_epochs: float | None,
           grad_clip: float, freqm: int | None, timem: int | None, mixup: float, mixup_alpha: float,
           val_fold: int | None, skip_missing: bool, seed: int, threads: int | None, device: str, no_amp: bool,
@@ -224,7 +228,7 @@ def train(ctx: click.Context, train_data: str | None, val_data: str | None, labe
             feature_stats=feature_stats, tome_r=r, tome_inflection=tome_inflection,
             prop_attn=False if no_prop_attn else None, cnn_width=cnn_width, teacher=teacher,
             teacher_logits=teacher_logits, kd_mode=kd_mode, teacher_inputs=teacher_inputs, kd_lambda=kd_lambda,
-            kd_tau=kd_tau, task=task, epochs=epochs,
+            kd_tau=kd_tau, kd_standardize=kd_standardize, task=task, epochs=epochs,
             batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
             grad_clip=grad_clip, freqm=freqm, timem=timem, mixup=mixup, mixup_alpha=mixup_alpha, seed=seed,
             threads=threads, amp=not no_amp, device=device, stop_after=stop_after)
