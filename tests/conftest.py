@@ -166,3 +166,25 @@ def run_measured(tmp_path_factory: pytest.TempPathFactory):
             errors="replace"), peak)
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _sigint_as_found(request: pytest.FixtureRequest):
+    """Each test leaves SIGINT as it found it (handler and the main thread's mask): tests that send Ctrl-C to this
+    process or to a child it starts need it delivered. A test that changes it is named in a warning, and the state
+    is put back for the tests after it."""
+    import signal
+    import warnings
+
+    handler = signal.getsignal(signal.SIGINT)
+    blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    yield
+    now_handler = signal.getsignal(signal.SIGINT)
+    now_blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    if now_handler is not handler or now_blocked != blocked:
+        warnings.warn(f"{request.node.nodeid} left SIGINT {'blocked' if now_blocked else 'unblocked'} with handler "
+                      f"{now_handler!r} (found {'blocked' if blocked else 'unblocked'}, {handler!r}); restored",
+                      stacklevel=1)
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK if not blocked else signal.SIG_BLOCK, {signal.SIGINT})
