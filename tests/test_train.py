@@ -242,7 +242,8 @@ def test_recipes_fill_what_is_not_given() -> None:
         got = TrainConfig(arch=arch, kd_mode=mode, teacher="t").resolved()
         assert (got.kd_lambda, got.kd_tau) == (kd.kd_lambda, kd.kd_tau)
     auto = TrainConfig(teacher="t").resolved()
-    assert (auto.kd_mode, auto.kd_lambda, auto.kd_tau) == ("soft", 0.1, 4.0)
+    assert (auto.kd_mode, auto.kd_lambda, auto.kd_tau, auto.kd_standardize) == ("soft", 0.5, 1.0, True)
+    assert TrainConfig(teacher="t", kd_mode="hard").resolved().kd_standardize is False
     given = TrainConfig(teacher="t", kd_lambda=0.7, kd_tau=2.0).resolved()
     assert (given.kd_lambda, given.kd_tau) == (0.7, 2.0)
     assert TrainConfig(teacher="t").resolved().teacher_inputs == "augmented"
@@ -359,7 +360,8 @@ def test_threads_and_the_online_teacher(teacher_run: Path, data: Path, tmp_path:
                            "--kd-mode", "deit-soft", *STUDENT, "--stop-after", "1")
         assert code == 0, output
         assert torch.get_num_threads() == 2  # --threads 1 held for the run only: the caller's count returns
-        assert "--kd-mode deit-soft, --kd-lambda 0.1, --kd-tau 4, teacher on the augmented batches" in output
+        assert ("--kd-mode deit-soft, --kd-lambda 0.5, --kd-tau 1, standardised logits, teacher on the augmented "
+                "batches") in output
         assert json.loads((out / "config.json").read_text())["threads"] == 1
         assert metrics(out)[0]["kd_loss"] > 0
     finally:
