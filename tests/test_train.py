@@ -244,6 +244,11 @@ def test_recipes_fill_what_is_not_given() -> None:
     auto = TrainConfig(teacher="t").resolved()
     assert (auto.kd_mode, auto.kd_lambda, auto.kd_tau, auto.kd_standardize) == ("soft", 0.5, 1.0, True)
     assert TrainConfig(teacher="t", kd_mode="hard").resolved().kd_standardize is False
+    # a run saved before --kd-standardize existed resumes as it started, on raw logits
+    saved = TrainConfig(teacher="t").to_dict()
+    del saved["kd_standardize"]
+    assert TrainConfig.from_dict(saved).resolved().kd_standardize is False
+    assert TrainConfig.from_dict(TrainConfig(teacher="t").resolved().to_dict()).resolved().kd_standardize is True
     given = TrainConfig(teacher="t", kd_lambda=0.7, kd_tau=2.0).resolved()
     assert (given.kd_lambda, given.kd_tau) == (0.7, 2.0)
     assert TrainConfig(teacher="t").resolved().teacher_inputs == "augmented"

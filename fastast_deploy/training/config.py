@@ -52,6 +52,9 @@ RECIPES: dict[str, Recipe] = {
 }
 RECIPE_NAMES = {"scratch": "a new FastAST", "finetune": "fine-tuning a checkpoint", "cnn": "a new CNN"}
 SHORT_RUN = 0.25  # a run shorter than this share of its recipe's epochs is told at its start that it may learn little
+# Fields added after runs were first saved, with the meaning a saved config without them had: a resumed run goes
+# on as it started, whatever the defaults are now.
+SAVED_BEFORE = {"kd_standardize": False}
 
 
 @dataclass(frozen=True)
@@ -177,12 +180,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """The config saved as ``to_dict``; a ConfigError naming the first field whose value has the wrong type."""
+        """The config saved as ``to_dict`` (a field it lacks takes its `SAVED_BEFORE` value); a ConfigError naming
+        the first field whose value has the wrong type."""
         known = {f.name: f.type for f in fields(cls)}
         for name, value in data.items():
             if name in known and not _fits(value, str(known[name])):
                 raise ConfigError(f"field {name!r} holds {value!r}, expected {known[name]}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{**SAVED_BEFORE, **{k: v for k, v in data.items() if k in known}})
 
 
 def _fits(value: Any, annotation: str) -> bool:
