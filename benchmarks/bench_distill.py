@@ -104,10 +104,6 @@ class Splits:
         return self.root / "test.json"
 
 
-def data_args(data: Path) -> list[str]:
-    return Splits(data).fit_args()
-
-
 def make_set(name: str, root: Path) -> Splits:
     """Write set ``name`` into ``root`` unless it is there."""
     if (root / "test.json").is_file():
@@ -212,14 +208,18 @@ def teacher_run(work: Path, splits: Splits, s: Settings) -> Path:
                                               str(s.mel_bins), "--epochs", str(s.teacher_epochs)])
 
 
+def candidate_job(name: str, seed: int, s: Settings, teacher: Path) -> tuple[str, list[str]]:
+    """Run name and train options of the distilled FastAST with candidate ``name``'s settings (the defaults' run is
+    the claims' fastast_kd), so that every stage reuses the same run."""
+    run = f"fastast_kd_s{seed}" if name == "default" else f"cand_{name}_s{seed}"
+    return run, ["--mel-bins", str(s.mel_bins), "--epochs", str(s.epochs), "--tome-r", str(s.tome_r), "--teacher",
+                 str(teacher), *CANDIDATES[name], "--seed", str(seed)]
+
+
 def choice_runs(work: Path, splits: Splits, s: Settings, teacher: Path,
                 run_all: Callable[[list[tuple[str, list[str]]]], list[Path]]) -> dict[str, list[float]]:
     """Stage 1: every candidate trained on the choice seeds; its best validation metric per seed."""
-    base = ["--mel-bins", str(s.mel_bins), "--epochs", str(s.epochs), "--tome-r", str(s.tome_r), "--teacher",
-            str(teacher)]
-    jobs = [(f"fastast_kd_s{seed}" if name == "default" else f"cand_{name}_s{seed}",
-             [*base, *CANDIDATES[name], "--seed", str(seed)]) for name in s.candidates for seed in s.choice_seeds]
-    runs = run_all(jobs)
+    runs = run_all([candidate_job(name, seed, s, teacher) for name in s.candidates for seed in s.choice_seeds])
     out: dict[str, list[float]] = {name: [] for name in s.candidates}
     for (name, _), run in zip(((n, seed) for n in s.candidates for seed in s.choice_seeds), runs, strict=True):
         out[name].append(val_score(run))
@@ -230,10 +230,15 @@ def claim_runs(work: Path, splits: Splits, s: Settings, teacher: Path,
                run_all: Callable[[list[tuple[str, list[str]]]], list[Path]]) -> dict[tuple[str, int], Path]:
     """Stage 2: the runs of the claims (module docstring) for every seed; tome_shelf is an export of the ast run."""
     common = ["--mel-bins", str(s.mel_bins), "--epochs", str(s.epochs)]
-    scratch = {"ast": common, "fastast": [*common, "--tome-r", str(s.tome_r)],
-               "fastast_kd": [*common, "--tome-r", str(s.tome_r), "--teacher", str(teacher)]}
-    jobs = [(f"{kind}_s{seed}", [*args, "--seed", str(seed)]) for seed in s.seeds for kind, args in scratch.items()]
-    runs = dict(zip([(k, seed) for seed in s.seeds for k in scratch], run_all(jobs), strict=True))
+    scratch = {"ast": common, "fastast": [*common, "--tome-r", str(s.tome_r)]}
+    keys, jobs = [], []
+    for seed in s.seeds:
+        for kind, args in scratch.items():
+            keys.append((kind, seed))
+            jobs.append((f"{kind}_s{seed}", [*args, "--seed", str(seed)]))
+        keys.append(("fastast_kd", seed))
+        jobs.append(candidate_job("default", seed, s, teacher))
+    runs = dict(zip(keys, run_all(jobs), strict=True))
     tuned = ["--epochs", str(s.ft_epochs), "--tome-r", str(s.tome_r)]
     jobs = [(f"{kind}_s{seed}", ["--model", str(runs[("ast", seed)] / "best"), *tuned, *extra, "--seed", str(seed)])
             for seed in s.seeds for kind, extra in (("tome_ft", []), ("tome_ft_kd", ["--teacher", str(teacher)]))]
@@ -361,9 +366,7 @@ def main() -> None:
         chosen = choose(choice)
         models = claim_runs(work, splits, s, teacher, run_all)
         if chosen != "default":
-            extra = [(f"cand_{chosen}_s{seed}", ["--mel-bins", str(s.mel_bins), "--epochs", str(s.epochs),
-                                                 "--tome-r", str(s.tome_r), "--teacher", str(teacher),
-                                                 *CANDIDATES[chosen], "--seed", str(seed)]) for seed in s.seeds]
+            extra = [candidate_job(chosen, seed, s, teacher) for seed in s.seeds]
             for seed, run in zip(s.seeds, run_all(extra), strict=True):
                 models[("chosen", seed)] = run
         models[("teacher", 0)] = teacher
