@@ -116,3 +116,47 @@ def test_the_interval_widens_with_the_spread_of_the_seeds() -> None:
     or 1, so the interval spans [0, 1]."""
     mean, lo, hi = bd.interval([np.ones(50, bool), np.zeros(50, bool)])
     assert (mean, lo, hi) == (0.5, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("pretrain_epochs", [0, 9])
+def test_the_papers_regime_starts_from_the_stand_in_for_a_pretrained_ast(tmp_path: Path, monkeypatch,
+                                                                          pretrain_epochs: int) -> None:
+    """With --pretrain-epochs the fine-tuning and ToMe off the shelf start from the longer r = 0 run, trained with
+    PRETRAIN for that many epochs; without, from the from-scratch ast run."""
+    root = tmp_path / "data"
+    root.mkdir()
+    commands: list[tuple[str, ...]] = []
+    monkeypatch.setattr(bd, "cli", fake_cli(commands))
+    settings = bd.Settings(seeds=(0,), choice_seeds=(0,), epochs=3, ft_epochs=1, teacher_epochs=1, teacher_width=8,
+                           mel_bins=16, tome_r=1, candidates=("default",), pretrain_epochs=pretrain_epochs)
+    work = tmp_path / "work"
+    work.mkdir()
+    splits = bd.Splits(root)
+    runs = bd.claim_runs(work, splits, settings, work / "teacher",
+                         lambda jobs: [bd.train_run(work, splits, name, args) for name, args in jobs])
+    stand_in = work / ("pretrained_s0" if pretrain_epochs else "ast_s0")
+    assert runs[("pretrained", 0)] == stand_in
+    started = [c[c.index("--model") + 1] for c in commands if "--model" in c]
+    assert started == [str(stand_in / "best")] * 2  # tome_ft and tome_ft_kd
+    exports = [c for c in commands if c[0] == "export"]
+    assert [c[1] for c in exports] == [str(stand_in / "best")]
+    pretrain = [c for c in commands if c[0] == "train" and str(work / "pretrained_s0") in c]
+    if pretrain_epochs:
+        (args,) = pretrain
+        assert args[args.index("--epochs") + 1] == "9" and "--tome-r" not in args
+        assert all(part in args for part in bd.PRETRAIN)
+    else:
+        assert not pretrain
+
+
+def test_the_cost_of_merging_is_read_against_the_stand_in() -> None:
+    """Merging cost is the stand-in's accuracy less ToMe off the shelf; the fine-tuned FastAST must win back half."""
+    figures = {kind: (0.5, 0.4, 0.6) for kind in bd.KINDS}
+    figures.update(pretrained=(0.8, 0.7, 0.9), tome_shelf=(0.6, 0.5, 0.7), tome_ft_kd=(0.69, 0.6, 0.8))
+    verdict = bd.claims(figures)
+    (recovery,) = [v for k, v in verdict.items() if k.startswith("tome_ft_kd recovers")]
+    assert recovery is False  # 9 of the 20 points lost
+    figures["tome_ft_kd"] = (0.71, 0.6, 0.8)
+    assert [v for k, v in bd.claims(figures).items() if k.startswith("tome_ft_kd recovers")] == [True]
+    figures["tome_shelf"] = (0.8, 0.7, 0.9)  # nothing lost: nothing to recover
+    assert [v for k, v in bd.claims(figures).items() if k.startswith("tome_ft_kd recovers")] == [None]
