@@ -16,6 +16,7 @@ import json
 import re
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -154,7 +155,7 @@ def test_concurrent_http_and_grpc_requests_match_the_engine(triton_server: Local
     engine.close()
     assert worst <= 1e-5
 
-    stats = triton_server.statistics(NAME)["model_stats"][0]
+    stats = settled_stats(triton_server)
     seen = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats["batch_stats"]}
     rows = sum(len(x) for _, x in jobs)
     assert sum(size * count for size, count in seen.items()) == rows  # every row ran, once
@@ -181,6 +182,20 @@ def assert_one_line_failure(code: int, output: str, *fragments: str) -> None:
     assert code == 1 and len(lines) == 1 and lines[0].startswith("Error:"), output
     for fragment in fragments:
         assert fragment in lines[0], output
+
+
+def settled_stats(server: LocalTriton, quiet: float = 1.0, limit: float = 20.0) -> dict:
+    """The model's statistics once its inference count has not changed for ``quiet`` seconds: the server may count a
+    request after its response has gone out, so a read right after the last answer can miss the last requests."""
+    stats = server.statistics(NAME)["model_stats"][0]
+    deadline, since = time.monotonic() + limit, time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < quiet:
+        time.sleep(0.1)
+        again = server.statistics(NAME)["model_stats"][0]
+        if again["inference_count"] != stats["inference_count"]:
+            since = time.monotonic()
+        stats = again
+    return stats
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +229,7 @@ def test_predict_and_evaluate_through_the_server_match_the_local_engine(triton_s
     def report(target: str) -> dict:
         return evaluate(target, data, str(labels))
 
-    before = int(triton_server.statistics(NAME)["model_stats"][0]["inference_count"])
+    before = int(settled_stats(triton_server)["inference_count"])
     want, want_report = scores(str(onnx_path)), report(str(onnx_path))
     # Four clients at once: over gRPC, over HTTP, over both (requests spread round-robin), and evaluate.
     jobs = [(scores, grpc_url), (scores, http_url), (scores, f"{grpc_url},{http_url}"), (report, grpc_url)]
@@ -228,7 +243,7 @@ def test_predict_and_evaluate_through_the_server_match_the_local_engine(triton_s
         assert got_report[key] == want_report[key]
     assert abs(got_report["value"] - want_report["value"]) <= 1e-12
     # every window went to the server: 3 predicting clients and one evaluating, 2 windows per clip
-    served = int(triton_server.statistics(NAME)["model_stats"][0]["inference_count"]) - before
+    served = int(settled_stats(triton_server)["inference_count"]) - before
     assert served == 4 * 2 * len(files)
 
     code, out = cli_run("predict", grpc_url, *files, "--json", "--all-scores")
