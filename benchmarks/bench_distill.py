@@ -233,29 +233,27 @@ def choice_runs(work: Path, splits: Splits, s: Settings, teacher: Path,
 
 def claim_runs(work: Path, splits: Splits, s: Settings, teacher: Path,
                run_all: Callable[[list[tuple[str, list[str]]]], list[Path]]) -> dict[tuple[str, int], Path]:
-    """Stage 2: the runs of the claims (module docstring) for every seed; tome_shelf is an export of the ast run."""
+    """Stage 2: the runs of the claims (module docstring) for every seed; tome_shelf is an export of the stand-in
+    for a pretrained AST (the ast run, or the pretrained one with --pretrain-epochs)."""
+
+    def run_keyed(jobs: dict[tuple[str, int], tuple[str, list[str]]]) -> dict[tuple[str, int], Path]:
+        return dict(zip(jobs, run_all(list(jobs.values())), strict=True))
+
     common = ["--mel-bins", str(s.mel_bins), "--epochs", str(s.epochs)]
     scratch = {"ast": common, "fastast": [*common, "--tome-r", str(s.tome_r)]}
-    keys, jobs = [], []
-    for seed in s.seeds:
-        for kind, args in scratch.items():
-            keys.append((kind, seed))
-            jobs.append((f"{kind}_s{seed}", [*args, "--seed", str(seed)]))
-        keys.append(("fastast_kd", seed))
-        jobs.append(candidate_job("default", seed, s, teacher))
     if s.pretrain_epochs:
-        for seed in s.seeds:
-            keys.append(("pretrained", seed))
-            jobs.append((f"pretrained_s{seed}", ["--mel-bins", str(s.mel_bins), "--epochs", str(s.pretrain_epochs),
-                                                 *PRETRAIN, "--seed", str(seed)]))
-    runs = dict(zip(keys, run_all(jobs), strict=True))
+        scratch["pretrained"] = ["--mel-bins", str(s.mel_bins), "--epochs", str(s.pretrain_epochs), *PRETRAIN]
+    jobs = {(kind, seed): (f"{kind}_s{seed}", [*args, "--seed", str(seed)])
+            for seed in s.seeds for kind, args in scratch.items()}
+    jobs.update({("fastast_kd", seed): candidate_job("default", seed, s, teacher) for seed in s.seeds})
+    runs = run_keyed(jobs)
     for seed in s.seeds:
         runs.setdefault(("pretrained", seed), runs[("ast", seed)])
     tuned = ["--epochs", str(s.ft_epochs), "--tome-r", str(s.tome_r)]
-    jobs = [(f"{kind}_s{seed}", ["--model", str(runs[("pretrained", seed)] / "best"), *tuned, *extra,
-                                 "--seed", str(seed)])
-            for seed in s.seeds for kind, extra in (("tome_ft", []), ("tome_ft_kd", ["--teacher", str(teacher)]))]
-    runs.update(zip([(k, seed) for seed in s.seeds for k in ("tome_ft", "tome_ft_kd")], run_all(jobs), strict=True))
+    runs.update(run_keyed({(kind, seed): (f"{kind}_s{seed}", ["--model", str(runs[("pretrained", seed)] / "best"),
+                                                               *tuned, *extra, "--seed", str(seed)])
+                           for seed in s.seeds
+                           for kind, extra in (("tome_ft", []), ("tome_ft_kd", ["--teacher", str(teacher)]))}))
     for seed in s.seeds:
         shelf = work / f"tome_shelf_s{seed}.onnx"
         if not shelf.is_file():

@@ -52,6 +52,11 @@ def fake_cli(commands: list[tuple[str, ...]]):
     return run
 
 
+def one_at_a_time(work: Path, splits: bd.Splits):
+    """The benchmark's run_all without a pool: each job through `train_run`, in order."""
+    return lambda jobs: [bd.train_run(work, splits, name, args) for name, args in jobs]
+
+
 def test_the_choice_reads_train_and_val_only_and_picks_the_best_validation_score(tmp_path: Path,
                                                                                 monkeypatch) -> None:
     root = tmp_path / "data"
@@ -64,10 +69,7 @@ def test_the_choice_reads_train_and_val_only_and_picks_the_best_validation_score
                            teacher_width=8, mel_bins=16, tome_r=1, candidates=tuple(VAL))
     splits, work = bd.Splits(root), tmp_path / "work"
     work.mkdir()
-
-    def run_all(jobs):
-        return [bd.train_run(work, splits, name, args) for name, args in jobs]
-
+    run_all = one_at_a_time(work, splits)
     OPENED.paths.clear()
     OPENED.on = True
     try:
@@ -132,8 +134,7 @@ def test_the_papers_regime_starts_from_the_stand_in_for_a_pretrained_ast(tmp_pat
     work = tmp_path / "work"
     work.mkdir()
     splits = bd.Splits(root)
-    runs = bd.claim_runs(work, splits, settings, work / "teacher",
-                         lambda jobs: [bd.train_run(work, splits, name, args) for name, args in jobs])
+    runs = bd.claim_runs(work, splits, settings, work / "teacher", one_at_a_time(work, splits))
     stand_in = work / ("pretrained_s0" if pretrain_epochs else "ast_s0")
     assert runs[("pretrained", 0)] == stand_in
     started = [c[c.index("--model") + 1] for c in commands if "--model" in c]
